@@ -1,0 +1,86 @@
+"""Chart: one bqplot figure of downsampled series on the shared step axis, with event rules."""
+
+from __future__ import annotations
+
+import bqplot as bq
+import numpy as np
+from ipywidgets import Layout
+
+from .history import MinMaxSeries
+
+MAX_POINTS = 2000   # per series, whatever the run length
+MAX_RULES = 200     # the most recent events drawn as vertical rules
+EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr": "#6a1b9a",
+                "grad_clip": "#00838f", "sample": "#9e9e9e"}
+
+
+class Chart:
+    """A figure whose marks are only ever written by the dashboard's updater thread."""
+
+    def __init__(self, title: str, x_scale, series: dict, css_class: str, log: bool = False,
+                 tick_format: str | None = None):
+        y_scale = bq.LogScale() if log else bq.LinearScale()
+        self.series = {name: MinMaxSeries(MAX_POINTS) for name in series}
+        self.marks = {}
+        for name, (color, marker) in series.items():
+            self.marks[name] = bq.Lines(
+                x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
+                colors=[color], marker=marker, marker_size=16,
+                scales={"x": x_scale, "y": y_scale}, display_legend=len(series) > 1)
+        # vertical rules at events, on a private 0..1 y scale so they span the whole height
+        self.rules = bq.Lines(x=np.zeros(0), y=np.zeros(0), labels=[], colors=[], stroke_width=1,
+                              line_style="dashed", scales={"x": x_scale, "y": bq.LinearScale(min=0, max=1)},
+                              tooltip=bq.Tooltip(fields=["name"]))
+        self.extra = {}  # marks on the value scale that are not series (a threshold line)
+        self.y_scale = y_scale
+        self.figure = bq.Figure(
+            title=title, marks=[*self.marks.values(), self.rules],
+            axes=[bq.Axis(scale=x_scale, label="step", num_ticks=5),
+                  bq.Axis(scale=y_scale, orientation="vertical", tick_format=tick_format, num_ticks=5)],
+            legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
+            animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))
+        self.figure.add_class(css_class)
+
+    def extend(self, name: str, x, y) -> bool:
+        """Feed new points to a series; True when there was anything to feed."""
+        if len(x) == 0:
+            return False
+        self.series[name].extend(x, y)
+        return True
+
+    def draw(self, names) -> None:
+        """Send the named series, each mark's x and y in one message."""
+        for name in names:
+            x, y = self.series[name].points()
+            mark = self.marks[name]
+            with mark.hold_sync():
+                mark.x, mark.y = x, y
+
+    def add_hline(self, name: str, color: str) -> None:
+        mark = bq.Lines(x=np.zeros(0), y=np.zeros(0), colors=[color], line_style="dash_dotted",
+                        labels=[name], scales={"x": self.rules.scales["x"], "y": self.y_scale},
+                        tooltip=bq.Tooltip(fields=["name"]))
+        self.extra[name] = mark
+        self.figure.marks = [*self.figure.marks, mark]
+
+    def draw_hline(self, name: str, x0: float, x1: float, value: float) -> None:
+        mark = self.extra[name]
+        with mark.hold_sync():
+            if value > 0 and x1 > x0:
+                mark.x, mark.y = np.array([x0, x1], np.float32), np.array([value, value], np.float32)
+            else:
+                mark.x, mark.y = np.zeros(0, np.float32), np.zeros(0, np.float32)
+
+    def draw_events(self, events) -> None:
+        events = events[-MAX_RULES:]
+        steps = np.array([float(e[0]) for e in events], np.float32)
+        with self.rules.hold_sync():
+            self.rules.x = np.stack((steps, steps), axis=1) if len(steps) else np.zeros(0)
+            self.rules.y = np.tile(np.array([0, 1], np.float32), (len(steps), 1)) if len(steps) else np.zeros(0)
+            self.rules.labels = [event_label(e) for e in events]
+            self.rules.colors = [EVENT_COLORS.get(e[1], "#9e9e9e") for e in events] or ["#9e9e9e"]
+
+
+def event_label(event) -> str:
+    step, kind, value = event
+    return f"step {step}: {kind}" + ("" if value is None else f" {value:.3g}")

@@ -1,0 +1,121 @@
+"""TrainConfig: every option of a run, with the checks that refuse bad input early."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .models import MODELS
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "exponential")
+
+
+@dataclass
+class TrainConfig:
+    model: object = "gpt"        # "gpt", "lstm", or an nn.Module: forward(idx, targets) -> (logits, loss)
+    data: object = "builtin"     # "builtin" (offline), "shakespeare", a file path, or a str of text
+    max_steps: int = 2000
+    batch_size: int = 16         # sequences per micro-step
+    block_size: int = 64         # context length in characters
+    lr: float = 3e-3             # base learning rate; the schedule shapes it, set_lr moves it
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01   # AdamW's decoupled decay (L2 for Adam and SGD)
+    momentum: float = 0.9        # SGD only
+    schedule: str = "constant"   # constant: the slider's value is the LR applied, which suits tuning by hand
+    warmup_steps: int = 0        # linear warmup from 0, before any schedule
+    min_lr_ratio: float = 0.1    # where cosine and exponential decay end, as a fraction of lr
+    grad_clip: float = 1.0       # max global gradient norm; 0 turns clipping off
+    grad_accum: int = 1          # micro-steps per optimizer step: effective batch = batch_size * grad_accum
+    eval_interval: int = 100     # steps between validation-loss estimates (and at the last step)
+    eval_iters: int = 10         # validation batches per estimate
+    val_fraction: float = 0.1    # the tail of the corpus held out for validation
+    seed: int = 1337             # the same seed gives the same loss curve on CPU
+    device: str = "auto"         # "auto" picks cuda when available, else cpu
+    n_layer: int = 2             # the defaults learn visibly within a minute on 2 CPU cores
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.0
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_options(cls, **options) -> "TrainConfig":
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: "
+                            f"{', '.join(cls.option_names())}")
+        config = cls(**options)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not isinstance(self.model, nn.Module) and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}, or an "
+                             f"nn.Module whose forward(idx, targets) returns (logits, loss)")
+        check_lr(self.lr)
+        for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_interval",
+                     "eval_iters", "n_layer", "n_head", "n_embd"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        check_grad_clip(self.grad_clip)
+        for name in ("weight_decay", "momentum", "min_lr_ratio"):
+            _check_float(name, getattr(self, name), 0.0, 1e6 if name == "weight_decay" else 1.0)
+        _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _check_float("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
+
+    def summary(self) -> dict:
+        """The options as plain values (a user model is named by its class)."""
+        out = dataclasses.asdict(self)
+        if isinstance(self.model, nn.Module):
+            out["model"] = type(self.model).__name__
+        if not isinstance(self.data, str) or len(self.data) > 80:
+            out["data"] = f"<text of {len(self.data)} characters>" if isinstance(self.data, str) else str(self.data)
+        return out
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_lr(lr) -> float:
+    if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0 (for example 3e-3); got {lr!r}")
+    return float(lr)
+
+
+def check_grad_clip(grad_clip) -> float:
+    if not _is_number(grad_clip) or not math.isfinite(grad_clip) or grad_clip < 0:
+        raise ValueError(f"grad_clip must be a finite number >= 0 (0 turns clipping off); "
+                         f"got {grad_clip!r}")
+    return float(grad_clip)
+
+
+def _check_int(name, value, minimum) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _check_float(name, value, low, high, low_open=False, high_open=False) -> None:
+    ok = _is_number(value) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}; got {value!r}")
+
+
+def _check_choice(name, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")

@@ -1,0 +1,67 @@
+"""Control: the only mutable object that crosses threads, and the run states."""
+
+from __future__ import annotations
+
+import threading
+
+STATES = ("running", "paused", "stopped", "finished", "failed")
+ENDED = ("stopped", "finished", "failed")
+
+
+class Control:
+    """Requests from any thread to the training loop, applied at the next step boundary.
+
+    Who clears what: `pause()`/`resume()` set and clear the pause flag (callers);
+    `stop()` is final and never cleared; `request()` adds a pending request that only the
+    loop clears, by `take()`-ing it. A later request of the same kind replaces an earlier
+    one that the loop has not taken yet.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._paused = False
+        self._stop = False
+        self._requests: dict = {}
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    def pause(self) -> None:
+        self._set("_paused", True)
+
+    def resume(self) -> None:
+        self._set("_paused", False)
+
+    def stop(self) -> None:
+        self._set("_stop", True)
+
+    def _set(self, name: str, value: bool) -> None:
+        with self._cond:
+            setattr(self, name, value)
+            self._cond.notify_all()
+
+    def request(self, kind: str, value=None) -> None:
+        with self._cond:
+            self._requests[kind] = value
+            self._cond.notify_all()
+
+    def pending(self, kind: str) -> bool:
+        return kind in self._requests
+
+    def take(self) -> dict:
+        """The pending requests, cleared (called by the loop only)."""
+        if not self._requests:  # the common case: no lock taken on the hot path
+            return {}
+        with self._cond:
+            requests, self._requests = self._requests, {}
+        return requests
+
+    def wait_while_paused(self) -> None:
+        """Block (no busy loop) until resumed, stopped, or a request arrives."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._paused or self._stop or self._requests)

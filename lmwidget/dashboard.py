@@ -1,0 +1,223 @@
+"""Dashboard: the widget view of a Run, redrawn by one throttled updater thread."""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+import traceback
+
+import bqplot as bq
+import numpy as np
+import ipywidgets as w
+
+from .charts import Chart
+
+UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
+STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
+                "finished": "#1565c0", "failed": "#c62828"}
+BAR_STYLES = {"running": "", "paused": "warning", "stopped": "info", "finished": "success",
+              "failed": "danger"}
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "–"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+class Dashboard(w.VBox):
+    """Widgets are built on the caller's (main) thread. Their callbacks only touch the run's
+    Control; the updater thread alone writes widget traits."""
+
+    def __init__(self, run):
+        self._run = run
+        cfg = run.config
+        self.status = w.HTML(layout=w.Layout(min_width="80px"))
+        self.step_label = w.Label("0")
+        self.progress = w.IntProgress(value=0, min=0, max=cfg.max_steps, layout=w.Layout(width="220px"))
+        self.speed = w.Label()
+        self.timing = w.Label()
+        self.pause_button = w.Button(description="Pause", icon="pause", layout=w.Layout(width="100px"))
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
+                                    layout=w.Layout(width="90px"))
+        lo, hi = min(-6.0, math.floor(math.log10(cfg.lr))), max(0.0, math.ceil(math.log10(cfg.lr)))
+        self.lr_slider = w.FloatLogSlider(value=cfg.lr, base=10, min=lo, max=hi, step=0.01,
+                                          description="lr", readout_format=".2e",
+                                          continuous_update=False, layout=w.Layout(width="360px"))
+        self.clip_input = w.BoundedFloatText(value=cfg.grad_clip, min=0, max=1e9, step=0.1,
+                                             description="clip norm", layout=w.Layout(width="180px"))
+        self.sample_button = w.Button(description="Sample", icon="comment")
+        self.notice = w.HTML()
+        self.sample_text = w.HTML()
+        for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
+                            (self.lr_slider, "lmwidget-lr"), (self.step_label, "lmwidget-step"),
+                            (self.status, "lmwidget-status"), (self.sample_button, "lmwidget-sample"),
+                            (self.sample_text, "lmwidget-sample-text"), (self.notice, "lmwidget-notice"),
+                            (self.clip_input, "lmwidget-clip")):
+            widget.add_class(css)
+
+        x = bq.LinearScale()  # one step axis shared by every chart
+        self.charts = {
+            "loss": Chart("loss", x, {"train": ("#1565c0", None), "val": ("#e65100", "circle")},
+                          "lmwidget-chart-loss", tick_format=".3g"),
+            "perplexity": Chart("perplexity", x, {"train": ("#1565c0", None), "val": ("#e65100", "circle")},
+                                "lmwidget-chart-perplexity", log=True, tick_format=".3g"),
+            "grad_norm": Chart("grad norm (before clipping)", x, {"grad_norm": ("#2e7d32", None)},
+                               "lmwidget-chart-grad-norm", log=True, tick_format=".2g"),
+            "lr": Chart("learning rate", x, {"lr": ("#6a1b9a", None)}, "lmwidget-chart-lr",
+                        log=True, tick_format=".1e"),
+            "throughput": Chart("tokens / s", x, {"tokens_per_sec": ("#37474f", None)},
+                                "lmwidget-chart-throughput", tick_format=".3s"),
+        }
+        self.charts["grad_norm"].add_hline("clip", "#c62828")
+
+        self.pause_button.on_click(self._on_pause)
+        self.stop_button.on_click(lambda _: run.stop())
+        self.sample_button.on_click(self._on_sample)
+        self.lr_slider.observe(self._on_lr, names="value")
+        self.clip_input.observe(self._on_clip, names="value")
+
+        header = w.HBox([self.status, w.Label("step"), self.step_label, w.Label(f"/ {cfg.max_steps}"),
+                         self.progress, self.speed, self.timing],
+                        layout=w.Layout(align_items="center", gap="8px"))
+        controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
+                           self.sample_button], layout=w.Layout(align_items="center", gap="8px"))
+        grid = w.GridBox([c.figure for c in self.charts.values()],
+                         layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
+        super().__init__([header, controls, self.notice, grid, self.sample_text])
+        self.add_class("lmwidget-dashboard")
+
+        self._rows = 0           # history rows already fed to the charts
+        self._x0 = None          # the first step drawn
+        self._n_events = 0
+        self._n_samples = 0
+        self._shown = None       # the last (state, step, paused, lr, clip) drawn
+        self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
+        self._updater = None
+        self._updater_lock = threading.Lock()
+        self._kick()
+
+    # -- callbacks: any thread (a subshell included); they only touch Control -------------------
+    def _on_pause(self, _):
+        if self._run._control.paused:
+            self._run.resume()
+        else:
+            self._run.pause()
+        self._kick()
+
+    def _on_sample(self, _):
+        self._run.request_sample()
+        self._kick()
+
+    def _on_lr(self, change):
+        if not math.isclose(change["new"], self._run.lr, rel_tol=1e-9):
+            self._run.set_lr(change["new"])
+
+    def _on_clip(self, change):
+        if change["new"] != self._run.grad_clip:
+            self._run.set_grad_clip(change["new"])
+
+    # -- the updater thread ------------------------------------------------------------------
+    def _kick(self) -> None:
+        """Make sure the updater runs (it exits once the run has ended and all is drawn)."""
+        with self._updater_lock:
+            if self._updater is None:
+                self._updater = threading.Thread(target=self._update_loop, daemon=True,
+                                                 name=f"lmwidget-ui-{self._run.id}")
+                self._updater.start()
+
+    def _update_loop(self) -> None:
+        while True:
+            ended = not self._run._thread.is_alive()  # read first: the last draw sees the end
+            try:
+                self.refresh()
+            except Exception:  # never let a drawing bug kill the view silently
+                self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
+            with self._updater_lock:
+                if ended and self._n_samples == len(self._run._trainer.samples):
+                    self._updater = None
+                    return
+            time.sleep(UPDATE_INTERVAL)
+
+    def refresh(self) -> None:
+        """Draw what changed since the last refresh; send nothing when nothing did."""
+        run = self._run
+        history = run._history
+        history.drain()
+        new = history.since(self._rows)
+        self._rows += len(new["step"])
+        steps = new["step"]
+        if self._x0 is None and len(steps):
+            self._x0 = float(steps[0])
+        fed = {}
+        for chart, name, values in (("loss", "train", new["loss"]), ("perplexity", "train", np.exp(new["loss"])),
+                                    ("grad_norm", "grad_norm", new["grad_norm"]), ("lr", "lr", new["lr"]),
+                                    ("throughput", "tokens_per_sec", new["tokens_per_sec"])):
+            if self.charts[chart].extend(name, steps, values):
+                fed.setdefault(chart, []).append(name)
+        evals = ~np.isnan(new["val_loss"])
+        for chart, values in (("loss", new["val_loss"][evals]), ("perplexity", np.exp(new["val_loss"][evals]))):
+            if self.charts[chart].extend("val", steps[evals], values):
+                fed.setdefault(chart, []).append("val")
+        for chart, names in fed.items():
+            self.charts[chart].draw(names)
+
+        events = history.events_since(0)
+        if len(events) != self._n_events:
+            self._n_events = len(events)
+            for chart in self.charts.values():
+                chart.draw_events(events)
+
+        state, step, paused = run.state, run.step, run._control.paused
+        shown = (state, step, paused, run.lr, run.grad_clip)
+        if shown != self._shown or fed:
+            self._draw_status(run, *shown)
+            self._shown = shown
+        self._draw_samples(run)
+
+    def _draw_status(self, run, state, step, paused, lr, clip) -> None:
+        self.status.value = f'<b style="color:{STATE_COLORS[state]}">{state}</b>'
+        self.step_label.value = str(step)
+        with self.progress.hold_sync():
+            self.progress.value = min(step, run.max_steps)
+            self.progress.bar_style = BAR_STYLES[state]
+        self.pause_button.description = "Resume" if paused else "Pause"
+        self.pause_button.icon = "play" if paused else "pause"
+        if not run._control.pending("lr") and not math.isclose(self.lr_slider.value, lr, rel_tol=1e-9):
+            self.lr_slider.value = lr
+        if clip != self.clip_input.value:
+            self.clip_input.value = clip
+        if self._x0 is not None:
+            self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), clip)
+
+        tps = run._history.last("tokens_per_sec")
+        self.speed.value = f"{tps:,.0f} tokens/s" if math.isfinite(tps) else ""
+        t0, s0, rate = self._rate
+        now = time.monotonic()
+        if state == "running" and now - t0 >= 1.0:
+            current = (step - s0) / (now - t0)
+            rate = current if not math.isfinite(rate) else 0.7 * rate + 0.3 * current
+            self._rate = (now, step, rate)
+        elif state != "running":
+            self._rate = (now, step, rate)
+        eta = (run.max_steps - step) / rate if state == "running" and rate > 0 else float("nan")
+        self.timing.value = f"elapsed {_fmt_duration(run.elapsed)}" + (
+            f" · ETA {_fmt_duration(eta)}" if math.isfinite(eta) else "")
+        if state == "failed" and run.error is not None:
+            err = run.error
+            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            self.notice.value = (f'<div style="color:{STATE_COLORS["failed"]}"><b>training failed at step '
+                                 f'{step}: {html.escape(repr(err))}</b></div><pre>{html.escape(tb)}</pre>')
+
+    def _draw_samples(self, run) -> None:
+        samples = run._trainer.samples
+        if len(samples) == self._n_samples:
+            return
+        self._n_samples = len(samples)
+        step, text = samples[-1]
+        self.sample_text.value = (f"<b>sample at step {step}</b><pre style='white-space:pre-wrap'>"
+                                  f"{html.escape(text)}</pre>")

@@ -1,0 +1,201 @@
+"""Corpora, the character tokenizer, the train/validation split and random batches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+CORPORA = ("builtin", "shakespeare")
+
+SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_BYTES = 1_115_394
+URL_ENV = "LMWIDGET_SHAKESPEARE_URL"  # tests point this at a local server
+CACHE_ENV = "LMWIDGET_CACHE_DIR"
+
+# A single word that is not a corpus name and not a file is almost surely a typo of a
+# corpus name, not text to train on: refuse it rather than train on six characters.
+_WORD = re.compile(r"[\w.\-]{1,64}")
+
+
+class CharTokenizer:
+    """Maps each distinct character of a text to an integer id, and back."""
+
+    def __init__(self, chars):
+        self.chars = sorted(set(chars))
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(text)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ValueError(
+                f"character {e.args[0]!r} is not in the vocabulary of {self.vocab_size} "
+                f"characters this model was trained on"
+            ) from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def builtin_text() -> str:
+    """English prose that ships with every CPython: the reference-manual topics."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a trimmed Python: fall back to the builtins' docstrings
+        import builtins
+
+        docs = (getattr(obj, "__doc__", None) for obj in vars(builtins).values())
+        return "\n\n".join(d for d in docs if isinstance(d, str))
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmwidget"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def shakespeare_text(timeout: float = 30.0) -> str:
+    """Tiny Shakespeare, downloaded once into the cache, checksum-verified."""
+    path = cache_dir() / "tinyshakespeare.txt"
+    if path.is_file():
+        data = path.read_bytes()
+        if _sha256(data) == SHAKESPEARE_SHA256:
+            return data.decode("utf-8")
+    url = os.environ.get(URL_ENV) or SHAKESPEARE_URL
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read(SHAKESPEARE_BYTES + 1)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(
+            f"could not download tiny Shakespeare from {url} ({reason}). Offline, use "
+            f"data='builtin' (ships with Python), or download the file elsewhere and pass "
+            f"its path: data='path/to/tinyshakespeare.txt'"
+        ) from e
+    digest = _sha256(data)
+    if digest != SHAKESPEARE_SHA256:
+        raise ValueError(
+            f"tiny Shakespeare from {url} has sha256 {digest} ({len(data)} bytes); expected "
+            f"{SHAKESPEARE_SHA256} ({SHAKESPEARE_BYTES} bytes). Nothing was cached."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tinyshakespeare-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return data.decode("utf-8")
+
+
+def _read_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def load_text(data) -> str:
+    """The text of `data`: a corpus name, a path to a UTF-8 file, or the text itself."""
+    if isinstance(data, os.PathLike):
+        text = _read_file(Path(data))
+    elif not isinstance(data, str):
+        raise TypeError(
+            f"data must be a corpus name {CORPORA}, a path to a UTF-8 text file, or a str "
+            f"of text; got {type(data).__name__}"
+        )
+    elif data == "builtin":
+        text = builtin_text()
+    elif data == "shakespeare":
+        text = shakespeare_text()
+    elif "\n" not in data and os.path.isfile(data):
+        text = _read_file(Path(data))
+    elif _WORD.fullmatch(data) or (
+        "\n" not in data and (os.sep in data or data.endswith(".txt"))
+    ):
+        raise ValueError(
+            f"data={data!r} is neither a corpus name nor an existing file. Valid corpus "
+            f"names: {', '.join(CORPORA)}; or pass a path to a UTF-8 text file, or a string "
+            f"of text to train on (text containing spaces or newlines)"
+        )
+    else:
+        text = data
+    if not text:
+        raise ValueError(f"the corpus {_describe(data)} is empty: there is nothing to train on")
+    return text
+
+
+def _describe(data) -> str:
+    if isinstance(data, str) and len(data) > 40:
+        return f"(a str of {len(data)} characters)"
+    return repr(str(data))
+
+
+class Dataset:
+    """A tokenized corpus split into train and validation tokens, served in random blocks."""
+
+    def __init__(self, text: str, val_fraction: float = 0.1, tokenizer=None):
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
+        self.tokenizer = tokenizer or CharTokenizer.from_text(text)
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        n_val = max(1, int(len(ids) * val_fraction))
+        self.train = ids[: len(ids) - n_val]
+        self.val = ids[len(ids) - n_val :]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def check_block_size(self, block_size: int) -> None:
+        shortest = min(len(self.train), len(self.val))
+        if block_size + 1 > shortest:
+            split = "validation" if len(self.val) <= len(self.train) else "training"
+            raise ValueError(
+                f"block_size={block_size} is longer than the {split} split allows: it has "
+                f"{shortest} tokens, so block_size must be at most {shortest - 1}. Use a "
+                f"smaller block_size or a longer corpus"
+            )
+
+    def to(self, device) -> "Dataset":
+        self.train = self.train.to(device)
+        self.val = self.val.to(device)
+        return self
+
+    def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
+        """`batch_size` random contiguous blocks: inputs and the next-token targets."""
+        ids = self.train if split == "train" else self.val
+        windows = ids.unfold(0, block_size + 1, 1)  # a view: (n_windows, block_size + 1)
+        ix = torch.randint(len(windows), (batch_size,), generator=generator)
+        blocks = windows[ix.to(ids.device, non_blocking=True)]
+        return blocks[:, :-1], blocks[:, 1:]

@@ -1,0 +1,105 @@
+"""IPython magics: %lmtrain starts a run with its dashboard, %lmstop stops every run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+
+import torch.nn as nn
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+from .run import active_runs, train
+
+# (flag, TrainConfig field, type, help); --steps is the one flag that is not the field's name
+_OPTIONS = [
+    ("--model", "model", str, "gpt, lstm, or the name of a variable holding an nn.Module"),
+    ("--data", "data", str, "builtin, shakespeare, or a path to a UTF-8 text file"),
+    ("--steps", "max_steps", int, "optimizer steps to train"),
+    ("--lr", "lr", float, "base learning rate"),
+    ("--batch-size", "batch_size", int, "sequences per micro-step"),
+    ("--block-size", "block_size", int, "context length in characters"),
+    ("--optimizer", "optimizer", str, "one of " + ", ".join(OPTIMIZERS)),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    ("--momentum", "momentum", float, "SGD momentum"),
+    ("--schedule", "schedule", str, "one of " + ", ".join(SCHEDULES)),
+    ("--warmup-steps", "warmup_steps", int, "linear warmup steps"),
+    ("--min-lr-ratio", "min_lr_ratio", float, "final LR of cosine/exponential decay, as a fraction"),
+    ("--grad-clip", "grad_clip", float, "max gradient norm (0: no clipping)"),
+    ("--grad-accum", "grad_accum", int, "micro-steps per optimizer step"),
+    ("--eval-interval", "eval_interval", int, "steps between validation estimates"),
+    ("--eval-iters", "eval_iters", int, "batches per validation estimate"),
+    ("--val-fraction", "val_fraction", float, "fraction of the corpus held out"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
+    ("--n-layer", "n_layer", int, "layers"),
+    ("--n-head", "n_head", int, "attention heads (GPT)"),
+    ("--n-embd", "n_embd", int, "embedding / hidden size"),
+    ("--dropout", "dropout", float, "dropout probability"),
+]
+
+
+class _Help(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"%lmtrain: {message}. See %lmtrain --help")
+
+    def exit(self, status=0, message=None):
+        raise _Help()
+
+
+def _parser() -> _Parser:
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    parser = _Parser(prog="%lmtrain", description="Train a language model in the background "
+                     "with a live dashboard; returns the Run (run = %lmtrain ...).")
+    for flag, field, type_, help_ in _OPTIONS:
+        parser.add_argument(flag, dest=field, type=type_, default=argparse.SUPPRESS,
+                            help=f"{help_} (default: {defaults[field]})")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="start even if another run is still training")
+    return parser
+
+
+@magics_class
+class LmMagics(Magics):
+    @line_magic
+    def lmtrain(self, line: str):
+        """Start a run: %lmtrain --model gpt --steps 2000 --lr 3e-3 (see %lmtrain --help)."""
+        parser = _parser()
+        try:
+            options = vars(parser.parse_args(shlex.split(line)))
+        except _Help:
+            return None
+        concurrent = options.pop("concurrent")
+        model = options.get("model")
+        if model is not None and model not in ("gpt", "lstm"):
+            value = self.shell.user_ns.get(model)
+            if not isinstance(value, nn.Module):
+                raise UsageError(f"%lmtrain: --model {model!r} is neither gpt, lstm nor the name "
+                                 f"of a variable holding an nn.Module")
+            options["model"] = value
+        try:
+            return train(concurrent=concurrent, **options)
+        except (ValueError, TypeError, ConnectionError) as e:
+            raise UsageError(f"%lmtrain: {e}") from None
+
+    @line_magic
+    def lmstop(self, line: str = ""):
+        """Stop every run that is still training, and wait (up to 5 s each) for it to end."""
+        running = active_runs()
+        for run in running:
+            run.stop()
+        for run in running:
+            run._thread.join(5.0)
+            print(f"stopped run {run.id} at step {run.step}/{run.max_steps}")
+        if not running:
+            print("no run is training")
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(LmMagics)

@@ -1,0 +1,277 @@
+"""Run: the handle on one training run (its thread, trainer and dashboard), and train()."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+import warnings
+
+import torch
+
+from .config import TrainConfig, check_grad_clip, check_lr
+from .control import ENDED, Control
+from .data import Dataset, load_text
+from .history import History
+from .models import build_model
+from .trainer import Trainer, resolve_device
+
+_runs: list["Run"] = []  # every run of this process, oldest first
+_runs_lock = threading.Lock()
+_ids = itertools.count(1)
+
+
+class LmwidgetWarning(UserWarning):
+    """A warning from lmwidget that the user should act on."""
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """Stop runs before the interpreter goes: torch work in a dying daemon thread aborts it."""
+    for run in active_runs():
+        run.stop()
+    for run in runs():
+        run._thread.join(5.0)
+
+
+def runs() -> list["Run"]:
+    """Every run started in this process, oldest first."""
+    with _runs_lock:
+        return list(_runs)
+
+
+def active_runs() -> list["Run"]:
+    return [r for r in runs() if r.state not in ENDED]
+
+
+def train(model="gpt", data="builtin", *, display: bool = True, concurrent: bool = False,
+          **options) -> "Run":
+    """Start training in a background thread and return its Run at once.
+
+    In a notebook the dashboard is displayed in the cell's output. Options: see
+    TrainConfig. If a run is already training, no second one starts unless
+    `concurrent=True`: a warning names `%lmstop` and the running run is returned.
+    """
+    config = TrainConfig.from_options(model=model, data=data, **options)
+    running = [r for r in active_runs() if not r._control.stop_requested]  # stopping ones are ending
+    if running and not concurrent:
+        warnings.warn(
+            f"run {running[-1].id} is still training (state {running[-1].state!r}, step "
+            f"{running[-1].step}/{running[-1].max_steps}), so no new run was started and that "
+            f"run was returned. Stop it with %lmstop (or run.stop()) first, or pass "
+            f"concurrent=True (--concurrent) to train both at once.",
+            LmwidgetWarning, stacklevel=2)
+        run = running[-1]
+    else:
+        run = Run(config)
+        run.start()
+    if display:
+        run._display_once()
+    return run
+
+
+def _check_user_model(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, device):
+    """One tiny forward pass that proves the model follows the contract, before any thread."""
+    name = type(model).__name__
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model {name} has no trainable parameters")
+    limit = getattr(model, "block_size", None)
+    if isinstance(limit, int) and config.block_size > limit:
+        raise ValueError(f"block_size={config.block_size} exceeds model {name}'s block_size={limit}")
+    x, y = dataset.batch("train", 2, min(8, config.block_size), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(x.to(device), y.to(device))
+    ok = isinstance(out, tuple) and len(out) == 2 and all(torch.is_tensor(t) for t in out)
+    if not ok:
+        raise TypeError(f"model {name}'s forward(idx, targets) must return (logits, loss) "
+                        f"tensors; got {type(out).__name__}")
+    logits, loss = out
+    if logits.shape[:2] != x.shape or logits.shape[-1] < dataset.vocab_size or loss.ndim != 0:
+        raise ValueError(
+            f"model {name} returned logits of shape {tuple(logits.shape)} and loss of shape "
+            f"{tuple(loss.shape)}; expected logits (batch, time, >= vocab_size="
+            f"{dataset.vocab_size}) and a scalar loss")
+    if not callable(getattr(model, "generate", None)):
+        raise TypeError(f"model {name} has no generate(idx, max_new_tokens, temperature=1.0, "
+                        f"top_k=None) method")
+
+
+class Run:
+    """One training run. Every method is thread-safe and returns at once, except wait()."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        dataset = Dataset(load_text(config.data), config.val_fraction)
+        dataset.check_block_size(config.block_size)
+        if isinstance(config.model, torch.nn.Module):
+            device = resolve_device(config.device)
+            model = config.model.to(device)
+            _check_user_model(model, dataset, config, device)
+        else:
+            with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
+                torch.manual_seed(config.seed)
+                model = build_model(config.model, dataset.vocab_size, config.block_size,
+                                    config.n_layer, config.n_head, config.n_embd, config.dropout)
+        self.id = next(_ids)
+        self._control = Control()
+        self._history = History()
+        self._trainer = Trainer(config, model, dataset, self._control, self._history)
+        self._thread = threading.Thread(target=self._trainer.run, daemon=True,
+                                        name=f"lmwidget-run-{self.id}")
+        self._dashboard = None
+        self._shown_in = None  # the execution count of the cell that displayed the dashboard
+        self._lock = threading.Lock()
+
+    def start(self) -> "Run":
+        with _runs_lock:
+            _runs.append(self)
+        self._thread.start()
+        return self
+
+    # -- what the run is doing ------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """One of "running", "paused", "stopped", "finished", "failed"."""
+        return self._trainer.state
+
+    @property
+    def step(self) -> int:
+        return self._trainer.step
+
+    @property
+    def max_steps(self) -> int:
+        return self.config.max_steps
+
+    @property
+    def lr(self) -> float:
+        """The base learning rate (the schedule shapes what is applied)."""
+        return self._trainer.base_lr
+
+    @property
+    def grad_clip(self) -> float:
+        return self._trainer.grad_clip
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._trainer.model
+
+    @property
+    def tokenizer(self):
+        return self._trainer.data.tokenizer
+
+    @property
+    def history(self):
+        """Per-step metrics as a pandas DataFrame (a fresh copy at each access)."""
+        return self._history.frame()
+
+    @property
+    def events(self):
+        """Control actions as a DataFrame: step, kind, value."""
+        return self._history.events_frame()
+
+    @property
+    def samples(self) -> list[tuple[int, str]]:
+        return list(self._trainer.samples)
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._trainer.error
+
+    @property
+    def elapsed(self) -> float:
+        t = self._trainer
+        return 0.0 if t.started is None else (t.ended or time.time()) - t.started
+
+    # -- steering -------------------------------------------------------------------------
+    def pause(self) -> None:
+        self._control.pause()
+
+    def resume(self) -> None:
+        self._control.resume()
+
+    def stop(self) -> None:
+        self._control.stop()
+
+    def set_lr(self, lr) -> None:
+        """Set the base learning rate, applied at the next step; the schedule still shapes it."""
+        self._control.request("lr", check_lr(lr))
+
+    def set_grad_clip(self, grad_clip) -> None:
+        """Set the max gradient norm (0 turns clipping off), applied at the next step."""
+        self._control.request("grad_clip", check_grad_clip(grad_clip))
+
+    def request_sample(self) -> None:
+        """Ask for a text sample without waiting: it lands in `samples` (and the dashboard)."""
+        if self._thread.is_alive():
+            self._control.request("sample")
+        else:
+            self._sample_now()
+
+    def sample(self, timeout: float | None = 30.0) -> str:
+        """Text generated by the current model (taken between two training steps)."""
+        if not self._thread.is_alive():
+            return self._sample_now()
+        before = len(self._trainer.samples)
+        self._control.request("sample")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self._trainer.samples) == before:
+            if not self._thread.is_alive():
+                return self._sample_now()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no sample within {timeout} s; the training step may be slow")
+            time.sleep(0.01)
+        return self._trainer.samples[before][1]
+
+    def _sample_now(self) -> str:
+        with self._lock:
+            text = self._trainer.generate_sample()
+            self._trainer.samples.append((self.step, text))
+            self._history.record_event(self.step, "sample")
+        return text
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (True) or `timeout` seconds pass (False).
+
+        Re-raises the exception of a failed run. In a notebook this blocks widget
+        messages while it waits, unless comms run over subshells.
+        """
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        if self.error is not None:
+            raise self.error
+        return True
+
+    # -- display ----------------------------------------------------------------------------
+    @property
+    def dashboard(self):
+        """The dashboard widget (created on first use, on the calling thread)."""
+        with self._lock:
+            if self._dashboard is None:
+                from .dashboard import Dashboard
+
+                self._dashboard = Dashboard(self)
+        return self._dashboard
+
+    def _display_once(self) -> None:
+        """Display the dashboard in the running cell unless this cell already shows it."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):
+            return  # not in a notebook kernel: nothing to draw on
+        if self._shown_in == shell.execution_count:
+            return
+        self._shown_in = shell.execution_count
+        from IPython.display import display
+
+        display(self.dashboard)
+
+    def _ipython_display_(self) -> None:
+        self._display_once()
+
+    def __repr__(self) -> str:
+        model = self.config.summary()["model"]
+        return (f"<lmwidget.Run {self.id}: {model}, {self.state}, step {self.step}/"
+                f"{self.max_steps}, lr={self.lr:.3g}>")

@@ -1,0 +1,171 @@
+"""The training loop: optimizer, LR schedule, clipping, accumulation, evaluation, control."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+from .config import TrainConfig
+from .control import Control
+from .data import Dataset
+from .history import DRAIN_EVERY, History
+
+SAMPLE_TOKENS = 200
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The schedule's multiplier of the base LR at `step` (0-based)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    if config.schedule == "cosine":
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.min_lr_ratio ** progress  # exponential
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Runs the loop in whatever thread calls `run()`; knows nothing about widgets."""
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, dataset: Dataset,
+                 control: Control, history: History):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.data = dataset.to(self.device)
+        self.control = control
+        self.history = history
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(config, self.params)
+        self.base_lr = config.lr
+        self.grad_clip = config.grad_clip
+        self.step = 0          # optimizer steps completed
+        self.state = "running"
+        self.error: BaseException | None = None
+        self.samples: list[tuple[int, str]] = []
+        self.started = self.ended = None  # time.time() stamps
+        self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        self._batch_gen = torch.Generator().manual_seed(config.seed)
+        self._eval_gen = torch.Generator().manual_seed(config.seed + 1)
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * lr_factor(self.config, step)
+
+    def run(self) -> None:
+        self.started = time.time()
+        try:
+            self.model.train()
+            while self.step < self.config.max_steps and self._obey_control():
+                self._train_step()
+            self.state = "finished" if self.step >= self.config.max_steps else "stopped"
+        except BaseException as e:  # shown in the dashboard and re-raised by Run.wait()
+            self.error = e
+            self.state = "failed"
+        finally:
+            self.ended = time.time()
+            self.history.drain()
+
+    def _train_step(self) -> None:
+        cfg = self.config
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        loss_sum = None
+        for _ in range(cfg.grad_accum):
+            x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self._batch_gen)
+            _, loss = self.model(x, y)
+            (loss / cfg.grad_accum).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        # the norm stays a device tensor: reading it here would be a host-device sync
+        grad_norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if self.grad_clip > 0:
+            clip_grads_with_norm_(self.params, self.grad_clip, grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        self.step += 1
+        val_loss = self.evaluate() if self._eval_due() else None
+        pending = self.history.push(self.step, self.step * self.tokens_per_step, lr,
+                                    self.tokens_per_step / dt, dt, loss_sum / cfg.grad_accum,
+                                    grad_norm, val_loss)
+        if pending >= DRAIN_EVERY:  # bounded memory when no dashboard drains for us
+            self.history.drain()
+
+    def _eval_due(self) -> bool:
+        return self.step % self.config.eval_interval == 0 or self.step == self.config.max_steps
+
+    @torch.no_grad()
+    def evaluate(self) -> torch.Tensor:
+        """Mean validation loss over `eval_iters` batches, as a device tensor."""
+        cfg = self.config
+        self.model.eval()
+        losses = [self.model(*self.data.batch("val", cfg.batch_size, cfg.block_size, self._eval_gen))[1]
+                  for _ in range(cfg.eval_iters)]
+        self.model.train()
+        return torch.stack(losses).mean()
+
+    def _obey_control(self) -> bool:
+        """Apply pending requests; wait while paused. False when the loop must stop."""
+        while True:
+            for kind, value in self.control.take().items():
+                self._apply(kind, value)
+            if self.control.stop_requested:
+                self.history.record_event(self.step, "stop")
+                return False
+            if not self.control.paused:
+                if self.state == "paused":
+                    self.state = "running"
+                    self.history.record_event(self.step, "resume")
+                return True
+            if self.state != "paused":
+                self.state = "paused"
+                self.history.record_event(self.step, "pause")
+                self.history.drain()  # so every reader sees the run up to where it paused
+            self.control.wait_while_paused()
+
+    def _apply(self, kind: str, value) -> None:
+        if kind == "lr" and value != self.base_lr:
+            self.base_lr = value
+        elif kind == "grad_clip" and value != self.grad_clip:
+            self.grad_clip = value
+        elif kind == "sample":
+            self.samples.append((self.step, self.generate_sample()))
+        else:
+            return  # a request that changes nothing is not an event
+        self.history.record_event(self.step, kind, value)
+
+    def generate_sample(self, max_new_tokens: int = SAMPLE_TOKENS) -> str:
+        """Text from the current model, without disturbing the training RNG streams."""
+        tokenizer = self.data.tokenizer
+        start = tokenizer.stoi.get("\n", 0)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(self.config.seed + self.step)
+            self.model.eval()
+            try:
+                idx = torch.full((1, 1), start, dtype=torch.long, device=self.device)
+                out = self.model.generate(idx, max_new_tokens)
+            finally:
+                self.model.train()
+        return tokenizer.decode(out[0, 1:].tolist())

@@ -1,0 +1,39 @@
+"""Shared test settings: a tiny model that trains in milliseconds per step, and no leftover runs."""
+
+import threading
+
+import pytest
+
+import lmwidget
+from lmwidget.run import active_runs
+
+# ~1 ms per step on 2 CPU cores, still a real GPT
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=50,
+            eval_iters=2)
+
+
+@pytest.fixture
+def tiny():
+    return dict(TINY)
+
+
+def wait_for(predicate, timeout=10.0, interval=0.005):
+    """Poll until predicate() is true; fail the test (not hang) after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs():
+    yield
+    for run in active_runs():
+        run.stop()
+    for run in lmwidget.runs():
+        run._thread.join(5)
+    leftovers = [t.name for t in threading.enumerate() if t.name.startswith("lmwidget-run")]
+    assert not leftovers, f"training threads left running: {leftovers}"

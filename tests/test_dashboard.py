@@ -1,0 +1,217 @@
+"""The dashboard built without a frontend: its widget state is what a browser would draw."""
+
+import re
+import threading
+import time
+
+import ipywidgets as w
+import numpy as np
+import pytest
+import torch.nn as nn
+
+import lmwidget
+from lmwidget.dashboard import UPDATE_INTERVAL, Dashboard
+
+from .conftest import wait_for
+
+LONG = 1_000_000
+
+
+def start(tiny, **options):
+    return lmwidget.train(display=False, **{**tiny, **options})
+
+
+def text_of(html_widget):
+    return re.sub(r"<[^>]+>", "", html_widget.value)
+
+
+def settle(dashboard, run):
+    """Wait for the run to end and the updater's last redraw."""
+    run._thread.join(30)
+    wait_for(lambda: dashboard._updater is None, timeout=5)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Every widget message sent, as (widget, state keys, buffer bytes)."""
+    log = []
+    original = w.Widget._send
+
+    def send(self, msg, buffers=None):
+        size = sum(memoryview(b).nbytes for b in buffers or [])
+        log.append((self, tuple(sorted(msg.get("state", {}))), size))
+        return original(self, msg, buffers)
+
+    monkeypatch.setattr(w.Widget, "_send", send)
+    return log
+
+
+def test_css_classes_are_the_test_and_styling_handles(tiny):
+    run = start(tiny, max_steps=5)
+    d = run.dashboard
+    classes = {c for widget in (d.pause_button, d.stop_button, d.lr_slider, d.step_label, d.status,
+                                d.sample_button, *(c.figure for c in d.charts.values()))
+               for c in widget._dom_classes}
+    assert {"lmwidget-pause", "lmwidget-stop", "lmwidget-lr", "lmwidget-step", "lmwidget-status",
+            "lmwidget-sample", "lmwidget-chart-loss", "lmwidget-chart-perplexity",
+            "lmwidget-chart-grad-norm", "lmwidget-chart-lr", "lmwidget-chart-throughput"} <= classes
+
+
+def test_charts_show_the_whole_run_downsampled(tiny):
+    run = start(tiny, max_steps=2500, eval_interval=500, grad_clip=0.5)
+    d = run.dashboard
+    settle(d, run)
+    h = run.history
+    loss = d.charts["loss"].marks["train"]
+    assert 1000 < len(loss.x) <= 2000
+    assert loss.x[0] == 1 and loss.x[-1] == 2500
+    assert loss.y.min() == pytest.approx(h.loss.min()) and loss.y.max() == pytest.approx(h.loss.max())
+    ppl = d.charts["perplexity"].marks["train"]
+    np.testing.assert_allclose(ppl.y, np.exp(loss.y), rtol=1e-5)
+    val = d.charts["loss"].marks["val"]
+    np.testing.assert_array_equal(val.x, [500, 1000, 1500, 2000, 2500])
+    np.testing.assert_allclose(val.y, h.val_loss.dropna(), rtol=1e-6)
+    for name, column in (("grad_norm", "grad_norm"), ("lr", "lr"), ("throughput", "tokens_per_sec")):
+        mark = next(iter(d.charts[name].marks.values()))
+        assert 0 < len(mark.x) <= 2000 and mark.y.max() == pytest.approx(h[column].max())
+    clip = d.charts["grad_norm"].extra["clip"]
+    assert list(clip.y) == [0.5, 0.5] and list(clip.x) == [1, 2500]
+    assert text_of(d.status) == "finished"
+    assert d.step_label.value == "2500"
+    assert d.progress.value == 2500 and d.progress.bar_style == "success"
+
+
+def test_every_array_sent_is_new_and_contiguous(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    mark = d.charts["loss"].marks["train"]
+    wait_for(lambda: len(mark.x) > 3, timeout=5)
+    first = mark.x
+    wait_for(lambda: mark.x is not first and len(mark.x) > len(first), timeout=5)
+    assert mark.x.flags.c_contiguous and mark.x.dtype == np.float32
+    assert first[-1] < mark.x[-1]  # the earlier array was not mutated into the new one
+
+
+def test_pause_button_pauses_and_resumes(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    wait_for(lambda: run.step > 3)
+    d.pause_button.click()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    wait_for(lambda: d.pause_button.description == "Resume" and text_of(d.status) == "paused", timeout=2)
+    frozen = run.step
+    time.sleep(3 * UPDATE_INTERVAL)
+    assert d.step_label.value == str(frozen)
+    d.pause_button.click()
+    wait_for(lambda: run.state == "running" and run.step > frozen, timeout=2)
+    wait_for(lambda: d.pause_button.description == "Pause", timeout=2)
+    rules = d.charts["loss"].rules
+    wait_for(lambda: len(rules.labels) == 2, timeout=2)
+    assert rules.labels == [f"step {frozen}: pause", f"step {frozen}: resume"]
+    assert np.asarray(rules.x).tolist() == [[frozen, frozen], [frozen, frozen]]
+
+
+def test_slider_and_clip_input_steer_the_run(tiny):
+    run = start(tiny, max_steps=LONG, lr=3e-3)
+    d = run.dashboard
+    wait_for(lambda: run.step > 3)
+    d.lr_slider.value = 1e-4
+    wait_for(lambda: run.lr == 1e-4, timeout=2)
+    step = run.step
+    wait_for(lambda: run.step > step + 3, timeout=2)
+    assert run.history.lr.iloc[-1] == 1e-4
+    d.clip_input.value = 0.3
+    wait_for(lambda: run.grad_clip == 0.3, timeout=2)
+    assert run.events.kind.tolist() == ["lr", "grad_clip"]
+
+
+def test_code_changes_show_on_the_controls(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    run.set_lr(2e-2)
+    run.set_grad_clip(0.7)
+    wait_for(lambda: d.lr_slider.value == pytest.approx(2e-2) and d.clip_input.value == 0.7, timeout=3)
+    assert run.events.kind.tolist() == ["lr", "grad_clip"]  # reflecting them asked for nothing new
+
+
+def test_slider_range_covers_the_starting_lr(tiny):
+    run = start(tiny, max_steps=3, lr=5.0)
+    assert run.dashboard.lr_slider.max >= 1 and run.dashboard.lr_slider.value == 5.0
+    run.wait(10)
+
+
+def test_stop_button(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    d.stop_button.click()
+    assert run.wait(2)
+    settle(d, run)
+    assert text_of(d.status) == "stopped"
+    assert not [t for t in threading.enumerate() if t.name.startswith("lmwidget-ui")]
+
+
+def test_sample_button_during_and_after_the_run(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    d.sample_button.click()
+    wait_for(lambda: "sample at step" in d.sample_text.value, timeout=10)
+    run.stop()
+    settle(d, run)
+    before = len(run.samples)
+    d.sample_button.click()  # the run is over: the updater wakes up to show it
+    wait_for(lambda: len(run.samples) == before + 1, timeout=10)
+    wait_for(lambda: f"sample at step {run.step}" in d.sample_text.value, timeout=5)
+
+
+def test_failure_is_shown_with_its_traceback(tiny):
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(200, 200)
+            self.calls = 0
+
+        def forward(self, idx, targets=None):
+            self.calls += 1
+            if self.calls > 3:
+                raise FloatingPointError("loss went to the moon")
+            logits = self.table(idx)
+            return logits, logits.logsumexp(-1).mean()
+
+        def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+            return idx
+
+    run = start(tiny, model=Fails(), max_steps=LONG)
+    d = run.dashboard
+    settle(d, run)
+    assert text_of(d.status) == "failed"
+    assert "loss went to the moon" in d.notice.value and "Traceback" in d.notice.value
+    assert d.progress.bar_style == "danger"
+    assert len(run.history) == 2
+
+
+def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    calls = []
+    original = d.refresh
+    d.refresh = lambda: (calls.append(time.monotonic()), original())
+    time.sleep(2.0)
+    assert 4 <= len(calls) <= 9  # at most 4 per second
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    time.sleep(2 * UPDATE_INTERVAL)
+    before = len(sent)
+    time.sleep(4 * UPDATE_INTERVAL)
+    assert len(sent) == before  # paused: nothing changes, nothing is sent
+
+
+def test_a_redraw_sends_each_series_once(tiny, sent):
+    run = start(tiny, max_steps=300, eval_interval=100)
+    run.wait(30)
+    sent.clear()
+    d = Dashboard(run)  # a second view: its first redraw draws the whole run
+    wait_for(lambda: d._updater is None, timeout=5)
+    marks = [m for c in d.charts.values() for m in (*c.marks.values(), *c.extra.values())]
+    updates = [widget for widget, keys, _ in sent if keys == ("x", "y")]
+    assert sorted(map(id, updates)) == sorted(map(id, marks))  # each mark: x and y in one message
+    assert all(len(m.x) > 0 for m in marks)

@@ -1,0 +1,340 @@
+import math
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lmwidget
+from lmwidget import LmwidgetWarning
+
+from .conftest import wait_for
+
+LONG = 1_000_000  # steps: runs that only end when told to
+
+
+def start(tiny, **options):
+    return lmwidget.train(display=False, **{**tiny, **options})
+
+
+def test_train_returns_at_once_and_finishes(tiny):
+    t0 = time.monotonic()
+    run = start(tiny, max_steps=LONG)
+    assert time.monotonic() - t0 < 2.0
+    assert run.state == "running"
+    run.stop()
+    short = start(tiny, max_steps=30)
+    assert short.wait(timeout=30) is True
+    assert short.state == "finished" and short.step == 30
+    assert len(short.history) == 30
+
+
+def test_wait_times_out_on_a_running_run(tiny):
+    run = start(tiny, max_steps=LONG)
+    assert run.wait(timeout=0.05) is False
+    assert run.state == "running"
+
+
+def test_pause_freezes_the_step_counter_and_resume_continues(tiny):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 5)
+    threading.Thread(target=run.pause).start()  # from another thread
+    wait_for(lambda: run.state == "paused", timeout=2)
+    frozen = run.step
+    time.sleep(0.5)
+    assert run.step == frozen and run.state == "paused"
+    assert len(run.history) == frozen  # everything up to the pause is readable
+    threading.Thread(target=run.resume).start()
+    wait_for(lambda: run.step > frozen + 5, timeout=2)
+    assert run.state == "running"
+    kinds = list(run.events.kind)
+    assert kinds == ["pause", "resume"]
+    assert run.events.step.tolist() == [frozen, frozen]
+
+
+def test_pause_waits_without_burning_cpu(tiny):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 5)
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    native = run._thread.native_id
+
+    def cpu_seconds():
+        thread = next(t for t in psutil.Process().threads() if t.id == native)
+        return thread.user_time + thread.system_time
+
+    before = cpu_seconds()
+    time.sleep(1.0)
+    assert cpu_seconds() - before < 0.05
+
+
+def test_controls_are_idempotent(tiny):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 2)
+    run.pause()
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    run.pause()
+    time.sleep(0.05)
+    run.resume()
+    run.resume()
+    wait_for(lambda: run.state == "running", timeout=2)
+    run.stop()
+    run.stop()
+    assert run.wait(timeout=2)
+    run.stop()
+    run.pause()
+    run.resume()
+    assert run.state == "stopped"
+    assert list(run.events.kind) == ["pause", "resume", "stop"]
+
+
+def test_set_lr_applies_within_one_step(tiny):
+    run = start(tiny, max_steps=LONG, lr=3e-3)
+    wait_for(lambda: run.step > 10)
+    called_at = []
+
+    def set_lr():
+        called_at.append(run.step)
+        run.set_lr(1e-4)
+
+    threading.Thread(target=set_lr).start()
+    wait_for(lambda: called_at and run.step > called_at[0] + 5, timeout=2)
+    called_at = called_at[0]
+    h = run.history
+    first = int(h.step[h.lr == 1e-4].iloc[0])
+    assert first <= called_at + 2  # the step running when it was called, then the next
+    assert (h.lr[h.step >= first] == 1e-4).all()
+    assert (h.lr[h.step < first] == 3e-3).all()
+    events = run.events
+    assert events.kind.tolist() == ["lr"] and events.value.tolist() == [1e-4]
+    assert run.lr == 1e-4
+
+
+def test_set_lr_keeps_the_schedule_shaping_it(tiny):
+    run = start(tiny, max_steps=400, lr=1e-2, schedule="cosine", min_lr_ratio=0.0)
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    run.set_lr(1e-3)
+    run.resume()
+    run.wait(30)
+    h = run.history
+    after = h[h.step > run.events.step.iloc[-1] + 1]
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 400)) for s in after.step]
+    np.testing.assert_allclose(after.lr, expected, rtol=1e-9)
+
+
+def test_set_lr_while_paused_is_applied_and_recorded(tiny):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 3)
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    run.set_lr(5e-4)
+    wait_for(lambda: run.lr == 5e-4, timeout=2)
+    assert run.state == "paused"
+    assert run.events.kind.tolist() == ["pause", "lr"]
+
+
+def test_set_grad_clip(tiny):
+    run = start(tiny, max_steps=LONG, grad_clip=1.0)
+    run.set_grad_clip(0.25)
+    wait_for(lambda: run.grad_clip == 0.25, timeout=2)
+    assert run.events.kind.tolist() == ["grad_clip"]
+
+
+def test_stop_ends_the_thread_within_two_seconds_and_leaves_none(tiny):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 3)
+    t0 = time.monotonic()
+    threading.Thread(target=run.stop).start()
+    run._thread.join(2.0)
+    assert not run._thread.is_alive()
+    assert time.monotonic() - t0 < 2.0
+    assert run.state == "stopped"
+    assert not [t for t in threading.enumerate() if t.name.startswith("lmwidget-run")]
+    assert len(run.history) == run.step
+
+
+def test_stop_while_paused(tiny):
+    run = start(tiny, max_steps=LONG)
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    run.stop()
+    assert run.wait(timeout=2) and run.state == "stopped"
+
+
+def test_sample_while_training_and_after(tiny):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 3)
+    text = run.sample()
+    assert len(text) == 200 and set(text) <= set(run.tokenizer.chars)
+    run.stop()
+    run.wait(2)
+    assert len(run.sample()) == 200
+    assert [kind for kind in run.events.kind if kind == "sample"] == ["sample", "sample"]
+    assert len(run.samples) == 2
+
+
+def test_sampling_does_not_change_the_loss_curve(tiny):
+    plain = start(tiny, max_steps=60, seed=3)
+    plain.wait(30)
+    sampled = start(tiny, max_steps=60, seed=3)
+    sampled.sample()
+    sampled.sample()
+    sampled.wait(30)
+    np.testing.assert_array_equal(plain.history.loss, sampled.history.loss)
+
+
+class Boom(nn.Module):
+    """A bigram model that raises at a chosen forward call, to exercise failure."""
+
+    def __init__(self, vocab_size, fail_at=None):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, vocab_size)
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def forward(self, idx, targets=None):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise RuntimeError("boom at call %d" % self.calls)
+        logits = self.table(idx)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        for _ in range(max_new_tokens):
+            probs = F.softmax(self(idx)[0][:, -1] / temperature, dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, 1)), dim=1)
+        return idx
+
+
+def test_a_user_model_plugs_in(tiny):
+    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
+    run = start(tiny, model=Boom(vocab), max_steps=50, lr=0.1)
+    assert run.wait(30)
+    h = run.history
+    assert h.loss.iloc[-5:].mean() < h.loss.iloc[:3].mean()
+    assert len(run.sample()) == 200
+
+
+def test_lstm_trains(tiny):
+    run = start(tiny, model="lstm", max_steps=60, lr=1e-2)
+    assert run.wait(30)
+    assert run.history.loss.tail(5).mean() < run.history.loss.head(3).mean() - 0.5
+
+
+def test_failure_keeps_history_and_wait_reraises(tiny):
+    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
+    run = start(tiny, model=Boom(vocab, fail_at=12), max_steps=LONG, eval_interval=1000)
+    with pytest.raises(RuntimeError, match="boom at call 12"):
+        run.wait(10)
+    assert run.state == "failed"
+    assert len(run.history) == 10  # call 1 is the contract check; steps 1..10 completed
+    assert isinstance(run.error, RuntimeError)
+
+
+def _thread_names():
+    return sorted(t.name for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(lr=0), ValueError, r"lr must be a finite number > 0.*got 0"),
+    (dict(lr=-1e-3), ValueError, r"got -0.001"),
+    (dict(lr=float("nan")), ValueError, r"got nan"),
+    (dict(lr=float("inf")), ValueError, r"got inf"),
+    (dict(lr="fast"), ValueError, r"got 'fast'"),
+    (dict(lr=True), ValueError, r"got True"),
+    (dict(max_steps=0), ValueError, r"max_steps must be an integer >= 1; got 0"),
+    (dict(max_steps=-5), ValueError, r"got -5"),
+    (dict(max_steps=2.5), ValueError, r"got 2.5"),
+    (dict(block_size=50_000), ValueError, r"block_size=50000 is longer than the validation split"),
+    (dict(data="to be or not to be, that is the question", block_size=32), ValueError,
+     r"block_size=32 is longer than the validation split allows: it has 4 tokens"),
+    (dict(data=""), ValueError, r"empty"),
+    (dict(model="gpx"), ValueError, r"unknown model 'gpx'; valid: gpt, lstm"),
+    (dict(data="shakspeare"), ValueError, r"(?i)valid corpus names: builtin, shakespeare"),
+    (dict(optimizer="lion"), ValueError, r"unknown optimizer 'lion'; valid: adamw, adam, sgd"),
+    (dict(schedule="step"), ValueError, r"valid: constant, cosine, exponential"),
+    (dict(grad_clip=-1), ValueError, r"grad_clip must be a finite number >= 0"),
+    (dict(n_embd=30, n_head=4), ValueError, r"n_embd=30, n_head=4"),
+    (dict(lrr=1e-3), TypeError, r"unknown option\(s\) lrr; valid options: .*lr"),
+])
+def test_bad_input_is_refused_before_any_thread_starts(tiny, options, error, match):
+    threads, runs = _thread_names(), len(lmwidget.runs())
+    with pytest.raises(error, match=match):
+        start(tiny, **options)
+    assert _thread_names() == threads
+    assert len(lmwidget.runs()) == runs
+
+
+def test_bad_files_are_named(tiny, tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8"):
+        start(tiny, data=str(latin1))
+    with pytest.raises(ValueError, match=r"missing.txt"):
+        start(tiny, data=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match=r"cannot read .*adir"):
+        (tmp_path / "adir").mkdir()
+        start(tiny, data=tmp_path / "adir")
+
+
+def test_a_model_that_breaks_the_contract_is_refused(tiny):
+    class LogitsOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(200, 200)
+
+        def forward(self, idx, targets=None):
+            return self.table(idx)
+
+    with pytest.raises(TypeError, match=r"must return \(logits, loss\)"):
+        start(tiny, model=LogitsOnly())
+    assert not lmwidget.run.active_runs()
+
+
+@pytest.mark.parametrize("call, value", [("set_lr", -1), ("set_lr", float("nan")), ("set_lr", "x"),
+                                         ("set_lr", 0), ("set_grad_clip", -0.5),
+                                         ("set_grad_clip", float("inf"))])
+def test_a_bad_control_call_leaves_the_run_untouched(tiny, call, value):
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 2)
+    with pytest.raises(ValueError, match=repr(value) if isinstance(value, str) else "got"):
+        getattr(run, call)(value)
+    step = run.step
+    wait_for(lambda: run.step > step + 3, timeout=2)
+    assert run.state == "running" and run.lr == 3e-3 and run.grad_clip == 1.0
+    assert run.events.empty
+
+
+def test_a_second_run_warns_and_does_not_start(tiny):
+    first = start(tiny, max_steps=LONG)
+    with pytest.warns(LmwidgetWarning, match="%lmstop"):
+        second = start(tiny, max_steps=LONG)
+    assert second is first
+    assert len([t for t in threading.enumerate() if t.name.startswith("lmwidget-run")]) == 1
+    both = start(tiny, max_steps=LONG, concurrent=True)
+    assert both is not first and both.state == "running" and first.state == "running"
+
+
+def test_repr(tiny):
+    run = start(tiny, max_steps=5)
+    run.wait(10)
+    assert repr(run) == f"<lmwidget.Run {run.id}: gpt, finished, step 5/5, lr=0.003>"
+
+
+def test_exiting_python_while_a_run_trains_is_clean():
+    import subprocess
+    import sys
+
+    code = ("import lmwidget; lmwidget.train(display=False, max_steps=10**6, n_layer=1, n_embd=32, "
+            "block_size=32); print('bye')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "bye"

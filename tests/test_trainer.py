@@ -1,0 +1,141 @@
+import copy
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lmwidget.config import TrainConfig
+from lmwidget.control import Control
+from lmwidget.data import Dataset, builtin_text
+from lmwidget.history import History
+from lmwidget.models import build_model
+from lmwidget.trainer import Trainer, lr_factor
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def text():
+    return builtin_text()[:60_000]
+
+
+def make_trainer(text, **options):
+    config = TrainConfig.from_options(**{**TINY, "eval_interval": 10_000, **options})
+    dataset = Dataset(text, config.val_fraction)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
+                        config.n_head, config.n_embd, config.dropout)
+    return Trainer(config, model, dataset, Control(), History())
+
+
+def run_steps(text, steps, **options):
+    trainer = make_trainer(text, max_steps=steps, **options)
+    trainer.run()
+    assert trainer.state == "finished", trainer.error
+    return trainer, trainer.history.frame()
+
+
+def test_schedules():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 55) == pytest.approx(0.55)
+    assert lr_factor(cfg, 100) == pytest.approx(0.1)
+    factors = [lr_factor(cfg, s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    exp = TrainConfig(max_steps=100, schedule="exponential", min_lr_ratio=0.01)
+    assert lr_factor(exp, 0) == 1.0
+    assert lr_factor(exp, 50) == pytest.approx(0.1)
+    assert lr_factor(exp, 100) == pytest.approx(0.01)
+    assert lr_factor(TrainConfig(schedule="constant"), 1234) == 1.0
+
+
+def test_recorded_lr_is_the_applied_lr(text):
+    trainer, h = run_steps(text, 40, schedule="cosine", warmup_steps=5, lr=1e-2)
+    expected = [1e-2 * lr_factor(trainer.config, s) for s in range(40)]
+    np.testing.assert_allclose(h.lr, expected)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected[-1])
+
+
+def test_same_seed_same_loss_curve(text):
+    _, a = run_steps(text, 30, seed=7)
+    _, b = run_steps(text, 30, seed=7)
+    _, c = run_steps(text, 30, seed=8)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert not np.array_equal(a.loss, c.loss)
+
+
+def test_loss_falls_and_columns_are_consistent(text):
+    trainer, h = run_steps(text, 150, eval_interval=50)
+    assert h.loss.tail(20).mean() < h.loss.head(5).mean() - 0.8
+    assert list(h.step) == list(range(1, 151))
+    assert list(h.tokens) == [s * 8 * 32 for s in range(1, 151)]
+    np.testing.assert_allclose(h.tokens_per_sec, 8 * 32 / h.step_time)
+    assert h.val_loss.notna().tolist() == [s % 50 == 0 for s in range(1, 151)]
+    np.testing.assert_allclose(h.val_perplexity.dropna(), np.exp(h.val_loss.dropna()))
+
+
+def test_last_step_is_always_evaluated(text):
+    _, h = run_steps(text, 7, eval_interval=5)
+    assert h.val_loss.notna().tolist() == [False] * 4 + [True, False, True]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_optimizers_learn(text, optimizer):
+    lr = 0.3 if optimizer == "sgd" else 1e-2
+    _, h = run_steps(text, 60, optimizer=optimizer, lr=lr)
+    assert h.loss.tail(10).mean() < h.loss.head(3).mean() - 0.5
+
+
+def test_grad_norm_is_before_clipping_and_the_update_is_clipped(text):
+    trainer = make_trainer(text, max_steps=1, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                           lr=0.1, grad_clip=1e-3)
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.run()
+    grad_norm = trainer.history.frame().grad_norm[0]
+    assert grad_norm > 0.1  # the raw norm is recorded, far above the clip threshold
+    moved = math.sqrt(sum(((p.detach() - b) ** 2).sum().item() for p, b in zip(trainer.params, before)))
+    assert moved == pytest.approx(0.1 * 1e-3, rel=1e-3)  # lr * clipped norm
+
+
+def test_grad_accumulation_averages_micro_batches(text):
+    trainer = make_trainer(text, max_steps=1, grad_accum=2, optimizer="sgd", lr=1e-9)
+    reference = copy.deepcopy(trainer.model)
+    gen = torch.Generator().manual_seed(trainer.config.seed)
+    losses = []
+    for _ in range(2):
+        x, y = trainer.data.batch("train", 8, 32, gen)
+        losses.append(reference(x, y)[1])
+    (sum(losses) / 2).backward()
+    expected = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad) for p in reference.parameters()]))
+    trainer.run()
+    h = trainer.history.frame()
+    assert h.grad_norm[0] == pytest.approx(expected.item(), rel=1e-5)
+    assert h.loss[0] == pytest.approx((sum(losses) / 2).item(), rel=1e-6)
+    assert h.tokens[0] == 2 * 8 * 32
+
+
+def test_no_host_device_sync_per_step(text, monkeypatch):
+    """lmwidget's hot path never reads a scalar back: only History.drain does, in batches.
+
+    (torch's own optimizers call .item() on their CPU step counters; those are not counted.)
+    """
+    calls = {"item": 0, "float": 0, "cpu": 0}
+    for name, method in (("item", "item"), ("float", "__float__"), ("cpu", "cpu")):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *a, _original=original, _name=name, **k):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("lmwidget"):
+                calls[_name] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    trainer = make_trainer(text, max_steps=600)
+    trainer.run()
+    assert calls["item"] == 0 and calls["float"] == 0
+    assert calls["cpu"] <= 4  # 600 steps drained at 256, 512 and the end
+    assert len(trainer.history) == 600
