@@ -1,0 +1,156 @@
+"""%lmtrain and %lmstop in a real ipykernel, with this test acting as the browser over comms."""
+
+import queue
+import time
+
+import pytest
+from jupyter_client import KernelManager
+
+pytestmark = pytest.mark.slow
+
+TINY = "--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8"
+
+
+class Kernel:
+    """A real kernel and a client that reads every iopub message."""
+
+    def __init__(self):
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self.comm_updates = 0  # widget state updates the kernel sent (the dashboard redrawing)
+
+    def execute(self, code, timeout=60):
+        """Run a cell; return (stdout, stderr, error text, display data)."""
+        msg_id = self.kc.execute(code)
+        out, err, error, displays = [], [], None, []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"cell did not finish within {timeout} s: {code!r}") from None
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "comm_msg" and content["data"].get("method") == "update":
+                self.comm_updates += 1
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if kind == "stream":
+                (out if content["name"] == "stdout" else err).append(content["text"])
+            elif kind == "error":
+                error = "\n".join(content["traceback"])
+            elif kind in ("display_data", "execute_result"):
+                displays.append(content["data"])
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(out), "".join(err), error, displays
+
+    def value(self, expression):
+        out, _, error, _ = self.execute(
+            f"_v = {expression}\nprint(repr(_v.item() if hasattr(_v, 'item') else _v))")
+        assert error is None, error
+        return eval(out)
+
+    def wait_for(self, expression, expected, timeout=10):
+        deadline = time.monotonic() + timeout
+        while (got := self.value(expression)) != expected:
+            assert time.monotonic() < deadline, f"{expression} is {got!r}, not {expected!r}"
+            time.sleep(0.05)
+
+    def send_comm(self, comm_id, data):
+        """What a browser sends when a widget is clicked or changed."""
+        msg = self.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+        self.kc.shell_channel.send(msg)
+
+    def click(self, comm_id):
+        self.send_comm(comm_id, {"method": "custom", "content": {"event": "click"}})
+
+    def set_value(self, comm_id, value):
+        self.send_comm(comm_id, {"method": "update", "state": {"value": value}, "buffer_paths": []})
+
+    def shutdown(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    yield k
+    k.shutdown()
+
+
+def test_lmtrain_in_a_kernel_obeys_the_browser(kernel):
+    _, _, error, _ = kernel.execute("%load_ext lmwidget")
+    assert error is None, error
+    t0 = time.monotonic()
+    _, err, error, displays = kernel.execute(f"run = %lmtrain --model gpt --steps 1000000 --lr 3e-3 {TINY}")
+    assert error is None, error
+    assert time.monotonic() - t0 < 10, "the cell must return at once"
+    assert any("application/vnd.jupyter.widget-view+json" in d for d in displays), "no dashboard shown"
+    assert err == ""
+    kernel.wait_for("run.state", "running")
+    kernel.wait_for("run.step > 20", True)
+
+    pause_id = kernel.value("run.dashboard.pause_button.model_id")
+    slider_id = kernel.value("run.dashboard.lr_slider.model_id")
+    updates = kernel.comm_updates
+    time.sleep(1.0)
+    kernel.execute("pass")
+    assert kernel.comm_updates > updates, "the dashboard is not redrawing from its thread"
+
+    kernel.click(pause_id)
+    kernel.wait_for("run.state", "paused", timeout=5)
+    frozen = kernel.value("run.step")
+    time.sleep(0.5)
+    assert kernel.value("run.step") == frozen
+    kernel.wait_for("run.dashboard.pause_button.description", "Resume", timeout=5)
+
+    kernel.set_value(slider_id, 0.001)
+    kernel.wait_for("run.lr", 0.001, timeout=5)
+    kernel.click(pause_id)
+    kernel.wait_for("run.state", "running", timeout=5)
+    kernel.wait_for(f"run.step > {frozen + 5}", True)
+    assert kernel.value("run.history.lr.iloc[-1]") == 0.001
+    assert kernel.value(f"run.history.lr[run.history.step <= {frozen}].unique().tolist()") == [0.003]
+    assert kernel.value("run.events.kind.tolist()") == ["pause", "lr", "resume"]
+
+    out, err, error, displays = kernel.execute(f"again = %lmtrain --steps 100 {TINY}")
+    assert error is None and "%lmstop" in err
+    assert kernel.value("again is run")
+    assert kernel.value("sum(t.name.startswith('lmwidget-run') for t in __import__('threading').enumerate())") == 1
+
+    out, _, error, _ = kernel.execute("%lmstop")
+    assert error is None and f"stopped run" in out
+    assert kernel.value("run.state") == "stopped"
+    assert kernel.value("run._thread.is_alive()") is False
+
+
+def test_lmtrain_help_and_errors(kernel):
+    kernel.execute("%load_ext lmwidget")
+    out, _, error, _ = kernel.execute("%lmtrain --help")
+    assert error is None
+    for flag in ("--model", "--data", "--steps", "--lr", "--schedule", "--grad-clip", "--concurrent"):
+        assert flag in out
+    # a magic's usage errors are one clean line on stderr (IPython's UsageError), no traceback
+    _, err, _, _ = kernel.execute("%lmtrain --lr -1")
+    assert "UsageError" in err and "lr must be a finite number > 0" in err and "got -1.0" in err
+    _, err, _, _ = kernel.execute("%lmtrain --lr fast")
+    assert "invalid float value: 'fast'" in err and "%lmtrain --help" in err
+    _, err, _, _ = kernel.execute("%lmtrain --model mystery")
+    assert "neither gpt, lstm nor the name of a variable" in err
+    assert kernel.value("[r.state for r in __import__('lmwidget').runs() if r.state == 'running']") == []
+
+
+def test_lmtrain_takes_a_model_variable_and_finishes(kernel):
+    kernel.execute("%load_ext lmwidget\n%lmstop")
+    _, _, error, _ = kernel.execute(
+        "import lmwidget, torch\n"
+        "vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size\n"
+        "mine = lmwidget.LSTM(vocab, block_size=32, n_layer=1, n_embd=32)\n"
+        f"r2 = %lmtrain --model mine --steps 40 {TINY}")
+    assert error is None, error
+    kernel.wait_for("r2.state", "finished", timeout=30)
+    assert kernel.value("r2.model is mine")
+    assert kernel.value("len(r2.history)") == 40
