@@ -26,6 +26,10 @@ class LmwidgetWarning(UserWarning):
     """A warning from lmwidget that the user should act on."""
 
 
+# Python shows a warning once per call site by default; these must show every time.
+warnings.simplefilter("always", LmwidgetWarning)
+
+
 @atexit.register
 def _stop_all_at_exit() -> None:
     """Stop runs before the interpreter goes: torch work in a dying daemon thread aborts it."""

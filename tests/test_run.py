@@ -338,3 +338,18 @@ def test_exiting_python_while_a_run_trains_is_clean():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "bye"
+
+
+def test_the_second_run_warning_shows_every_time():
+    """Python prints a warning once per call site by default; this one must not go quiet."""
+    import subprocess
+    import sys
+
+    code = ("import lmwidget\n"
+            "opts = dict(display=False, n_layer=1, n_embd=32, block_size=32, max_steps=10**6)\n"
+            "first = lmwidget.train(**opts)\n"
+            "for _ in range(3):\n"
+            "    assert lmwidget.train(**opts) is first\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("LmwidgetWarning") == 3
