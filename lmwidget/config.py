@@ -13,6 +13,7 @@ from .models import MODELS
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -31,11 +32,13 @@ class TrainConfig:
     min_lr_ratio: float = 0.1    # where cosine and exponential decay end, as a fraction of lr
     grad_clip: float = 1.0       # max global gradient norm; 0 turns clipping off
     grad_accum: int = 1          # micro-steps per optimizer step: effective batch = batch_size * grad_accum
-    eval_interval: int = 100     # steps between validation-loss estimates (and at the last step)
+    eval_interval: int = 100     # steps between validation-loss estimates (and at the last step); 0: never
     eval_iters: int = 10         # validation batches per estimate
     val_fraction: float = 0.1    # the tail of the corpus held out for validation
     seed: int = 1337             # the same seed gives the same loss curve on CPU
     device: str = "auto"         # "auto" picks cuda when available, else cpu
+    dtype: str = "float32"       # "bfloat16": autocast forward passes to bf16 (tensor cores on GPUs)
+    compile: bool = False        # torch.compile the model: faster steps after a slow first one
     n_layer: int = 2             # the defaults learn visibly within a minute on 2 CPU cores
     n_head: int = 4
     n_embd: int = 64
@@ -60,10 +63,11 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}, or an "
                              f"nn.Module whose forward(idx, targets) returns (logits, loss)")
         check_lr(self.lr)
-        for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_interval",
-                     "eval_iters", "n_layer", "n_head", "n_embd"):
+        for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters",
+                     "n_layer", "n_head", "n_embd"):
             _check_int(name, getattr(self, name), minimum=1)
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        for name in ("warmup_steps", "eval_interval"):
+            _check_int(name, getattr(self, name), minimum=0)
         _check_int("seed", self.seed, minimum=0)
         check_grad_clip(self.grad_clip)
         for name in ("weight_decay", "momentum", "min_lr_ratio"):
@@ -72,6 +76,9 @@ class TrainConfig:
         _check_float("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False; got {self.compile!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
 

@@ -13,6 +13,7 @@ import numpy as np
 import ipywidgets as w
 
 from .charts import Chart
+from .control import ENDED
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
@@ -132,7 +133,7 @@ class Dashboard(w.VBox):
 
     def _update_loop(self) -> None:
         while True:
-            ended = not self._run._thread.is_alive()  # read first: the last draw sees the end
+            ended = self._run.state in ENDED  # read first: the last draw sees the end
             try:
                 self.refresh()
             except Exception:  # never let a drawing bug kill the view silently

@@ -34,6 +34,7 @@ _OPTIONS = [
     ("--val-fraction", "val_fraction", float, "fraction of the corpus held out"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
+    ("--dtype", "dtype", str, "float32, or bfloat16 for bf16 autocast"),
     ("--n-layer", "n_layer", int, "layers"),
     ("--n-head", "n_head", int, "attention heads (GPT)"),
     ("--n-embd", "n_embd", int, "embedding / hidden size"),
@@ -60,6 +61,8 @@ def _parser() -> _Parser:
     for flag, field, type_, help_ in _OPTIONS:
         parser.add_argument(flag, dest=field, type=type_, default=argparse.SUPPRESS,
                             help=f"{help_} (default: {defaults[field]})")
+    parser.add_argument("--compile", dest="compile", action="store_const", const=True,
+                        default=argparse.SUPPRESS, help="torch.compile the model")
     parser.add_argument("--concurrent", action="store_true",
                         help="start even if another run is still training")
     return parser

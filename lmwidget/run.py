@@ -104,15 +104,17 @@ def _check_user_model(model: torch.nn.Module, dataset: Dataset, config: TrainCon
 class Run:
     """One training run. Every method is thread-safe and returns at once, except wait()."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
+                 dataset: Dataset | None = None):
+        """Prepare a run (call start()); `model` and `dataset` override building them from config."""
         self.config = config
-        dataset = Dataset(load_text(config.data), config.val_fraction)
+        dataset = dataset or Dataset(load_text(config.data), config.val_fraction)
         dataset.check_block_size(config.block_size)
-        if isinstance(config.model, torch.nn.Module):
+        if model is None and isinstance(config.model, torch.nn.Module):
             device = resolve_device(config.device)
             model = config.model.to(device)
             _check_user_model(model, dataset, config, device)
-        else:
+        elif model is None:
             with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
                 torch.manual_seed(config.seed)
                 model = build_model(config.model, dataset.vocab_size, config.block_size,

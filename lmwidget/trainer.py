@@ -55,6 +55,10 @@ class Trainer:
         self.data = dataset.to(self.device)
         self.control = control
         self.history = history
+        # the compiled module shares the model's parameters; generate() uses the plain model
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=config.dtype == "bfloat16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config, self.params)
         self.base_lr = config.lr
@@ -94,7 +98,8 @@ class Trainer:
         loss_sum = None
         for _ in range(cfg.grad_accum):
             x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self._batch_gen)
-            _, loss = self.model(x, y)
+            with self.autocast:
+                _, loss = self.forward(x, y)
             (loss / cfg.grad_accum).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         # the norm stays a device tensor: reading it here would be a host-device sync
@@ -113,15 +118,18 @@ class Trainer:
             self.history.drain()
 
     def _eval_due(self) -> bool:
-        return self.step % self.config.eval_interval == 0 or self.step == self.config.max_steps
+        every = self.config.eval_interval
+        return every > 0 and (self.step % every == 0 or self.step == self.config.max_steps)
 
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
         """Mean validation loss over `eval_iters` batches, as a device tensor."""
         cfg = self.config
         self.model.eval()
-        losses = [self.model(*self.data.batch("val", cfg.batch_size, cfg.block_size, self._eval_gen))[1]
-                  for _ in range(cfg.eval_iters)]
+        with self.autocast:
+            losses = [self.forward(*self.data.batch("val", cfg.batch_size, cfg.block_size,
+                                                    self._eval_gen))[1]
+                      for _ in range(cfg.eval_iters)]
         self.model.train()
         return torch.stack(losses).mean()
 

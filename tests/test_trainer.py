@@ -83,6 +83,11 @@ def test_last_step_is_always_evaluated(text):
     assert h.val_loss.notna().tolist() == [False] * 4 + [True, False, True]
 
 
+def test_eval_interval_zero_never_evaluates(text):
+    _, h = run_steps(text, 7, eval_interval=0)
+    assert h.val_loss.isna().all()
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
 def test_optimizers_learn(text, optimizer):
     lr = 0.3 if optimizer == "sgd" else 1e-2

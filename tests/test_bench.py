@@ -1,0 +1,88 @@
+"""The cost bounds: payload sizes, flat scaling, history bytes, and a loose timing ratio."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmwidget import bench
+from lmwidget.config import TrainConfig
+from lmwidget.data import Dataset, builtin_text
+from lmwidget.models import GPT, LSTM, build_model, count_params
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module", autouse=True)
+def counting_comm():
+    import comm
+
+    original = comm.create_comm
+    bench.install_counting_comm()
+    yield
+    comm.create_comm = original
+
+
+def test_a_chart_update_stays_small_and_flat_up_to_a_million_steps():
+    rows = bench.scaling()
+    assert [r["steps"] for r in rows] == [1_000, 10_000, 100_000, 1_000_000]
+    for r in rows:
+        assert r["points_sent"] <= 2000
+        assert r["bytes"] <= 64 * 1024
+    assert rows[-1]["bytes"] <= 1.5 * rows[0]["bytes"]  # bytes do not grow with the run
+
+
+def test_preparing_an_update_costs_the_same_at_any_run_length():
+    rows = bench.scaling(sizes=(1_000, 1_000_000), repeats=30)
+    # generous: the work is O(max_points); a per-update O(n) pass would be ~1000x slower here
+    assert rows[1]["prepare_ms"] < 10 * rows[0]["prepare_ms"] + 1.0
+
+
+def test_history_bytes_per_step():
+    from lmwidget.history import History
+
+    assert History().nbytes_per_step() <= 128
+
+
+def test_flops_per_token():
+    gpt = GPT(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    expected = 6 * count_params(gpt) + 12 * 2 * 4 * 16 * 64
+    assert bench.flops_per_token(gpt, 64) == expected
+    lstm = LSTM(vocab_size=65, block_size=64)
+    assert bench.flops_per_token(lstm, 64) == 6 * count_params(lstm)
+    assert bench.peak_flops(torch.device("cpu")) is None
+
+
+def test_the_lmwidget_loop_reports_its_dashboard_traffic():
+    bench.CountingComm.log.clear()
+    config = TrainConfig.from_options(**{**TINY, "eval_interval": 0, "max_steps": 600})
+    dataset = Dataset(builtin_text()[:100_000])
+    torch.manual_seed(0)
+    init = build_model("gpt", dataset.vocab_size, 32, 1, 2, 32, 0.0).state_dict()
+    run, dashboard, tps, cpu_share, rate, sizes = bench.lmwidget_loop(config, dataset, init, 500, 100)
+    assert run.state == "finished" and tps > 0
+    assert 0 < rate <= 4.0  # redraws per second
+    assert 0 < cpu_share < 1
+    assert sizes and max(sizes) <= 64 * 1024  # each chart, each redraw
+
+
+@pytest.mark.slow
+def test_the_benchmark_command_prints_its_report_and_holds_a_loose_ratio():
+    """B/A >= 0.9 on the best of several rounds: loose enough for a noisy 2-core machine."""
+    code = ("import json, lmwidget.bench as b; r = b.benchmark(rounds=4, steps=150, warmup=20, "
+            "n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8); print(json.dumps(r))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for key in ("tokens_per_sec_bare", "tokens_per_sec_lmwidget", "ratio", "ui_updates_per_sec",
+                "chart_update_bytes", "widget_bytes_per_1000_steps", "control_latency",
+                "history_bytes_per_step", "dashboard_cpu_share_of_one_core", "scaling"):
+        assert key in report
+    assert report["best_ratio"] >= 0.9, report
+    assert report["chart_update_bytes"]["max"] <= 64 * 1024
+    latency = report["control_latency"]
+    step_ms = report["step_time_ms"]
+    for name in ("pause_ms", "set_lr_ms", "stop_ms"):
+        assert latency[name]["median"] <= step_ms + 20 + 50, (name, latency[name], step_ms)
