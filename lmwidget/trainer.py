@@ -95,13 +95,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        loss_sum = None
+        loss_sum = None  # the step's mean loss over its micro-batches
         for _ in range(cfg.grad_accum):
             x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self._batch_gen)
             with self.autocast:
                 _, loss = self.forward(x, y)
-            (loss / cfg.grad_accum).backward()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            if cfg.grad_accum > 1:
+                loss = loss / cfg.grad_accum
+            loss.backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # the mean
         # the norm stays a device tensor: reading it here would be a host-device sync
         grad_norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
         if self.grad_clip > 0:
@@ -112,7 +114,7 @@ class Trainer:
         self.step += 1
         val_loss = self.evaluate() if self._eval_due() else None
         pending = self.history.push(self.step, self.step * self.tokens_per_step, lr,
-                                    self.tokens_per_step / dt, dt, loss_sum / cfg.grad_accum,
+                                    self.tokens_per_step / dt, dt, loss_sum,
                                     grad_norm, val_loss)
         if pending >= DRAIN_EVERY:  # bounded memory when no dashboard drains for us
             self.history.drain()
