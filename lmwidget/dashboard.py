@@ -16,6 +16,7 @@ from .charts import Chart
 from .control import ENDED
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
+BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
 STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
                 "finished": "#1565c0", "failed": "#c62828"}
 BAR_STYLES = {"running": "", "paused": "warning", "stopped": "info", "finished": "success",
@@ -28,6 +29,11 @@ def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def redraw_interval(sent_bytes: int) -> float:
+    """Seconds until the next redraw: 4 Hz, slower once a redraw carries many bytes."""
+    return max(UPDATE_INTERVAL, sent_bytes / BYTES_PER_SEC)
 
 
 class Dashboard(w.VBox):
@@ -94,6 +100,7 @@ class Dashboard(w.VBox):
 
         self._rows = 0           # history rows already fed to the charts
         self._x0 = None          # the first step drawn
+        self._sent = 0           # chart bytes sent by the last refresh
         self._n_events = 0
         self._n_samples = 0
         self._shown = None       # the last (state, step, paused, lr, clip) drawn
@@ -142,7 +149,7 @@ class Dashboard(w.VBox):
                 if ended and self._n_samples == len(self._run._trainer.samples):
                     self._updater = None
                     return
-            time.sleep(UPDATE_INTERVAL)
+            time.sleep(redraw_interval(self._sent))
 
     def refresh(self) -> None:
         """Draw what changed since the last refresh; send nothing when nothing did."""
@@ -164,8 +171,7 @@ class Dashboard(w.VBox):
         for chart, values in (("loss", new["val_loss"][evals]), ("perplexity", np.exp(new["val_loss"][evals]))):
             if self.charts[chart].extend("val", steps[evals], values):
                 fed.setdefault(chart, []).append("val")
-        for chart, names in fed.items():
-            self.charts[chart].draw(names)
+        self._sent = sum(self.charts[chart].draw(names) for chart, names in fed.items())
 
         events = history.events_since(0)
         if len(events) != self._n_events:

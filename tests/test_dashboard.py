@@ -10,7 +10,7 @@ import pytest
 import torch.nn as nn
 
 import lmwidget
-from lmwidget.dashboard import UPDATE_INTERVAL, Dashboard
+from lmwidget.dashboard import BYTES_PER_SEC, UPDATE_INTERVAL, Dashboard, redraw_interval
 
 from .conftest import wait_for
 
@@ -227,3 +227,20 @@ def test_a_redraw_sends_each_series_once(tiny, sent):
     updates = [widget for widget, keys, _ in sent if keys == ("x", "y")]
     assert sorted(map(id, updates)) == sorted(map(id, marks))  # each mark: x and y in one message
     assert all(len(m.x) > 0 for m in marks)
+
+
+def test_traffic_is_bounded_on_long_runs():
+    assert redraw_interval(0) == UPDATE_INTERVAL
+    assert redraw_interval(10_000) == UPDATE_INTERVAL  # early in a run: 4 Hz
+    full = 7 * 2000 * 2 * 4  # every series at its 2,000-point cap, float32 x and y
+    assert redraw_interval(full) == pytest.approx(full / BYTES_PER_SEC)
+    assert full / redraw_interval(full) <= BYTES_PER_SEC
+
+
+def test_refresh_reports_the_bytes_it_sent(tiny):
+    run = start(tiny, max_steps=300, eval_interval=100)
+    run.wait(30)
+    d = Dashboard(run)
+    wait_for(lambda: d._updater is None, timeout=10)
+    marks = [m for c in d.charts.values() for m in c.marks.values()]
+    assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks)
