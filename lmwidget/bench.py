@@ -12,6 +12,7 @@ import dataclasses
 import json
 import statistics
 import sys
+import threading
 import time
 
 import comm
@@ -24,7 +25,7 @@ from .config import TrainConfig
 from .data import Dataset, load_text
 from .models import GPT, build_model, count_params
 from .run import Run
-from .trainer import make_optimizer, resolve_device
+from .trainer import cpu_threads, make_optimizer, resolve_device
 
 # dense bf16 tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name()
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -68,6 +69,20 @@ def peak_flops(device: torch.device) -> float | None:
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def in_thread(threads: int, fn, *args):
+    """fn(*args) in a new thread using `threads` intra-op threads, as lmwidget trains."""
+    out = []
+
+    def target():
+        torch.set_num_threads(threads)
+        out.append(fn(*args))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return out[0]
 
 
 def bare_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int, warmup: int) -> float:
@@ -200,6 +215,7 @@ def scaling(sizes=SCALING_SIZES, new_points: int = 100, repeats: int = 20) -> li
 
 def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) -> dict:
     install_counting_comm()
+    torch.get_num_threads()  # fix this thread's count before any training thread sets its own
     config = TrainConfig.from_options(**{"eval_interval": 0, **options,
                                          "max_steps": warmup + steps})
     dataset = Dataset(load_text(config.data), config.val_fraction)
@@ -208,9 +224,11 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) ->
     torch.manual_seed(config.seed)
     init_state = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
                              config.n_head, config.n_embd, config.dropout).state_dict()
-    a, b, ui_cpu, ui_rate, update_bytes, msg_bytes = [], [], [], [], [], []
-    for _ in range(rounds):  # interleaved: A, B, A, B, ...
-        a.append(bare_loop(config, dataset, init_state, steps, warmup))
+    threads = cpu_threads(config.threads) if device.type == "cpu" else torch.get_num_threads()
+    a, a_main, b, ui_cpu, ui_rate, update_bytes, msg_bytes = [], [], [], [], [], [], []
+    for _ in range(rounds):  # interleaved: A, A on the main thread, B, A, ...
+        a.append(in_thread(threads, bare_loop, config, dataset, init_state, steps, warmup))
+        a_main.append(bare_loop(config, dataset, init_state, steps, warmup))
         del CountingComm.log[:]
         run, dashboard, tps, cpu_share, rate, sizes = lmwidget_loop(config, dataset, init_state,
                                                                     steps, warmup)
@@ -223,13 +241,19 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) ->
     model = run.model
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "training_threads": threads,
+        "main_thread_threads": torch.get_num_threads(),
         "model": config.model, "params": count_params(model), "batch_size": config.batch_size,
         "block_size": config.block_size, "dtype": config.dtype, "compile": config.compile,
         "rounds": rounds, "steps_per_round": steps,
+        # A: a bare loop in a background thread with lmwidget's thread count: lmwidget's own cost
         "tokens_per_sec_bare": statistics.median(a), "tokens_per_sec_lmwidget": statistics.median(b),
         "ratio": statistics.median(b) / statistics.median(a),
         "best_ratio": max(b) / max(a),  # best round of each: the least disturbed by other load
+        # the same bare loop blocking the main thread with torch's default threads: what
+        # training in the background at all costs (or gains) against a notebook that blocks
+        "tokens_per_sec_bare_main_thread": statistics.median(a_main),
+        "ratio_to_main_thread": statistics.median(b) / statistics.median(a_main),
         "ui_updates_per_sec": statistics.median(ui_rate),
         "chart_update_bytes": {"max": max(update_bytes), "mean": statistics.fmean(update_bytes)},
         "widget_bytes_per_1000_steps": statistics.median(msg_bytes),

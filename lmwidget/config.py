@@ -37,6 +37,8 @@ class TrainConfig:
     val_fraction: float = 0.1    # the tail of the corpus held out for validation
     seed: int = 1337             # the same seed gives the same loss curve on CPU
     device: str = "auto"         # "auto" picks cuda when available, else cpu
+    threads: int = 0             # CPU threads of the training step (the kernel keeps its own);
+                                 # 0: one fewer than the CPUs, so the kernel and browser keep a core
     dtype: str = "float32"       # "bfloat16": autocast forward passes to bf16 (tensor cores on GPUs)
     compile: bool = False        # torch.compile the model: faster steps after a slow first one
     n_layer: int = 2             # the defaults learn visibly within a minute on 2 CPU cores
@@ -66,7 +68,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters",
                      "n_layer", "n_head", "n_embd"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_interval"):
+        for name in ("warmup_steps", "eval_interval", "threads"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("seed", self.seed, minimum=0)
         check_grad_clip(self.grad_clip)

@@ -34,6 +34,7 @@ _OPTIONS = [
     ("--val-fraction", "val_fraction", float, "fraction of the corpus held out"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
+    ("--threads", "threads", int, "CPU threads for training (0: one fewer than the CPUs)"),
     ("--dtype", "dtype", str, "float32, or bfloat16 for bf16 autocast"),
     ("--n-layer", "n_layer", int, "layers"),
     ("--n-head", "n_head", int, "attention heads (GPT)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -38,6 +39,20 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     return config.min_lr_ratio ** progress  # exponential
 
 
+def cpu_threads(requested: int) -> int:
+    """Intra-op threads for a CPU training thread: `requested`, or one fewer than the CPUs.
+
+    A second OpenMP team beside the kernel's own oversubscribes the cores: on 2 CPUs, once
+    the main thread had run torch ops, a background loop on 2 threads ran 20-45% slower than
+    on 1, and collapsed (20 steps/s against 280) with JupyterLab and Chromium drawing on the
+    same machine.
+    """
+    if requested:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) - 1)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +84,9 @@ class Trainer:
         self.samples: list[tuple[int, str]] = []
         self.started = self.ended = None  # time.time() stamps
         self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        # torch threads adopt the last set_num_threads() lazily: fix the calling (user's)
+        # thread's own count now, before run() sets the training thread's
+        torch.get_num_threads()
         self._batch_gen = torch.Generator().manual_seed(config.seed)
         self._eval_gen = torch.Generator().manual_seed(config.seed + 1)
 
@@ -77,6 +95,8 @@ class Trainer:
 
     def run(self) -> None:
         self.started = time.time()
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
         try:
             self.model.train()
             while self.step < self.config.max_steps and self._obey_control():

@@ -1,5 +1,6 @@
 import copy
 import math
+import os
 import sys
 
 import numpy as np
@@ -144,3 +145,33 @@ def test_no_host_device_sync_per_step(text, monkeypatch):
     assert calls["item"] == 0 and calls["float"] == 0
     assert calls["cpu"] <= 4  # 600 steps drained at 256, 512 and the end
     assert len(trainer.history) == 600
+
+
+def test_cpu_training_threads_leave_the_callers_threads_alone():
+    """The loop picks its own intra-op threads; the thread that started it keeps its count.
+
+    In a fresh process, like a kernel whose main thread has run no torch op yet.
+    """
+    import subprocess
+
+    from lmwidget.trainer import cpu_threads
+
+    assert cpu_threads(3) == 3
+    assert cpu_threads(0) == max(1, len(os.sched_getaffinity(0)) - 1)
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if int(default) < 2:
+        pytest.skip("one CPU: nothing to tell apart")
+    code = ("import threading, torch, lmwidget\n"
+            "run = lmwidget.train(display=False, max_steps=3, threads=1, n_layer=1, n_embd=32, "
+            "block_size=32)\n"
+            "run.wait()\n"
+            "seen = []\n"
+            "t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))\n"
+            "t.start(); t.join()\n"
+            "print(torch.get_num_threads(), seen[0])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    main, new_thread = done.stdout.split()
+    assert main == default  # the user's thread keeps torch's default
+    assert new_thread == "1"  # threads started later adopt the last setting: torch's own rule
