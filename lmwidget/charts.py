@@ -37,8 +37,8 @@ class Chart:
             title=title, marks=[*self.marks.values(), self.rules],
             # bqplot cannot draw a log axis created empty with num_ticks, nor guess a tick
             # format for a one-step domain: so integer steps, and default ticks on log axes
-            axes=[bq.Axis(scale=x_scale, label="step", tick_format="d", num_ticks=5),
-                  bq.Axis(scale=y_scale, orientation="vertical", tick_format=tick_format,
+            axes=[bq.Axis(scale=x_scale, label="step", side="bottom", tick_format="d", num_ticks=5),
+                  bq.Axis(scale=y_scale, side="left", tick_format=tick_format,
                           num_ticks=None if log else 5)],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
             animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))

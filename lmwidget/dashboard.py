@@ -90,9 +90,9 @@ class Dashboard(w.VBox):
 
         header = w.HBox([self.status, w.Label("step"), self.step_label, w.Label(f"/ {cfg.max_steps}"),
                          self.progress, self.speed, self.timing],
-                        layout=w.Layout(align_items="center", gap="8px"))
+                        layout=w.Layout(align_items="center", grid_gap="8px"))
         controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
-                           self.sample_button], layout=w.Layout(align_items="center", gap="8px"))
+                           self.sample_button], layout=w.Layout(align_items="center", grid_gap="8px"))
         grid = w.GridBox([c.figure for c in self.charts.values()],
                          layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
         super().__init__([header, controls, self.notice, grid, self.sample_text])
@@ -162,13 +162,15 @@ class Dashboard(w.VBox):
         if self._x0 is None and len(steps):
             self._x0 = float(steps[0])
         fed = {}
-        for chart, name, values in (("loss", "train", new["loss"]), ("perplexity", "train", np.exp(new["loss"])),
+        with np.errstate(over="ignore"):
+            ppl, val_ppl = np.exp(new["loss"]), np.exp(new["val_loss"])
+        for chart, name, values in (("loss", "train", new["loss"]), ("perplexity", "train", ppl),
                                     ("grad_norm", "grad_norm", new["grad_norm"]), ("lr", "lr", new["lr"]),
                                     ("throughput", "tokens_per_sec", new["tokens_per_sec"])):
             if self.charts[chart].extend(name, steps, values):
                 fed.setdefault(chart, []).append(name)
         evals = ~np.isnan(new["val_loss"])
-        for chart, values in (("loss", new["val_loss"][evals]), ("perplexity", np.exp(new["val_loss"][evals]))):
+        for chart, values in (("loss", new["val_loss"][evals]), ("perplexity", val_ppl[evals])):
             if self.charts[chart].extend("val", steps[evals], values):
                 fed.setdefault(chart, []).append("val")
         self._sent = sum(self.charts[chart].draw(names) for chart, names in fed.items())

@@ -96,8 +96,9 @@ class History:
     def frame(self) -> pd.DataFrame:
         self.drain()
         cols = self.since(0)
-        cols["perplexity"] = np.exp(cols["loss"])
-        cols["val_perplexity"] = np.exp(cols["val_loss"])
+        with np.errstate(over="ignore"):  # a diverged loss has an infinite perplexity
+            cols["perplexity"] = np.exp(cols["loss"])
+            cols["val_perplexity"] = np.exp(cols["val_loss"])
         return pd.DataFrame({k: cols[k] for k in COLUMNS})
 
     def record_event(self, step: int, kind: str, value=None) -> None:
@@ -155,7 +156,8 @@ class MinMaxSeries:
             self._last = (tx[-1], ty[-1])
 
     def points(self):
-        """New contiguous float32 arrays (x, y), a point once where a bucket's extremes coincide."""
+        """New contiguous float32 arrays (x, y), a point once where a bucket's extremes coincide;
+        non-finite values (and values beyond float32) become NaN."""
         bx, by = self._bx, self._by
         if len(self._tx):
             tx, ty = _extremes(self._tx[None, :], self._ty[None, :])
@@ -165,8 +167,10 @@ class MinMaxSeries:
         x, y = bx[keep], by[keep]
         if self._last is not None and self._last[0] != x[-1]:  # the newest, even if unremarkable
             x, y = np.append(x, self._last[0]), np.append(y, self._last[1])
-        return (np.ascontiguousarray(x, dtype=np.float32),
-                np.ascontiguousarray(y, dtype=np.float32))
+        with np.errstate(over="ignore"):
+            y = y.astype(np.float32)
+        y[~np.isfinite(y)] = np.nan  # a gap in the line: an infinite value would break the axis
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
 
 def _extremes(x, y):

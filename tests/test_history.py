@@ -352,3 +352,28 @@ def test_minmax_respects_a_smaller_budget(max_points):
     _assert_well_formed(px, py, max_points=max_points)
     assert len(px) >= max_points // 4
     assert py.max() == np.float32(y.max()) and py.min() == np.float32(y.min())
+
+
+def test_diverged_values_become_gaps_without_warnings():
+    import warnings
+
+    from lmwidget.history import MinMaxSeries
+
+    series = MinMaxSeries()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        series.extend([1, 2, 3, 4], [2.5, np.inf, 1e39, 2.0])
+        x, y = series.points()
+    assert x.tolist() == [1, 2, 3, 4]
+    assert y[0] == 2.5 and np.isnan(y[1]) and np.isnan(y[2]) and y[3] == 2.0
+
+
+def test_a_diverged_loss_has_an_infinite_perplexity_without_warnings():
+    import warnings
+
+    h = History()
+    h.push(1, 10, 1.0, 1.0, 0.1, torch.tensor(1000.0), torch.tensor(1.0), torch.tensor(900.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = h.frame()
+    assert np.isinf(frame.perplexity[0]) and np.isinf(frame.val_perplexity[0])
