@@ -28,6 +28,16 @@ def wait_for(predicate, timeout=10.0, interval=0.005):
         time.sleep(interval)
 
 
+def run_python(code: str, timeout: float = 120):
+    """Run `code` in a fresh interpreter (clean torch and warning state); fail on a non-zero exit."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_runs():
     yield

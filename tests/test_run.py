@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import lmwidget
 from lmwidget import LmwidgetWarning
 
-from .conftest import wait_for
+from .conftest import run_python, wait_for
 
 LONG = 1_000_000  # steps: runs that only end when told to
 
@@ -330,26 +330,16 @@ def test_repr(tiny):
 
 
 def test_exiting_python_while_a_run_trains_is_clean():
-    import subprocess
-    import sys
-
-    code = ("import lmwidget; lmwidget.train(display=False, max_steps=10**6, n_layer=1, n_embd=32, "
-            "block_size=32); print('bye')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_python("import lmwidget; lmwidget.train(display=False, max_steps=10**6, n_layer=1, "
+                      "n_embd=32, block_size=32); print('bye')")
     assert done.stdout.strip() == "bye"
 
 
 def test_the_second_run_warning_shows_every_time():
     """Python prints a warning once per call site by default; this one must not go quiet."""
-    import subprocess
-    import sys
-
-    code = ("import lmwidget\n"
-            "opts = dict(display=False, n_layer=1, n_embd=32, block_size=32, max_steps=10**6)\n"
-            "first = lmwidget.train(**opts)\n"
-            "for _ in range(3):\n"
-            "    assert lmwidget.train(**opts) is first\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_python("import lmwidget\n"
+                      "opts = dict(display=False, n_layer=1, n_embd=32, block_size=32, max_steps=10**6)\n"
+                      "first = lmwidget.train(**opts)\n"
+                      "for _ in range(3):\n"
+                      "    assert lmwidget.train(**opts) is first\n")
     assert done.stderr.count("LmwidgetWarning") == 3

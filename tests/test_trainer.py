@@ -14,7 +14,7 @@ from lmwidget.history import History
 from lmwidget.models import build_model
 from lmwidget.trainer import Trainer, lr_factor
 
-from .conftest import TINY
+from .conftest import TINY, run_python
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +152,11 @@ def test_cpu_training_threads_leave_the_callers_threads_alone():
 
     In a fresh process, like a kernel whose main thread has run no torch op yet.
     """
-    import subprocess
-
     from lmwidget.trainer import cpu_threads
 
     assert cpu_threads(3) == 3
     assert cpu_threads(0) == max(1, len(os.sched_getaffinity(0)) - 1)
-    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    default = run_python("import torch; print(torch.get_num_threads())").stdout.strip()
     if int(default) < 2:
         pytest.skip("one CPU: nothing to tell apart")
     code = ("import threading, torch, lmwidget\n"
@@ -170,8 +167,6 @@ def test_cpu_training_threads_leave_the_callers_threads_alone():
             "t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))\n"
             "t.start(); t.join()\n"
             "print(torch.get_num_threads(), seen[0])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    main, new_thread = done.stdout.split()
+    main, new_thread = run_python(code).stdout.split()
     assert main == default  # the user's thread keeps torch's default
     assert new_thread == "1"  # threads started later adopt the last setting: torch's own rule
