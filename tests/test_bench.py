@@ -86,3 +86,12 @@ def test_the_benchmark_command_prints_its_report_and_holds_a_loose_ratio():
     step_ms = report["step_time_ms"]
     for name in ("pause_ms", "set_lr_ms", "stop_ms"):
         assert latency[name]["median"] <= step_ms + 20 + 50, (name, latency[name], step_ms)
+
+
+def test_peak_flops_is_looked_up_by_gpu_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert bench.peak_flops(torch.device("cuda")) == 989e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-40GB")
+    assert bench.peak_flops(torch.device("cuda")) == 312e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    assert bench.peak_flops(torch.device("cuda")) is None

@@ -170,3 +170,21 @@ def test_cpu_training_threads_leave_the_callers_threads_alone():
     main, new_thread = run_python(code).stdout.split()
     assert main == default  # the user's thread keeps torch's default
     assert new_thread == "1"  # threads started later adopt the last setting: torch's own rule
+
+
+def test_bfloat16_autocast_trains(text):
+    trainer, h = run_steps(text, 60, dtype="bfloat16", lr=1e-2, eval_interval=30)
+    assert trainer.autocast.fast_dtype == torch.bfloat16 and trainer.autocast._enabled
+    assert h.loss.tail(10).mean() < h.loss.head(3).mean() - 0.5
+    assert h.val_loss.notna().sum() == 2
+    _, plain = run_steps(text, 3, lr=1e-2)
+    assert not np.array_equal(h.loss.head(3), plain.loss)  # bf16 really changed the arithmetic
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_plain_one(text):
+    trainer, compiled = run_steps(text, 8, compile=True)
+    assert trainer.forward is not trainer.model  # the compiled module trained
+    _, plain = run_steps(text, 8)
+    np.testing.assert_allclose(compiled.loss, plain.loss, rtol=1e-4)
+    assert len(trainer.generate_sample(20)) == 20  # sampling uses the plain module
