@@ -220,7 +220,7 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) ->
                                          "max_steps": warmup + steps})
     dataset = Dataset(load_text(config.data), config.val_fraction)
     device = resolve_device(config.device)
-    dataset.to(device)
+    dataset = dataset.to(device)
     torch.manual_seed(config.seed)
     init_state = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
                              config.n_head, config.n_embd, config.dropout).state_dict()

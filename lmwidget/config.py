@@ -79,14 +79,17 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)
+        if self.schedule == "exponential" and self.min_lr_ratio == 0:
+            raise ValueError("min_lr_ratio must be > 0 with schedule='exponential' (the LR "
+                             "would be 0 after the first step); got 0")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False; got {self.compile!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
 
     def summary(self) -> dict:
-        """The options as plain values (a user model is named by its class)."""
-        out = dataclasses.asdict(self)
+        """The options as plain values (a user model is named by its class, never copied)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.model, nn.Module):
             out["model"] = type(self.model).__name__
         if not isinstance(self.data, str) or len(self.data) > 80:

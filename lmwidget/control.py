@@ -14,13 +14,15 @@ class Control:
     Who clears what: `pause()`/`resume()` set and clear the pause flag (callers);
     `stop()` is final and never cleared; `request()` adds a pending request that only the
     loop clears, by `take()`-ing it. A later request of the same kind replaces an earlier
-    one that the loop has not taken yet.
+    one that the loop has not taken yet. When the loop ends it `close()`s the control,
+    taking what is left; from then on `request()` queues nothing and says so.
     """
 
     def __init__(self):
         self._cond = threading.Condition()
         self._paused = False
         self._stop = False
+        self._closed = False
         self._requests: dict = {}
 
     @property
@@ -45,10 +47,21 @@ class Control:
             setattr(self, name, value)
             self._cond.notify_all()
 
-    def request(self, kind: str, value=None) -> None:
+    def request(self, kind: str, value=None) -> bool:
+        """Queue a request for the loop; False (nothing queued) once the loop has ended."""
         with self._cond:
+            if self._closed:
+                return False
             self._requests[kind] = value
             self._cond.notify_all()
+            return True
+
+    def close(self) -> dict:
+        """The requests left when the loop ends (called by the loop only); no more queue."""
+        with self._cond:
+            self._closed = True
+            requests, self._requests = self._requests, {}
+        return requests
 
     def pending(self, kind: str) -> bool:
         return kind in self._requests

@@ -55,7 +55,7 @@ class Dashboard(w.VBox):
         self.lr_slider = w.FloatLogSlider(value=cfg.lr, base=10, min=lo, max=hi, step=0.01,
                                           description="lr", readout_format=".2e",
                                           continuous_update=False, layout=w.Layout(width="360px"))
-        self.clip_input = w.BoundedFloatText(value=cfg.grad_clip, min=0, max=1e9, step=0.1,
+        self.clip_input = w.BoundedFloatText(value=cfg.grad_clip, min=0, max=1e30, step=0.1,
                                              description="clip norm", layout=w.Layout(width="180px"))
         self.sample_button = w.Button(description="Sample", icon="comment")
         self.notice = w.HTML()
@@ -101,6 +101,7 @@ class Dashboard(w.VBox):
         self._rows = 0           # history rows already fed to the charts
         self._x0 = None          # the first step drawn
         self._sent = 0           # chart bytes sent by the last refresh
+        self._drawn_lr, self._drawn_clip = cfg.lr, cfg.grad_clip  # as the controls show them
         self._n_events = 0
         self._n_samples = 0
         self._shown = None       # the last (state, step, paused, lr, clip) drawn
@@ -122,12 +123,16 @@ class Dashboard(w.VBox):
         self._kick()
 
     def _on_lr(self, change):
-        if not math.isclose(change["new"], self._run.lr, rel_tol=1e-9):
+        if not self._echo() and not math.isclose(change["new"], self._run.lr, rel_tol=1e-9):
             self._run.set_lr(change["new"])
 
     def _on_clip(self, change):
-        if change["new"] != self._run.grad_clip:
+        if not self._echo() and change["new"] != self._run.grad_clip:
             self._run.set_grad_clip(change["new"])
+
+    def _echo(self) -> bool:
+        """True inside the updater's own write of a control: that is no request."""
+        return threading.current_thread() is self._updater
 
     # -- the updater thread ------------------------------------------------------------------
     def _kick(self) -> None:
@@ -138,15 +143,19 @@ class Dashboard(w.VBox):
                                                  name=f"lmwidget-ui-{self._run.id}")
                 self._updater.start()
 
+    def _idle(self) -> bool:
+        """Nothing more will happen by itself: the run has ended, or has not started."""
+        return self._run.state in ENDED or not self._run.started
+
     def _update_loop(self) -> None:
         while True:
-            ended = self._run.state in ENDED  # read first: the last draw sees the end
+            idle = self._idle()  # read first: the last draw sees the end
             try:
                 self.refresh()
             except Exception:  # never let a drawing bug kill the view silently
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
-            with self._updater_lock:
-                if ended and self._n_samples == len(self._run._trainer.samples):
+            with self._updater_lock:  # Run.start() kicks under this lock: no lost start
+                if idle and self._idle() and self._n_samples == len(self._run._trainer.samples):
                     self._updater = None
                     return
             time.sleep(redraw_interval(self._sent))
@@ -196,9 +205,15 @@ class Dashboard(w.VBox):
             self.progress.bar_style = BAR_STYLES[state]
         self.pause_button.description = "Resume" if paused else "Pause"
         self.pause_button.icon = "play" if paused else "pause"
-        if not run._control.pending("lr") and not math.isclose(self.lr_slider.value, lr, rel_tol=1e-9):
-            self.lr_slider.value = lr
-        if clip != self.clip_input.value:
+        # show a value applied elsewhere (code, a policy) once; a user's edit in flight stays
+        if lr != self._drawn_lr:
+            self._drawn_lr = lr
+            with self.lr_slider.hold_sync():  # widen first, or the slider would clamp it
+                self.lr_slider.min = min(self.lr_slider.min, math.floor(math.log10(lr)))
+                self.lr_slider.max = max(self.lr_slider.max, math.ceil(math.log10(lr)))
+                self.lr_slider.value = lr
+        if clip != self._drawn_clip:
+            self._drawn_clip = clip
             self.clip_input.value = clip
         if self._x0 is not None:
             self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), clip)

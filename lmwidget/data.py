@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import copy
 import os
-import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -22,9 +22,6 @@ SHAKESPEARE_BYTES = 1_115_394
 URL_ENV = "LMWIDGET_SHAKESPEARE_URL"  # tests point this at a local server
 CACHE_ENV = "LMWIDGET_CACHE_DIR"
 
-# A single word that is not a corpus name and not a file is almost surely a typo of a
-# corpus name, not text to train on: refuse it rather than train on six characters.
-_WORD = re.compile(r"[\w.\-]{1,64}")
 
 
 class CharTokenizer:
@@ -126,7 +123,11 @@ def _read_file(path: Path) -> str:
 
 
 def load_text(data) -> str:
-    """The text of `data`: a corpus name, a path to a UTF-8 file, or the text itself."""
+    """The text of `data`: a corpus name, a path to a UTF-8 file, or the text itself.
+
+    A string without whitespace that is neither a corpus name nor an existing file is
+    refused: it is a misspelt name or a wrong path, not text worth training on.
+    """
     if isinstance(data, os.PathLike):
         text = _read_file(Path(data))
     elif not isinstance(data, str):
@@ -134,19 +135,17 @@ def load_text(data) -> str:
             f"data must be a corpus name {CORPORA}, a path to a UTF-8 text file, or a str "
             f"of text; got {type(data).__name__}"
         )
-    elif data == "builtin":
+    elif data.strip() == "builtin":
         text = builtin_text()
-    elif data == "shakespeare":
+    elif data.strip() == "shakespeare":
         text = shakespeare_text()
-    elif "\n" not in data and os.path.isfile(data):
-        text = _read_file(Path(data))
-    elif _WORD.fullmatch(data) or (
-        "\n" not in data and (os.sep in data or data.endswith(".txt"))
-    ):
+    elif "\n" not in data and os.path.exists(os.path.expanduser(data.strip())):
+        text = _read_file(Path(os.path.expanduser(data.strip())))
+    elif data and not any(c.isspace() for c in data):
         raise ValueError(
             f"data={data!r} is neither a corpus name nor an existing file. Valid corpus "
-            f"names: {', '.join(CORPORA)}; or pass a path to a UTF-8 text file, or a string "
-            f"of text to train on (text containing spaces or newlines)"
+            f"names: {', '.join(CORPORA)}; or pass a path to an existing UTF-8 text file, or "
+            f"a string of text to train on (text containing spaces or newlines)"
         )
     else:
         text = data
@@ -188,9 +187,10 @@ class Dataset:
             )
 
     def to(self, device) -> "Dataset":
-        self.train = self.train.to(device)
-        self.val = self.val.to(device)
-        return self
+        """This dataset on `device`, as a new object: a run using this one is not disturbed."""
+        moved = copy.copy(self)
+        moved.train, moved.val = self.train.to(device), self.val.to(device)
+        return moved
 
     def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
         """`batch_size` random contiguous blocks: inputs and the next-token targets."""

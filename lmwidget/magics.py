@@ -100,7 +100,10 @@ class LmMagics(Magics):
             run.stop()
         for run in running:
             run._thread.join(5.0)
-            print(f"stopped run {run.id} at step {run.step}/{run.max_steps}")
+            if run._thread.is_alive():
+                print(f"run {run.id} was asked to stop; its step is still running (step {run.step})")
+            else:
+                print(f"run {run.id} {run.state} at step {run.step}/{run.max_steps}")
         if not running:
             print("no run is training")
 

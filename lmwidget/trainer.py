@@ -97,12 +97,19 @@ class Trainer:
         self.started = time.time()
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
+        # dropout draws from torch's global RNG: seed it as the run starts, like nanoGPT
+        # (the curve then repeats unless other code draws from that RNG during the run)
+        torch.manual_seed(self.config.seed)
         try:
             self.model.train()
             while self.step < self.config.max_steps and self._obey_control():
                 self._train_step()
+            leftover = self.control.close()  # requests made during the last step
+            for kind, value in leftover.items():
+                self.apply(kind, value)
             self.state = "finished" if self.step >= self.config.max_steps else "stopped"
         except BaseException as e:  # shown in the dashboard and re-raised by Run.wait()
+            self.control.close()
             self.error = e
             self.state = "failed"
         finally:
@@ -131,17 +138,17 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        self.step += 1
-        val_loss = self.evaluate() if self._eval_due() else None
-        pending = self.history.push(self.step, self.step * self.tokens_per_step, lr,
-                                    self.tokens_per_step / dt, dt, loss_sum,
-                                    grad_norm, val_loss)
+        step = self.step + 1
+        val_loss = self.evaluate() if self._eval_due(step) else None
+        pending = self.history.push(step, step * self.tokens_per_step, lr,
+                                    self.tokens_per_step / dt, dt, loss_sum, grad_norm, val_loss)
+        self.step = step  # after the row: run.step never runs ahead of the history
         if pending >= DRAIN_EVERY:  # bounded memory when no dashboard drains for us
             self.history.drain()
 
-    def _eval_due(self) -> bool:
+    def _eval_due(self, step: int) -> bool:
         every = self.config.eval_interval
-        return every > 0 and (self.step % every == 0 or self.step == self.config.max_steps)
+        return every > 0 and (step % every == 0 or step == self.config.max_steps)
 
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
@@ -159,22 +166,23 @@ class Trainer:
         """Apply pending requests; wait while paused. False when the loop must stop."""
         while True:
             for kind, value in self.control.take().items():
-                self._apply(kind, value)
+                self.apply(kind, value)
             if self.control.stop_requested:
                 self.history.record_event(self.step, "stop")
                 return False
             if not self.control.paused:
                 if self.state == "paused":
+                    self.history.record_event(self.step, "resume")  # the event, then the state
                     self.state = "running"
-                    self.history.record_event(self.step, "resume")
                 return True
             if self.state != "paused":
-                self.state = "paused"
                 self.history.record_event(self.step, "pause")
                 self.history.drain()  # so every reader sees the run up to where it paused
+                self.state = "paused"
             self.control.wait_while_paused()
 
-    def _apply(self, kind: str, value) -> None:
+    def apply(self, kind: str, value) -> None:
+        """Carry out one request (the loop's thread, or any thread once the loop has ended)."""
         if kind == "lr" and value != self.base_lr:
             self.base_lr = value
         elif kind == "grad_clip" and value != self.grad_clip:
@@ -191,7 +199,7 @@ class Trainer:
         start = tokenizer.stoi.get("\n", 0)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            torch.manual_seed(self.config.seed + self.step)
+            torch.manual_seed(self.config.seed + 7919 * self.step + len(self.samples))
             self.model.eval()
             try:
                 idx = torch.full((1, 1), start, dtype=torch.long, device=self.device)

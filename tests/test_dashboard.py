@@ -244,3 +244,26 @@ def test_refresh_reports_the_bytes_it_sent(tiny):
     wait_for(lambda: d._updater is None, timeout=10)
     marks = [m for c in d.charts.values() for m in c.marks.values()]
     assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks)
+
+
+def test_an_lr_set_from_code_outside_the_slider_range_is_kept(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    run.set_lr(5.0)
+    wait_for(lambda: d.lr_slider.value == 5.0, timeout=3)
+    time.sleep(3 * UPDATE_INTERVAL)
+    assert run.lr == 5.0 and d.lr_slider.max >= 1
+    assert run.events.kind.tolist() == ["pause", "lr"]  # the slider's echo asked for nothing
+
+
+def test_the_dashboard_of_an_unstarted_run_waits_without_a_thread(tiny):
+    from lmwidget.config import TrainConfig
+
+    run = lmwidget.Run(TrainConfig.from_options(**tiny, max_steps=50))
+    d = run.dashboard
+    wait_for(lambda: d._updater is None, timeout=5)  # no thread spinning for a run not started
+    run.start()
+    settle(d, run)
+    assert d.step_label.value == "50"

@@ -390,3 +390,15 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(data.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.cache_dir() == tmp_path / "xdg" / "lmwidget"
+
+
+@pytest.mark.parametrize("text", ["The ratio is 1/2 and that is fine", "I keep my notes.txt here"])
+def test_one_line_text_with_a_slash_or_txt_is_text(text):
+    assert load_text(text) == text
+
+
+def test_corpus_names_and_home_paths_are_understood(tmp_path, monkeypatch):
+    assert load_text(" builtin\n") == load_text("builtin")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.txt").write_text("hello there", encoding="utf-8")
+    assert load_text("~/mine.txt") == "hello there"

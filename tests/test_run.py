@@ -264,6 +264,7 @@ def _thread_names():
     (dict(grad_clip=-1), ValueError, r"grad_clip must be a finite number >= 0"),
     (dict(n_embd=30, n_head=4), ValueError, r"n_embd=30, n_head=4"),
     (dict(lrr=1e-3), TypeError, r"unknown option\(s\) lrr; valid options: .*lr"),
+    (dict(schedule="exponential", min_lr_ratio=0), ValueError, r"min_lr_ratio must be > 0"),
 ])
 def test_bad_input_is_refused_before_any_thread_starts(tiny, options, error, match):
     threads, runs = _thread_names(), len(lmwidget.runs())
@@ -343,3 +344,57 @@ def test_the_second_run_warning_shows_every_time():
                       "for _ in range(3):\n"
                       "    assert lmwidget.train(**opts) is first\n")
     assert done.stderr.count("LmwidgetWarning") == 3
+
+
+def test_same_seed_same_curve_with_dropout(tiny):
+    curves = []
+    for _ in range(2):
+        run = start(tiny, max_steps=15, dropout=0.1, seed=5)
+        run.wait(30)
+        curves.append(run.history.loss.to_numpy())
+    np.testing.assert_array_equal(*curves)
+
+
+def test_requests_after_the_end_are_carried_out_not_left_pending(tiny):
+    run = start(tiny, max_steps=3)
+    run.wait(30)
+    run.set_lr(1e-2)
+    run.set_grad_clip(0.5)
+    first, second = run.sample(), run.sample()
+    assert run.lr == 1e-2 and run.grad_clip == 0.5
+    assert first != second  # each sample draws anew, even at the same step
+    assert run.events.kind.tolist() == ["lr", "grad_clip", "sample", "sample"]
+    assert not run._control.pending("lr")
+
+
+def test_requests_during_the_last_step_are_applied(tiny):
+    class Slow(Boom):
+        def forward(self, idx, targets=None):
+            if targets is not None and idx.size(0) == 8:
+                time.sleep(0.3)  # the training step, not the contract check
+            return super().forward(idx, targets)
+
+    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
+    run = start(tiny, model=Slow(vocab), max_steps=1, eval_interval=0)
+    time.sleep(0.1)  # inside the only step
+    run.request_sample()
+    run.set_lr(1e-2)
+    assert run.wait(10)
+    assert run.state == "finished" and run.lr == 1e-2 and len(run.samples) == 1
+    assert sorted(run.events.kind) == ["lr", "sample"]
+
+
+def test_repr_does_not_copy_the_users_model(tiny):
+    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
+    model = Boom(vocab)
+    model.cache = model.table.weight * 2  # a non-leaf tensor: deepcopy would raise
+    run = start(tiny, model=model, max_steps=2)
+    run.wait(30)
+    assert repr(run).startswith(f"<lmwidget.Run {run.id}: Boom, finished")
+
+
+def test_a_dataset_moved_for_one_run_is_not_moved_under_another():
+    ds = lmwidget.Dataset("to be or not to be " * 100)
+    moved = ds.to("meta")
+    assert moved is not ds and ds.train.device.type == "cpu" and moved.train.device.type == "meta"
+    assert moved.tokenizer is ds.tokenizer
