@@ -1,5 +1,6 @@
 """lmwidget: train a language model in the background of a Jupyter kernel, and steer it live."""
 
+from .callbacks import Callback, EarlyStopping, ReduceLROnPlateau
 from .config import TrainConfig
 from .data import CharTokenizer, Dataset
 from .magics import load_ipython_extension
@@ -8,4 +9,5 @@ from .run import LmwidgetWarning, Run, runs, train
 
 __version__ = "0.1.0"
 __all__ = ["train", "Run", "runs", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
-           "LmwidgetWarning", "load_ipython_extension"]
+           "Callback", "EarlyStopping", "ReduceLROnPlateau", "LmwidgetWarning",
+           "load_ipython_extension"]

@@ -1,4 +1,4 @@
-"""Chart: one bqplot figure of downsampled series on the shared step axis, with event rules."""
+"""Chart: one bqplot figure of downsampled series on a shared x axis, with event rules."""
 
 from __future__ import annotations
 
@@ -6,19 +6,23 @@ import bqplot as bq
 import numpy as np
 from ipywidgets import Layout
 
-from .history import MinMaxSeries
+from .downsample import MinMaxSeries
 
 MAX_POINTS = 2000   # per series, whatever the run length
 MAX_RULES = 200     # the most recent events drawn as vertical rules
 EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr": "#6a1b9a",
-                "grad_clip": "#00838f", "sample": "#9e9e9e"}
+                "grad_clip": "#00838f", "sample": "#9e9e9e", "anomaly": "#c62828",
+                "eval": "#cfd8dc", "checkpoint": "#1565c0"}
+PRIORITY = ("anomaly", "stop", "pause", "resume", "lr", "grad_clip", "checkpoint")  # rule colour
+STEP, TIME = 0, 1  # where an event tuple (step, time, kind, value, detail) keeps each x
 
 
 class Chart:
     """A figure whose marks are only ever written by the dashboard's updater thread."""
 
     def __init__(self, title: str, x_scale, series: dict, css_class: str, log: bool = False,
-                 tick_format: str | None = None):
+                 tick_format: str | None = None, x_label: str = "step", x_format: str = "d",
+                 event_x: int = STEP):
         y_scale = bq.LogScale() if log else bq.LinearScale()
         self.series = {name: MinMaxSeries(MAX_POINTS) for name in series}
         self.marks = {}
@@ -33,11 +37,13 @@ class Chart:
                               tooltip=bq.Tooltip(fields=["name"]))
         self.extra = {}  # marks on the value scale that are not series (a threshold line)
         self.y_scale = y_scale
+        self.log = log
+        self.event_x = event_x
         self.figure = bq.Figure(
             title=title, marks=[*self.marks.values(), self.rules],
             # bqplot cannot draw a log axis created empty with num_ticks, nor guess a tick
             # format for a one-step domain: so integer steps, and default ticks on log axes
-            axes=[bq.Axis(scale=x_scale, label="step", side="bottom", tick_format="d", num_ticks=5),
+            axes=[bq.Axis(scale=x_scale, label=x_label, side="bottom", tick_format=x_format, num_ticks=5),
                   bq.Axis(scale=y_scale, side="left", tick_format=tick_format,
                           num_ticks=None if log else 5)],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
@@ -56,6 +62,15 @@ class Chart:
         sent = 0
         for name in names:
             x, y = self.series[name].points()
+            if self.log:
+                y[y <= 0] = np.nan  # no place on a log axis: a gap
+            if self.marks[name].marker is not None:  # a marker cannot stand at NaN: leave it out
+                keep = np.isfinite(y)
+                x, y = x[keep], y[keep]
+            if not np.isfinite(y).any():
+                # bqplot derives the y domain from the first data it gets: all-NaN data
+                # would leave this line blank for good, so it gets nothing until a number
+                x, y = x[:0], y[:0]
             mark = self.marks[name]
             with mark.hold_sync():
                 mark.x, mark.y = x, y
@@ -78,15 +93,38 @@ class Chart:
                 mark.x, mark.y = np.zeros(0, np.float32), np.zeros(0, np.float32)
 
     def draw_events(self, events) -> None:
-        events = events[-MAX_RULES:]
-        steps = np.array([float(e[0]) for e in events], np.float32)
+        """A vertical rule per step with events (the newest MAX_RULES), its tooltip naming
+        every event at that step; coloured by the most important of them."""
+        groups: dict = {}
+        for event in events:
+            groups.setdefault(event[STEP], []).append(event)
+        groups = list(groups.values())[-MAX_RULES:]
+        xs = np.array([float(g[0][self.event_x]) for g in groups], np.float32)
         with self.rules.hold_sync():
-            self.rules.x = np.stack((steps, steps), axis=1) if len(steps) else np.zeros(0)
-            self.rules.y = np.tile(np.array([0, 1], np.float32), (len(steps), 1)) if len(steps) else np.zeros(0)
-            self.rules.labels = [event_label(e) for e in events]
-            self.rules.colors = [EVENT_COLORS.get(e[1], "#9e9e9e") for e in events] or ["#9e9e9e"]
+            self.rules.x = np.stack((xs, xs), axis=1) if len(xs) else np.zeros(0)
+            self.rules.y = np.tile(np.array([0, 1], np.float32), (len(xs), 1)) if len(xs) else np.zeros(0)
+            self.rules.labels = [group_label(g) for g in groups]
+            self.rules.colors = [EVENT_COLORS.get(_leading(g), "#9e9e9e") for g in groups] or ["#9e9e9e"]
+            # routine evaluations stay faint: the steering and the anomalies stand out
+            self.rules.opacities = [0.35 if _leading(g) == "eval" else 1.0 for g in groups] or [1.0]
+
+
+def _leading(group) -> str:
+    kinds = [e[2] for e in group]
+    return next((k for k in PRIORITY if k in kinds), kinds[-1])
+
+
+def group_label(group) -> str:
+    """`step 7: anomaly inf (grad norm is inf ...) · pause`: one step's events, in order."""
+    first = event_label(group[0])
+    return " · ".join([first] + [event_label(e).split(": ", 1)[1] for e in group[1:]])
 
 
 def event_label(event) -> str:
-    step, kind, value = event
-    return f"step {step}: {kind}" + ("" if value is None else f" {value:.3g}")
+    step, _, kind, value, detail = event
+    label = f"step {step}: {kind}"
+    if isinstance(value, (int, float)):
+        label += f" {value:.3g}"
+    elif value is not None:
+        label += f" {value}"
+    return label + (f" ({detail})" if detail else "")

@@ -14,6 +14,7 @@ from .models import MODELS
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential")
 DTYPES = ("float32", "bfloat16")
+ANOMALY_ACTIONS = ("pause", "skip")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class TrainConfig:
     n_head: int = 4
     n_embd: int = 64
     dropout: float = 0.0
+    anomaly: str = "pause"       # a non-finite loss or grad norm always skips the update; "pause"
+                                 # then pauses the run, "skip" trains on
+    spike_factor: float = 10.0   # mark a grad norm this many times its running median (and a loss
+                                 # ln(spike_factor) above its own) as an anomaly; 0: off
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -79,6 +84,10 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("anomaly", self.anomaly, ANOMALY_ACTIONS)
+        if not (_is_number(self.spike_factor) and (self.spike_factor == 0 or 1 < self.spike_factor < math.inf)):
+            raise ValueError(f"spike_factor must be 0 (off) or a finite number > 1 (for example 10); "
+                             f"got {self.spike_factor!r}")
         if self.schedule == "exponential" and self.min_lr_ratio == 0:
             raise ValueError("min_lr_ratio must be > 0 with schedule='exponential' (the LR "
                              "would be 0 after the first step); got 0")

@@ -15,7 +15,8 @@ class Control:
     `stop()` is final and never cleared; `request()` adds a pending request that only the
     loop clears, by `take()`-ing it. A later request of the same kind replaces an earlier
     one that the loop has not taken yet. When the loop ends it `close()`s the control,
-    taking what is left; from then on `request()` queues nothing and says so.
+    taking what is left; from then on `request()` queues nothing and says so. A request and
+    a stop may carry a note (why: a policy's reason), which the loop writes into the event.
     """
 
     def __init__(self):
@@ -23,7 +24,8 @@ class Control:
         self._paused = False
         self._stop = False
         self._closed = False
-        self._requests: dict = {}
+        self._requests: dict = {}  # kind -> (value, note)
+        self.stop_note = ""
 
     @property
     def paused(self) -> bool:
@@ -33,31 +35,41 @@ class Control:
     def stop_requested(self) -> bool:
         return self._stop
 
+    @property
+    def closed(self) -> bool:
+        """True once the loop has ended: requests are then carried out by the caller."""
+        return self._closed
+
     def pause(self) -> None:
         self._set("_paused", True)
 
     def resume(self) -> None:
         self._set("_paused", False)
 
-    def stop(self) -> None:
-        self._set("_stop", True)
+    def stop(self, note: str = "") -> None:
+        with self._cond:
+            if not self._stop:
+                self.stop_note = note
+            self._stop = True
+            self._cond.notify_all()
 
     def _set(self, name: str, value: bool) -> None:
         with self._cond:
             setattr(self, name, value)
             self._cond.notify_all()
 
-    def request(self, kind: str, value=None) -> bool:
+    def request(self, kind: str, value=None, note: str = "") -> bool:
         """Queue a request for the loop; False (nothing queued) once the loop has ended."""
         with self._cond:
             if self._closed:
                 return False
-            self._requests[kind] = value
+            self._requests[kind] = (value, note)
             self._cond.notify_all()
             return True
 
     def close(self) -> dict:
-        """The requests left when the loop ends (called by the loop only); no more queue."""
+        """The requests left when the loop ends, {kind: (value, note)} (called by the loop
+        only); no more queue."""
         with self._cond:
             self._closed = True
             requests, self._requests = self._requests, {}
@@ -67,7 +79,7 @@ class Control:
         return kind in self._requests
 
     def take(self) -> dict:
-        """The pending requests, cleared (called by the loop only)."""
+        """The pending requests, {kind: (value, note)}, cleared (called by the loop only)."""
         if not self._requests:  # the common case: no lock taken on the hot path
             return {}
         with self._cond:

@@ -14,6 +14,7 @@ import ipywidgets as w
 
 from .charts import Chart
 from .control import ENDED
+from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
@@ -81,10 +82,15 @@ class Dashboard(w.VBox):
                                 "lmwidget-chart-throughput", tick_format=".3s"),
         }
         self.charts["grad_norm"].add_hline("clip", "#c62828")
+        self.resources = ResourcesPanel(gpu=run._trainer.device.type == "cuda")
+        self.layers = LayersPanel(run.layers)
+        self.histograms = HistogramPanel(run)
+        self.timelines = [*self.charts.values(), *self.resources.charts]  # every chart with events
 
         self.pause_button.on_click(self._on_pause)
         self.stop_button.on_click(lambda _: run.stop())
         self.sample_button.on_click(self._on_sample)
+        self.histograms.button.on_click(self._on_histogram)
         self.lr_slider.observe(self._on_lr, names="value")
         self.clip_input.observe(self._on_clip, names="value")
 
@@ -93,9 +99,12 @@ class Dashboard(w.VBox):
                         layout=w.Layout(align_items="center", grid_gap="8px"))
         controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
                            self.sample_button], layout=w.Layout(align_items="center", grid_gap="8px"))
-        grid = w.GridBox([c.figure for c in self.charts.values()],
-                         layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
-        super().__init__([header, controls, self.notice, grid, self.sample_text])
+        figures = [c.figure for c in self.charts.values()] + [self.layers.figure] + [
+            c.figure for c in self.resources.charts]
+        grid = w.GridBox(figures, layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
+        super().__init__([header, controls, self.notice, grid, self.resources.gpu_label,
+                          self.histograms.widget, self.sample_text])
         self.add_class("lmwidget-dashboard")
 
         self._rows = 0           # history rows already fed to the charts
@@ -106,6 +115,8 @@ class Dashboard(w.VBox):
         self._n_samples = 0
         self._shown = None       # the last (state, step, paused, lr, clip) drawn
         self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
+        self._sampled = -math.inf  # when resources were last sampled (monotonic s)
+        self._notice = None      # what the notice shows: (kind, ...)
         self._updater = None
         self._updater_lock = threading.Lock()
         self._kick()
@@ -120,6 +131,10 @@ class Dashboard(w.VBox):
 
     def _on_sample(self, _):
         self._run.request_sample()
+        self._kick()
+
+    def _on_histogram(self, _):
+        self._run.request_histogram(self.histograms.layer.value)
         self._kick()
 
     def _on_lr(self, change):
@@ -155,7 +170,9 @@ class Dashboard(w.VBox):
             except Exception:  # never let a drawing bug kill the view silently
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
             with self._updater_lock:  # Run.start() kicks under this lock: no lost start
-                if idle and self._idle() and self._n_samples == len(self._run._trainer.samples):
+                drawn = (self._n_samples == len(self._run._trainer.samples)
+                         and not self.histograms.pending(self._run))
+                if idle and self._idle() and drawn:
                     self._updater = None
                     return
             time.sleep(redraw_interval(self._sent))
@@ -183,11 +200,18 @@ class Dashboard(w.VBox):
             if self.charts[chart].extend("val", steps[evals], values):
                 fed.setdefault(chart, []).append("val")
         self._sent = sum(self.charts[chart].draw(names) for chart, names in fed.items())
+        self._sent += self.layers.refresh(run)
+        now = time.monotonic()
+        if now - self._sampled >= SAMPLE_INTERVAL and run.state not in ENDED:
+            self._sampled = now
+            run.sample_resources()
+        self._sent += self.resources.refresh(run)
+        self._sent += self.histograms.refresh(run)
 
         events = history.events_since(0)
         if len(events) != self._n_events:
             self._n_events = len(events)
-            for chart in self.charts.values():
+            for chart in self.timelines:
                 chart.draw_events(events)
 
         state, step, paused = run.state, run.step, run._control.paused
@@ -231,11 +255,28 @@ class Dashboard(w.VBox):
         eta = (run.max_steps - step) / rate if state == "running" and rate > 0 else float("nan")
         self.timing.value = f"elapsed {_fmt_duration(run.elapsed)}" + (
             f" · ETA {_fmt_duration(eta)}" if math.isfinite(eta) else "")
+        self._draw_notice(run, state, step, paused)
+
+    def _draw_notice(self, run, state, step, paused) -> None:
+        """A failure, else the last non-finite step (prominent while it keeps the run paused)."""
         if state == "failed" and run.error is not None:
+            key = ("failed",)
+        elif run.anomaly is not None:
+            key = ("anomaly", *run.anomaly, paused and state == "paused")
+        else:
+            key = None
+        if key == self._notice:
+            return
+        self._notice = key
+        if key is None:
+            self.notice.value = ""
+        elif key[0] == "failed":
             err = run.error
             tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             self.notice.value = (f'<div style="color:{STATE_COLORS["failed"]}"><b>training failed at step '
                                  f'{step}: {html.escape(repr(err))}</b></div><pre>{html.escape(tb)}</pre>')
+        else:
+            self.notice.value = format_anomaly(*key[1:])
 
     def _draw_samples(self, run) -> None:
         samples = run._trainer.samples

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-COLUMNS = ("step", "tokens", "loss", "perplexity", "grad_norm", "lr", "tokens_per_sec",
+COLUMNS = ("step", "tokens", "time", "loss", "perplexity", "grad_norm", "lr", "tokens_per_sec",
            "step_time", "val_loss", "val_perplexity")
-_STORED = {"step": np.int64, "tokens": np.int64, "loss": np.float64, "grad_norm": np.float64,
-           "lr": np.float64, "tokens_per_sec": np.float64, "step_time": np.float64,
-           "val_loss": np.float64}
-EVENT_COLUMNS = ("step", "kind", "value")
+# sampled about once a second by an observer, shown at each step as the latest sample by then
+RESOURCE_COLUMNS = ("cpu_percent", "rss_mb", "gpu_util", "gpu_mem_mb", "gpu_temp_c", "gpu_power_w")
+_STORED = {"step": np.int64, "tokens": np.int64, "time": np.float64, "loss": np.float64,
+           "grad_norm": np.float64, "lr": np.float64, "tokens_per_sec": np.float64,
+           "step_time": np.float64, "val_loss": np.float64}
+EVENT_COLUMNS = ("step", "time", "kind", "value", "detail")
 DRAIN_EVERY = 256  # the loop reads its pending device scalars itself at most this rarely
+_DEVICE = (6, 7, 8)  # the pushed row's fields that may be device tensors: loss, grad_norm, val_loss
 
 
 class History:
@@ -23,26 +27,43 @@ class History:
     The loop `push`es a row per step whose loss, grad norm and validation loss are still
     device tensors; nothing is read back to the host then. `drain` (called by the
     dashboard before it draws, by readers, and by the loop every DRAIN_EVERY steps)
-    copies all pending scalars to the host in one transfer and appends them to the
-    columns.
+    copies all pending scalars to the host in one transfer, appends them to the columns,
+    and hands the new rows to the listeners (the spike detector) in order.
+
+    Times are seconds since the run started (`clock()`); events carry one too.
     """
 
     def __init__(self, capacity: int = 1024):
-        self._lock = threading.Lock()        # guards _pending, the columns and _n
+        self._lock = threading.Lock()        # guards _pending, the columns, _n, events, samples
         self._drain_lock = threading.Lock()  # one drain at a time, so rows stay in order
         self._pending: list = []
         self._cols = {k: np.empty(capacity, dtype=t) for k, t in _STORED.items()}
         self._n = 0
         self._events: list = []
+        self._samples: list = []   # (time, step, {resource: value})
+        self._listeners: list = []
+        self._t0 = time.monotonic()
 
     def __len__(self) -> int:
         return self._n
 
-    def push(self, step, tokens, lr, tokens_per_sec, step_time, loss, grad_norm, val_loss) -> int:
+    def start_clock(self) -> None:
+        self._t0 = time.monotonic()
+
+    def clock(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self._t0
+
+    def add_listener(self, listener) -> None:
+        """`listener(columns)` is called with every batch of drained rows (on the draining thread)."""
+        self._listeners.append(listener)
+
+    def push(self, step, tokens, time, lr, tokens_per_sec, step_time, loss, grad_norm,
+             val_loss) -> int:
         """Queue one step's row (called by the loop); returns how many rows are pending."""
         with self._lock:
             self._pending.append(
-                (step, tokens, lr, tokens_per_sec, step_time, loss, grad_norm, val_loss))
+                (step, tokens, time, lr, tokens_per_sec, step_time, loss, grad_norm, val_loss))
             return len(self._pending)
 
     def drain(self) -> int:
@@ -53,22 +74,27 @@ class History:
             if not rows:
                 return 0
             k = len(rows)
-            scalars = torch.stack([torch.as_tensor(r[5]) for r in rows]
-                                  + [torch.as_tensor(r[6]) for r in rows])
+            loss, norm, val = _DEVICE
+            scalars = torch.stack([torch.as_tensor(r[loss]) for r in rows]
+                                  + [torch.as_tensor(r[norm]) for r in rows])
             scalars = scalars.detach().double().cpu().numpy()  # the one sync point
-            val = np.full(k, np.nan)
-            evals = [i for i, r in enumerate(rows) if r[7] is not None]
+            vals = np.full(k, np.nan)
+            evals = [i for i, r in enumerate(rows) if r[val] is not None]
             if evals:
-                val[evals] = torch.stack([torch.as_tensor(rows[i][7]) for i in evals]).double().cpu().numpy()
+                vals[evals] = torch.stack([torch.as_tensor(rows[i][val]) for i in evals]).double().cpu().numpy()
             new = {"step": [r[0] for r in rows], "tokens": [r[1] for r in rows],
-                   "lr": [r[2] for r in rows], "tokens_per_sec": [r[3] for r in rows],
-                   "step_time": [r[4] for r in rows], "loss": scalars[:k],
-                   "grad_norm": scalars[k:], "val_loss": val}
+                   "time": [r[2] for r in rows], "lr": [r[3] for r in rows],
+                   "tokens_per_sec": [r[4] for r in rows], "step_time": [r[5] for r in rows],
+                   "loss": scalars[:k], "grad_norm": scalars[k:], "val_loss": vals}
             with self._lock:
                 self._reserve(self._n + k)
                 for name, values in new.items():
                     self._cols[name][self._n:self._n + k] = values
                 self._n += k
+            if self._listeners:
+                new = {name: np.asarray(values, dtype=_STORED[name]) for name, values in new.items()}
+                for listener in self._listeners:
+                    listener(new)
             return k
 
     def _reserve(self, size: int) -> None:
@@ -99,86 +125,51 @@ class History:
         with np.errstate(over="ignore"):  # a diverged loss has an infinite perplexity
             cols["perplexity"] = np.exp(cols["loss"])
             cols["val_perplexity"] = np.exp(cols["val_loss"])
-        return pd.DataFrame({k: cols[k] for k in COLUMNS})
+        frame = pd.DataFrame({k: cols[k] for k in COLUMNS})
+        samples = self.resources_frame()
+        # each step shows the latest sample taken by its time (NaN before the first one)
+        at = np.searchsorted(samples["time"].to_numpy(), cols["time"], side="right") - 1
+        for name in RESOURCE_COLUMNS:
+            values = np.append(samples[name].to_numpy(dtype=np.float64), np.nan)
+            frame[name] = values[at]  # at == -1 picks the NaN
+        return frame
 
-    def record_event(self, step: int, kind: str, value=None) -> None:
+    # -- resources ---------------------------------------------------------------------------
+    def record_resources(self, time: float, step: int, sample: dict) -> None:
         with self._lock:
-            self._events.append((step, kind, value))
+            self._samples.append((time, step, sample))
+
+    def resources_since(self, start: int) -> list:
+        with self._lock:
+            return self._samples[start:]
+
+    def resources_frame(self) -> pd.DataFrame:
+        """Every resource sample: time, step and each resource (NaN where not measured)."""
+        samples = self.resources_since(0)
+        names = list(RESOURCE_COLUMNS) + sorted({k for *_, s in samples for k in s} - set(RESOURCE_COLUMNS))
+        data = {"time": [t for t, _, _ in samples], "step": [s for _, s, _ in samples]}
+        for name in names:
+            data[name] = [float(s.get(name, np.nan)) for *_, s in samples]
+        return pd.DataFrame(data, columns=["time", "step", *names]).astype(
+            {"time": np.float64, "step": np.int64, **{n: np.float64 for n in names}})
+
+    # -- events ------------------------------------------------------------------------------
+    def record_event(self, step: int, kind: str, value=None, detail: str = "",
+                     time: float | None = None) -> None:
+        """Note an event (at `time`, or now); `value` may be a device tensor, read by readers."""
+        with self._lock:
+            self._events.append([step, self.clock() if time is None else time, kind, value, detail])
 
     def events_since(self, start: int) -> list:
+        """Events from index `start` on, as (step, time, kind, value, detail) tuples."""
         with self._lock:
-            return self._events[start:]
+            events = self._events[start:]
+        for event in events:  # outside the lock: reading a device value may wait for it
+            if torch.is_tensor(event[3]):
+                event[3] = float(event[3])  # once; a validation loss computed steps ago
+        return [tuple(e) for e in events]
 
     def events_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.events_since(0), columns=list(EVENT_COLUMNS))
-
-
-class MinMaxSeries:
-    """An incremental min/max summary of a growing (x, y) series in <= max_points points.
-
-    Points fall into buckets of `width` consecutive samples; each bucket keeps its lowest
-    and highest point, in x order, so spikes survive downsampling. When the buckets fill
-    their budget, neighbours merge and the width doubles, so the bucket grid never depends
-    on how the data arrived. Appending costs O(new points) amortised; `points()` costs
-    O(max_points) however long the series. The newest point is always shown.
-    """
-
-    def __init__(self, max_points: int = 2000):
-        if max_points < 8:
-            raise ValueError(f"max_points must be at least 8; got {max_points}")
-        # buckets (2 points each) plus the unfinished tail (its min, max and newest point)
-        self._cap = (max_points - 3) // 2 // 2 * 2  # even, so a full set merges pairwise
-        self.width = 1
-        self._bx = np.empty((0, 2))  # per bucket: x of its two extremes, in order
-        self._by = np.empty((0, 2))
-        self._tx = np.empty(0)       # the tail: raw points not yet filling a bucket
-        self._ty = np.empty(0)
-        self._last = None            # the newest (x, y)
-
-    def extend(self, x, y) -> None:
-        tx = np.concatenate((self._tx, np.asarray(x, dtype=np.float64)))
-        ty = np.concatenate((self._ty, np.asarray(y, dtype=np.float64)))
-        pos = 0
-        while len(tx) - pos >= self.width:
-            k = min((len(tx) - pos) // self.width, self._cap - len(self._bx))
-            n = k * self.width
-            bx, by = _extremes(tx[pos:pos + n].reshape(k, self.width),
-                               ty[pos:pos + n].reshape(k, self.width))
-            self._bx = np.concatenate((self._bx, bx))
-            self._by = np.concatenate((self._by, by))
-            pos += n
-            if len(self._bx) == self._cap:
-                m = self._cap // 2
-                self._bx, self._by = _extremes(self._bx.reshape(m, 4), self._by.reshape(m, 4))
-                self.width *= 2
-        self._tx, self._ty = tx[pos:], ty[pos:]
-        if len(tx):
-            self._last = (tx[-1], ty[-1])
-
-    def points(self):
-        """New contiguous float32 arrays (x, y), a point once where a bucket's extremes coincide;
-        non-finite values (and values beyond float32) become NaN."""
-        bx, by = self._bx, self._by
-        if len(self._tx):
-            tx, ty = _extremes(self._tx[None, :], self._ty[None, :])
-            bx, by = np.concatenate((bx, tx)), np.concatenate((by, ty))
-        keep = np.ones(bx.shape, dtype=bool)
-        keep[:, 1] = bx[:, 1] != bx[:, 0]
-        x, y = bx[keep], by[keep]
-        if self._last is not None and self._last[0] != x[-1]:  # the newest, even if unremarkable
-            x, y = np.append(x, self._last[0]), np.append(y, self._last[1])
-        with np.errstate(over="ignore"):
-            y = y.astype(np.float32)
-        y[~np.isfinite(y)] = np.nan  # a gap in the line: an infinite value would break the axis
-        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
-
-
-def _extremes(x, y):
-    """Per row: the points of lowest and highest y (NaN-safe), ordered by x."""
-    rows = np.arange(len(y))
-    nan = np.isnan(y)
-    lo = np.where(nan, np.inf, y).argmin(axis=1)
-    hi = np.where(nan, -np.inf, y).argmax(axis=1)
-    first, second = np.minimum(lo, hi), np.maximum(lo, hi)
-    return (np.stack((x[rows, first], x[rows, second]), axis=1),
-            np.stack((y[rows, first], y[rows, second]), axis=1))
+        """In step order (spikes are found when rows are drained, after later events)."""
+        frame = pd.DataFrame(self.events_since(0), columns=list(EVENT_COLUMNS))
+        return frame.sort_values("step", kind="stable", ignore_index=True)

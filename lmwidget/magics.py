@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+from .callbacks import EarlyStopping, ReduceLROnPlateau
 from .run import active_runs, train
 
 # (flag, TrainConfig field, type, help); --steps is the one flag that is not the field's name
@@ -40,6 +41,8 @@ _OPTIONS = [
     ("--n-head", "n_head", int, "attention heads (GPT)"),
     ("--n-embd", "n_embd", int, "embedding / hidden size"),
     ("--dropout", "dropout", float, "dropout probability"),
+    ("--anomaly", "anomaly", str, "after a non-finite step: pause, or skip and train on"),
+    ("--spike-factor", "spike_factor", float, "mark grad-norm/loss spikes this many times the median (0: off)"),
 ]
 
 
@@ -66,6 +69,14 @@ def _parser() -> _Parser:
                         default=argparse.SUPPRESS, help="torch.compile the model")
     parser.add_argument("--concurrent", action="store_true",
                         help="start even if another run is still training")
+    parser.add_argument("--early-stopping", dest="early_stopping", type=int, default=None,
+                        metavar="PATIENCE", help="stop after PATIENCE evaluations without a better "
+                        "validation loss")
+    parser.add_argument("--reduce-lr-on-plateau", dest="reduce_lr", type=int, default=None,
+                        metavar="PATIENCE", help="halve the LR after PATIENCE evaluations without "
+                        "a better validation loss")
+    parser.add_argument("--callbacks", dest="callbacks", default=None, metavar="NAME",
+                        help="the name of a variable holding a Callback or a list of them")
     return parser
 
 
@@ -80,6 +91,11 @@ class LmMagics(Magics):
         except _Help:
             return None
         concurrent = options.pop("concurrent")
+        try:
+            callbacks = self._callbacks(options.pop("callbacks"), options.pop("early_stopping"),
+                                        options.pop("reduce_lr"))
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"%lmtrain: {e}") from None
         model = options.get("model")
         if model is not None and model not in ("gpt", "lstm"):
             value = self.shell.user_ns.get(model)
@@ -88,9 +104,22 @@ class LmMagics(Magics):
                                  f"of a variable holding an nn.Module")
             options["model"] = value
         try:
-            return train(concurrent=concurrent, **options)
+            return train(concurrent=concurrent, callbacks=callbacks, **options)
         except (ValueError, TypeError, ConnectionError) as e:
             raise UsageError(f"%lmtrain: {e}") from None
+
+    def _callbacks(self, name, early_stopping, reduce_lr) -> list:
+        callbacks = []
+        if name is not None:
+            if name not in self.shell.user_ns:
+                raise ValueError(f"--callbacks {name!r} is not the name of a variable")
+            value = self.shell.user_ns[name]
+            callbacks += list(value) if isinstance(value, (list, tuple)) else [value]
+        if early_stopping is not None:
+            callbacks.append(EarlyStopping(patience=early_stopping))
+        if reduce_lr is not None:
+            callbacks.append(ReduceLROnPlateau(patience=reduce_lr))
+        return callbacks
 
     @line_magic
     def lmstop(self, line: str = ""):

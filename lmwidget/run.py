@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from .callbacks import Callbacks
 from .config import TrainConfig, check_grad_clip, check_lr
 from .control import ENDED, Control
 from .data import Dataset, load_text
@@ -50,14 +51,16 @@ def active_runs() -> list["Run"]:
 
 
 def train(model="gpt", data="builtin", *, display: bool = True, concurrent: bool = False,
-          **options) -> "Run":
+          callbacks=None, **options) -> "Run":
     """Start training in a background thread and return its Run at once.
 
     In a notebook the dashboard is displayed in the cell's output. Options: see
-    TrainConfig. If a run is already training, no second one starts unless
-    `concurrent=True`: a warning names `%lmstop` and the running run is returned.
+    TrainConfig; `callbacks`: a Callback or a list of them (EarlyStopping,
+    ReduceLROnPlateau, your own). If a run is already training, no second one starts
+    unless `concurrent=True`: a warning names `%lmstop` and the running run is returned.
     """
     config = TrainConfig.from_options(model=model, data=data, **options)
+    callbacks = Callbacks(callbacks)
     running = [r for r in active_runs() if not r._control.stop_requested]  # stopping ones are ending
     if running and not concurrent:
         warnings.warn(
@@ -68,7 +71,7 @@ def train(model="gpt", data="builtin", *, display: bool = True, concurrent: bool
             LmwidgetWarning, stacklevel=2)
         run = running[-1]
     else:
-        run = Run(config)
+        run = Run(config, callbacks=callbacks.items)
         run.start()
     if display:
         run._display_once()
@@ -105,9 +108,10 @@ class Run:
     """One training run. Every method is thread-safe and returns at once, except wait()."""
 
     def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
-                 dataset: Dataset | None = None):
+                 dataset: Dataset | None = None, callbacks=None):
         """Prepare a run (call start()); `model` and `dataset` override building them from config."""
         self.config = config
+        callbacks = Callbacks(callbacks)
         dataset = dataset or Dataset(load_text(config.data), config.val_fraction)
         dataset.check_block_size(config.block_size)
         if model is None and isinstance(config.model, torch.nn.Module):
@@ -122,7 +126,9 @@ class Run:
         self.id = next(_ids)
         self._control = Control()
         self._history = History()
-        self._trainer = Trainer(config, model, dataset, self._control, self._history)
+        self._trainer = Trainer(config, model, dataset, self._control, self._history,
+                                callbacks, handle=self)
+        self._sampler = None  # a ResourceSampler, made by the first observer that samples
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,
                                         name=f"lmwidget-run-{self.id}")
         self._dashboard = None
@@ -179,8 +185,41 @@ class Run:
 
     @property
     def events(self):
-        """Control actions as a DataFrame: step, kind, value."""
+        """What happened, as a DataFrame: step, time, kind, value, detail. Kinds: pause,
+        resume, stop, lr, grad_clip, sample, eval, anomaly, and a callback's own."""
         return self._history.events_frame()
+
+    @property
+    def resources(self):
+        """Every resource sample (about one a second while a dashboard shows the run)."""
+        return self._history.resources_frame()
+
+    @property
+    def layers(self) -> list[str]:
+        """The layer groups of the per-layer gradient norms, in model order."""
+        return list(self._trainer.grad_norms.names)
+
+    @property
+    def layer_grad_norms(self):
+        """The newest step's gradient norm of each layer group (before clipping), as a
+        pandas Series named by that step; None before the first step."""
+        latest = self._trainer.layer_grad_norms
+        if latest is None:
+            return None
+        import pandas as pd
+
+        step, norms = latest
+        return pd.Series(norms.double().cpu().numpy(), index=self.layers, name=step)
+
+    @property
+    def histograms(self) -> list[dict]:
+        """Histograms asked for with request_histogram(), oldest first."""
+        return list(self._trainer.histograms)
+
+    @property
+    def anomaly(self):
+        """The last non-finite step as (step, cause), or None."""
+        return self._trainer.anomaly
 
     @property
     def samples(self) -> list[tuple[int, str]]:
@@ -202,16 +241,53 @@ class Run:
     def resume(self) -> None:
         self._control.resume()
 
-    def stop(self) -> None:
-        self._control.stop()
+    def stop(self, note: str = "") -> None:
+        """Stop at the next step boundary; `note` (why) goes into the stop event."""
+        self._control.stop(note)
 
-    def set_lr(self, lr) -> None:
+    def set_lr(self, lr, note: str = "") -> None:
         """Set the base learning rate, applied at the next step; the schedule still shapes it."""
-        self._request("lr", check_lr(lr))
+        self._request("lr", check_lr(lr), note)
 
     def set_grad_clip(self, grad_clip) -> None:
         """Set the max gradient norm (0 turns clipping off), applied at the next step."""
         self._request("grad_clip", check_grad_clip(grad_clip))
+
+    def request_histogram(self, layer: str) -> None:
+        """Ask for histograms of a layer group's weights and gradients (see `layers`): taken
+        during the next step, or at once from one fresh batch while paused or ended. They
+        land in `histograms` (and the dashboard)."""
+        if layer not in self.layers:
+            raise ValueError(f"unknown layer {layer!r}; this model's layers: {', '.join(self.layers)}")
+        self._request("histogram", layer)
+
+    def log_event(self, kind: str, value=None, detail: str = "") -> None:
+        """Mark something at the current step: it joins `events` and the charts' markers."""
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"kind must be a non-empty string; got {kind!r}")
+        self._history.record_event(self.step, kind, value, str(detail))
+
+    def sample_resources(self) -> dict:
+        """Sample CPU, memory and GPU now and record it (an observer calls this about once a
+        second; never the training loop)."""
+        sampler = self._resource_sampler()
+        with self._lock:
+            sample = sampler.sample()
+        self._history.record_resources(self._history.clock(), self.step, sample)
+        return sample
+
+    def _resource_sampler(self):
+        with self._lock:
+            if self._sampler is None:
+                from .system import ResourceSampler
+
+                self._sampler = ResourceSampler(self._trainer.device)
+            return self._sampler
+
+    @property
+    def gpu_status(self) -> str:
+        """Which GPU the resource samples describe, or why there is none."""
+        return self._resource_sampler().gpu_status
 
     def request_sample(self) -> None:
         """Ask for a text sample without waiting: it lands in `samples` (and the dashboard)."""
@@ -228,11 +304,11 @@ class Run:
             time.sleep(0.01)
         return self._trainer.samples[before][1]
 
-    def _request(self, kind: str, value=None) -> None:
+    def _request(self, kind: str, value=None, note: str = "") -> None:
         """Queue a request for the loop; once the loop has ended, carry it out here."""
-        if not self._control.request(kind, value):
+        if not self._control.request(kind, value, note):
             with self._lock:
-                self._trainer.apply(kind, value)
+                self._trainer.apply(kind, value, note)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ends (True) or `timeout` seconds pass (False).

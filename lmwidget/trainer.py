@@ -7,23 +7,32 @@ import os
 import time
 
 import torch
-from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+from torch.nn.utils import clip_grads_with_norm_
 
+from .callbacks import Callbacks
 from .config import TrainConfig
 from .control import Control
 from .data import Dataset
+from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
 
 SAMPLE_TOKENS = 200
 
 
-def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+def make_optimizer(config: TrainConfig, params, fused: bool = True) -> torch.optim.Optimizer:
+    """The configured optimizer; fused (one kernel per step, and it can skip a step on the
+    device) where every parameter allows it, unless `fused=False`."""
+    params = list(params)
+    kwargs = dict(lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        kwargs["momentum"] = config.momentum
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.optimizer]
+    if fused:
+        try:
+            return cls(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # a dtype or device the fused kernels do not take: the guard reads values instead
+    return cls(params, **kwargs)
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:
@@ -63,7 +72,9 @@ class Trainer:
     """Runs the loop in whatever thread calls `run()`; knows nothing about widgets."""
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, dataset: Dataset,
-                 control: Control, history: History):
+                 control: Control, history: History, callbacks: Callbacks | None = None,
+                 handle=None):
+        """`handle` is what callbacks receive as `run` (the Run); the loop never touches it."""
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -74,8 +85,18 @@ class Trainer:
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=config.dtype == "bfloat16")
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grad_norms = GradNorms(model.named_parameters())
+        self.params = self.grad_norms.params
         self.optimizer = make_optimizer(config, self.params)
+        self.guard = FiniteGuard(self.optimizer, self.device)
+        if config.spike_factor:
+            history.add_listener(SpikeDetector(history, config.spike_factor))
+        self.callbacks = callbacks or Callbacks()
+        self.handle = handle
+        self.layer_grad_norms = None  # (step, per-group norms as a device tensor), newest
+        self.histograms: list[dict] = []  # weight and gradient histograms asked for
+        self._histogram_of = None        # the layer group whose histograms the next step takes
+        self.anomaly = None              # the last non-finite step: (step, cause)
         self.base_lr = config.lr
         self.grad_clip = config.grad_clip
         self.step = 0          # optimizer steps completed
@@ -95,6 +116,7 @@ class Trainer:
 
     def run(self) -> None:
         self.started = time.time()
+        self.history.start_clock()
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
         # dropout draws from torch's global RNG: seed it as the run starts, like nanoGPT
@@ -102,19 +124,28 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         try:
             self.model.train()
+            self.callbacks.call("on_train_begin", self.handle)
             while self.step < self.config.max_steps and self._obey_control():
                 self._train_step()
             leftover = self.control.close()  # requests made during the last step
-            for kind, value in leftover.items():
-                self.apply(kind, value)
+            for kind, (value, note) in leftover.items():
+                self.apply(kind, value, note)
             self.state = "finished" if self.step >= self.config.max_steps else "stopped"
         except BaseException as e:  # shown in the dashboard and re-raised by Run.wait()
-            self.control.close()
-            self.error = e
-            self.state = "failed"
+            self._fail(e)
         finally:
-            self.ended = time.time()
             self.history.drain()
+            self.ended = time.time()
+        try:
+            self.callbacks.call("on_train_end", self.handle)
+        except BaseException as e:
+            self._fail(e)
+
+    def _fail(self, error: BaseException) -> None:
+        self.control.close()
+        if self.error is None:
+            self.error = error
+        self.state = "failed"
 
     def _train_step(self) -> None:
         cfg = self.config
@@ -131,20 +162,73 @@ class Trainer:
                 loss = loss / cfg.grad_accum
             loss.backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # the mean
-        # the norm stays a device tensor: reading it here would be a host-device sync
-        grad_norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
+        step = self.step + 1
+        # the norms stay device tensors: reading them here would be a host-device sync
+        grad_norm, layers = self.grad_norms()
+        self.layer_grad_norms = (step, layers)
+        if self._histogram_of is not None:
+            self._take_histograms(step)
         if self.grad_clip > 0:
             clip_grads_with_norm_(self.params, self.grad_clip, grad_norm)
-        self.optimizer.step()
+        if self.guard.check(step, loss_sum, grad_norm):  # a non-finite step is skipped
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        step = self.step + 1
         val_loss = self.evaluate() if self._eval_due(step) else None
-        pending = self.history.push(step, step * self.tokens_per_step, lr,
+        pending = self.history.push(step, step * self.tokens_per_step, self.history.clock(), lr,
                                     self.tokens_per_step / dt, dt, loss_sum, grad_norm, val_loss)
         self.step = step  # after the row: run.step never runs ahead of the history
+        if val_loss is not None:
+            self.history.record_event(step, "eval", val_loss)
+        for bad in self.guard.poll():
+            self._nonfinite(*bad)
         if pending >= DRAIN_EVERY:  # bounded memory when no dashboard drains for us
             self.history.drain()
+        if self.callbacks.wants("on_step_end"):
+            self.callbacks.call("on_step_end", self.handle, step, {
+                "loss": loss_sum, "grad_norm": grad_norm, "val_loss": val_loss, "lr": lr,
+                "tokens": step * self.tokens_per_step})
+        if val_loss is not None and self.callbacks.wants("on_eval"):
+            self.callbacks.call("on_eval", self.handle, step, float(val_loss))
+
+    def _nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
+        """A step whose loss or grad norm was not finite: its update was skipped."""
+        cause = nonfinite_cause(loss, grad_norm)
+        pause = self.config.anomaly == "pause"
+        self.anomaly = (step, cause)
+        self.history.record_event(step, "anomaly", loss if not math.isfinite(loss) else grad_norm,
+                                  f"{cause} at step {step}: the update was skipped"
+                                  + ("; the run paused itself" if pause else ""))
+        if pause:
+            self.control.pause()  # through the same control as the button
+
+    def _take_histograms(self, step: int) -> None:
+        """The weights and this step's gradients (before clipping) of the group asked for."""
+        group, self._histogram_of = self._histogram_of, None
+        params = self.grad_norms.group_params(group)
+        grads = [p.grad.flatten() for p in params if p.grad is not None]
+        self.histograms.append({
+            "step": step, "group": group, "source": "this training step (before clipping)",
+            "weights": histogram(torch.cat([p.detach().flatten() for p in params])),
+            "grads": histogram(torch.cat(grads)) if grads else None})
+
+    def _histograms_between_steps(self, group: str) -> None:
+        """Paused or ended: the gradient of one fresh batch at the current weights, with no
+        update and no draw from the training RNG streams."""
+        cfg = self.config
+        params = self.grad_norms.group_params(group)
+        devices = [self.device] if self.device.type == "cuda" else []
+        gen = torch.Generator().manual_seed(cfg.seed + 104729 + len(self.histograms))
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, gen)
+            with self.autocast:
+                _, loss = self.forward(x, y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [g.flatten() for g in grads if g is not None]
+        self.histograms.append({
+            "step": self.step, "group": group, "source": "one fresh batch (taken between steps)",
+            "weights": histogram(torch.cat([p.detach().flatten() for p in params])),
+            "grads": histogram(torch.cat(grads)) if grads else None})
 
     def _eval_due(self, step: int) -> bool:
         every = self.config.eval_interval
@@ -165,10 +249,10 @@ class Trainer:
     def _obey_control(self) -> bool:
         """Apply pending requests; wait while paused. False when the loop must stop."""
         while True:
-            for kind, value in self.control.take().items():
-                self.apply(kind, value)
+            for kind, (value, note) in self.control.take().items():
+                self.apply(kind, value, note)
             if self.control.stop_requested:
-                self.history.record_event(self.step, "stop")
+                self.history.record_event(self.step, "stop", None, self.control.stop_note)
                 return False
             if not self.control.paused:
                 if self.state == "paused":
@@ -181,7 +265,7 @@ class Trainer:
                 self.state = "paused"
             self.control.wait_while_paused()
 
-    def apply(self, kind: str, value) -> None:
+    def apply(self, kind: str, value, note: str = "") -> None:
         """Carry out one request (the loop's thread, or any thread once the loop has ended)."""
         if kind == "lr" and value != self.base_lr:
             self.base_lr = value
@@ -189,9 +273,15 @@ class Trainer:
             self.grad_clip = value
         elif kind == "sample":
             self.samples.append((self.step, self.generate_sample()))
+        elif kind == "histogram":
+            if self.state == "running" and not self.control.closed:
+                self._histogram_of = value  # taken during the next step, while gradients exist
+            else:
+                self._histograms_between_steps(value)
+            return
         else:
             return  # a request that changes nothing is not an event
-        self.history.record_event(self.step, kind, value)
+        self.history.record_event(self.step, kind, value, note)
 
     def generate_sample(self, max_new_tokens: int = SAMPLE_TOKENS) -> str:
         """Text from the current model, without disturbing the training RNG streams."""

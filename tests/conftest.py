@@ -47,3 +47,8 @@ def _no_leftover_runs():
         run._thread.join(5)
     leftovers = [t.name for t in threading.enumerate() if t.name.startswith("lmwidget-run")]
     assert not leftovers, f"training threads left running: {leftovers}"
+
+
+def kinds(run) -> list[str]:
+    """The run's event kinds in step order, without the routine "eval" markers."""
+    return [k for k in run.events.kind if k != "eval"]

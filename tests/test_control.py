@@ -89,7 +89,7 @@ def test_request_then_take_returns_and_clears():
     c = Control()
     c.request("lr", 0.01)
     c.request("sample")
-    assert c.take() == {"lr": 0.01, "sample": None}
+    assert c.take() == {"lr": (0.01, ""), "sample": (None, "")}
     assert c.take() == {}
     assert not c.pending("lr") and not c.pending("sample")
 
@@ -99,8 +99,8 @@ def test_take_returns_a_dict_the_control_no_longer_shares():
     c.request("lr", 0.5)
     taken = c.take()
     c.request("grad_clip", 1.0)
-    assert taken == {"lr": 0.5}
-    assert c.take() == {"grad_clip": 1.0}
+    assert taken == {"lr": (0.5, "")}
+    assert c.take() == {"grad_clip": (1.0, "")}
 
 
 def test_a_later_request_of_the_same_kind_replaces_the_earlier():
@@ -109,7 +109,7 @@ def test_a_later_request_of_the_same_kind_replaces_the_earlier():
     c.request("grad_clip", 1.0)
     c.request("lr", 0.2)
     c.request("lr", 0.3)
-    assert c.take() == {"lr": 0.3, "grad_clip": 1.0}
+    assert c.take() == {"lr": (0.3, ""), "grad_clip": (1.0, "")}
 
 
 def test_pending():
@@ -174,7 +174,7 @@ def test_wait_while_paused_returns_promptly_on_a_request():
     c.request("sample")
     assert assert_returns(thread, returned) < 1.0
     assert c.paused is True  # a request does not unpause
-    assert c.take() == {"sample": None}
+    assert c.take() == {"sample": (None, "")}
     # and with nothing pending and still paused, it waits again
     thread, returned = start_waiter(c)
     assert_still_waiting(thread, returned)
@@ -191,3 +191,12 @@ def test_many_waiters_all_wake_on_resume():
     c.resume()
     for thread, returned in waiters:
         assert_returns(thread, returned)
+
+
+def test_notes_travel_with_requests_and_the_first_stop():
+    c = Control()
+    c.request("lr", 0.1, note="plateau")
+    assert c.take() == {"lr": (0.1, "plateau")}
+    c.stop("early stopping")
+    c.stop("a later click")
+    assert c.stop_note == "early stopping"  # the stop that took effect keeps its reason

@@ -12,7 +12,7 @@ import torch.nn as nn
 import lmwidget
 from lmwidget.dashboard import BYTES_PER_SEC, UPDATE_INTERVAL, Dashboard, redraw_interval
 
-from .conftest import wait_for
+from .conftest import kinds, wait_for
 
 LONG = 1_000_000
 
@@ -118,9 +118,18 @@ def test_pause_button_pauses_and_resumes(tiny):
     wait_for(lambda: run.state == "running" and run.step > frozen, timeout=2)
     wait_for(lambda: d.pause_button.description == "Pause", timeout=2)
     rules = d.charts["loss"].rules
-    wait_for(lambda: len(rules.labels) == 2, timeout=2)
-    assert rules.labels == [f"step {frozen}: pause", f"step {frozen}: resume"]
-    assert np.asarray(rules.x).tolist() == [[frozen, frozen], [frozen, frozen]]
+
+    def steering():  # the rules and their labels, without the routine evaluations
+        out = []
+        for label, x in zip(rules.labels, np.asarray(rules.x).tolist()):
+            step, events = label.split(": ", 1)
+            events = [e for e in events.split(" · ") if not e.startswith("eval")]
+            if events:
+                out.append((f"{step}: {' · '.join(events)}", x))
+        return out
+
+    # one rule per step, its tooltip naming each event there
+    wait_for(lambda: steering() == [(f"step {frozen}: pause · resume", [frozen, frozen])], timeout=2)
 
 
 def test_slider_and_clip_input_steer_the_run(tiny):
@@ -134,7 +143,7 @@ def test_slider_and_clip_input_steer_the_run(tiny):
     assert run.history.lr.iloc[-1] == 1e-4
     d.clip_input.value = 0.3
     wait_for(lambda: run.grad_clip == 0.3, timeout=2)
-    assert run.events.kind.tolist() == ["lr", "grad_clip"]
+    assert kinds(run) == ["lr", "grad_clip"]
 
 
 def test_code_changes_show_on_the_controls(tiny):
@@ -143,7 +152,7 @@ def test_code_changes_show_on_the_controls(tiny):
     run.set_lr(2e-2)
     run.set_grad_clip(0.7)
     wait_for(lambda: d.lr_slider.value == pytest.approx(2e-2) and d.clip_input.value == 0.7, timeout=3)
-    assert run.events.kind.tolist() == ["lr", "grad_clip"]  # reflecting them asked for nothing new
+    assert kinds(run) == ["lr", "grad_clip"]  # reflecting them asked for nothing new
 
 
 def test_slider_range_covers_the_starting_lr(tiny):
@@ -212,9 +221,13 @@ def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
     run.pause()
     wait_for(lambda: run.state == "paused", timeout=2)
     time.sleep(2 * UPDATE_INTERVAL)
+    resources = {id(m) for c in d.resources.charts for m in c.marks.values()}
     before = len(sent)
-    time.sleep(4 * UPDATE_INTERVAL)
-    assert len(sent) == before  # paused: nothing changes, nothing is sent
+    time.sleep(8 * UPDATE_INTERVAL)
+    new = sent[before:]
+    # paused: nothing changes, nothing is sent, but the resources sampled once a second
+    assert [widget for widget, _, _ in new if id(widget) not in resources] == []
+    assert 1 <= len(new) <= 2 * 3 * len(resources)  # 2 s: at most 3 samples per series
 
 
 def test_a_redraw_sends_each_series_once(tiny, sent):
@@ -243,7 +256,7 @@ def test_refresh_reports_the_bytes_it_sent(tiny):
     d = Dashboard(run)
     wait_for(lambda: d._updater is None, timeout=10)
     marks = [m for c in d.charts.values() for m in c.marks.values()]
-    assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks)
+    assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks) + d.layers.bars.y.nbytes
 
 
 def test_an_lr_set_from_code_outside_the_slider_range_is_kept(tiny):
@@ -255,7 +268,7 @@ def test_an_lr_set_from_code_outside_the_slider_range_is_kept(tiny):
     wait_for(lambda: d.lr_slider.value == 5.0, timeout=3)
     time.sleep(3 * UPDATE_INTERVAL)
     assert run.lr == 5.0 and d.lr_slider.max >= 1
-    assert run.events.kind.tolist() == ["pause", "lr"]  # the slider's echo asked for nothing
+    assert kinds(run) == ["pause", "lr"]  # the slider's echo asked for nothing
 
 
 def test_the_dashboard_of_an_unstarted_run_waits_without_a_thread(tiny):
@@ -267,3 +280,109 @@ def test_the_dashboard_of_an_unstarted_run_waits_without_a_thread(tiny):
     run.start()
     settle(d, run)
     assert d.step_label.value == "50"
+
+
+# --------------------------------------------------------------------------- health panels
+
+def test_resources_are_sampled_about_once_a_second_and_drawn_against_time(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    time.sleep(3.2)
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    samples = run.resources
+    assert 3 <= len(samples) <= 5  # about one a second, never faster
+    assert (np.diff(samples.time) >= 0.9).all()
+    cpu = d.resources.utilisation.marks["CPU % (of one core)"]
+    rss = d.resources.memory.marks["process RSS"]
+    wait_for(lambda: len(rss.x) == len(run.resources), timeout=3)
+    np.testing.assert_allclose(rss.x, run.resources.time[:len(rss.x)], rtol=1e-5)
+    assert (np.asarray(rss.y) > 10).all() and np.nanmax(cpu.y) > 1  # training burns CPU
+    assert "GPU %" not in d.resources.utilisation.marks  # a CPU run has no empty GPU lines
+    assert d.resources.gpu_label.value == "<small>no GPU: the model trains on cpu</small>"
+    # the pause is marked on the time axis too, at the time it happened
+    rules = d.resources.utilisation.rules
+    wait_for(lambda: any(": pause" in label for label in rules.labels), timeout=3)
+    pause = run.events[run.events.kind == "pause"].iloc[0]
+    i = [k for k, label in enumerate(rules.labels) if ": pause" in label][0]
+    assert np.asarray(rules.x)[i].tolist() == pytest.approx([pause.time, pause.time], rel=1e-5)
+
+
+def test_resources_stop_being_sampled_once_the_run_ends(tiny):
+    run = start(tiny, max_steps=20)
+    d = run.dashboard
+    settle(d, run)
+    n = len(run.resources)
+    time.sleep(1.5)
+    assert len(run.resources) == n
+
+
+def test_layer_bars_show_the_newest_per_layer_grad_norms(tiny):
+    run = start(tiny, max_steps=60)
+    d = run.dashboard
+    settle(d, run)
+    bars = d.layers.bars
+    assert list(bars.x) == run.layers == ["wte", "wpe", "blocks.0", "ln_f"]
+    latest = run.layer_grad_norms
+    assert latest.name == 60 and d.layers.figure.title == "grad norm per layer (step 60)"
+    np.testing.assert_allclose(bars.y, latest.to_numpy(), rtol=1e-6)
+    # the groups add up to the total grad norm of that step
+    assert np.sqrt((latest ** 2).sum()) == pytest.approx(run.history.grad_norm.iloc[-1], rel=1e-5)
+
+
+def test_the_histogram_button_shows_the_chosen_layer(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    wait_for(lambda: run.step > 3)
+    assert d.histograms.plots.children == ()  # nothing to show before a click
+    d.histograms.layer.value = "blocks.0"
+    d.histograms.button.click()
+    wait_for(lambda: len(d.histograms.plots.children) == 2, timeout=3)
+    h = run.histograms[-1]
+    weights, grads = d.histograms.bars
+    assert d.histograms.figures[0].title == f"weights of blocks.0 (step {h['step']})"
+    assert np.sum(weights.y) == sum(p.numel() for p in run._trainer.grad_norms.group_params("blocks.0"))
+    assert np.sum(grads.y) == np.sum(weights.y)
+    assert "this training step" in d.histograms.info.value
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=2)
+    d.histograms.layer.value = "wte"
+    d.histograms.button.click()  # paused: a fresh batch's gradient, at once
+    wait_for(lambda: d.histograms.figures[1].title.startswith("gradients of wte"), timeout=3)
+    assert "one fresh batch" in d.histograms.info.value
+
+
+def test_a_diverging_run_warns_on_the_dashboard_and_marks_the_charts(tiny):
+    run = start(tiny, max_steps=LONG, lr=1e4)
+    d = run.dashboard
+    wait_for(lambda: run.state == "paused", timeout=20)
+    step, cause = run.anomaly
+    wait_for(lambda: "Anomaly" in d.notice.value, timeout=3)
+    assert f"Anomaly at step {step}: {cause}." in text_of(d.notice)
+    assert "Lower the learning rate" in d.notice.value and "Resume" in d.notice.value
+    wait_for(lambda: any(": anomaly" in label for label in d.charts["loss"].rules.labels), timeout=3)
+    for chart in d.timelines:  # every chart over time carries the marker, its tooltip naming it
+        assert any(f"step {step}: anomaly" in label and "the update was skipped" in label
+                   for label in chart.rules.labels)
+    run.stop()
+
+
+def test_after_resuming_the_notice_stops_shouting(tiny):
+    from lmwidget.config import TrainConfig
+
+    run = lmwidget.Run(TrainConfig.from_options(**tiny, max_steps=LONG))
+    forward, calls = run._trainer.forward, []
+
+    def nan_once(x, y):  # the 5th training step's loss is NaN, the rest are fine
+        logits, loss = forward(x, y)
+        calls.append(1)
+        return logits, loss * float("nan") if len(calls) == 5 else loss
+
+    run._trainer.forward = nan_once
+    d = run.dashboard
+    run.start()
+    wait_for(lambda: run.state == "paused" and "Anomaly at step 5" in d.notice.value, timeout=10)
+    run.resume()
+    wait_for(lambda: run.step > 20, timeout=5)
+    wait_for(lambda: "last anomaly at step 5: loss is nan and grad norm is nan" in d.notice.value, timeout=3)
+    assert "Anomaly at" not in d.notice.value

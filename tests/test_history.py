@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lmwidget.history import COLUMNS, EVENT_COLUMNS, History, MinMaxSeries
+from lmwidget.history import COLUMNS, EVENT_COLUMNS, RESOURCE_COLUMNS, History
 
-EXPECTED_COLUMNS = ("step", "tokens", "loss", "perplexity", "grad_norm", "lr", "tokens_per_sec",
-                    "step_time", "val_loss", "val_perplexity")
+EXPECTED_COLUMNS = ("step", "tokens", "time", "loss", "perplexity", "grad_norm", "lr",
+                    "tokens_per_sec", "step_time", "val_loss", "val_perplexity", "cpu_percent",
+                    "rss_mb", "gpu_util", "gpu_mem_mb", "gpu_temp_c", "gpu_power_w")
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +24,7 @@ def isolated_cache(tmp_path, monkeypatch):
 
 def row(i: int, val=None) -> dict:
     """The values of step i, with device-tensor-like loss / grad norm as the loop pushes."""
-    return dict(step=i + 1, tokens=(i + 1) * 512, lr=1e-3 / (i + 1), tokens_per_sec=1000.0 + i,
+    return dict(step=i + 1, tokens=(i + 1) * 512, time=0.5 * i, lr=1e-3 / (i + 1), tokens_per_sec=1000.0 + i,
                 step_time=0.01 + i * 1e-5, loss=torch.tensor(4.0 - i * 1e-3),
                 grad_norm=torch.tensor(0.5 + i * 1e-4), val_loss=val)
 
@@ -45,7 +46,7 @@ def test_push_drain_frame_columns_and_values():
     assert len(h) == 10
     df = h.frame()
     assert isinstance(df, pd.DataFrame)
-    assert tuple(df.columns) == EXPECTED_COLUMNS == COLUMNS
+    assert tuple(df.columns) == EXPECTED_COLUMNS == COLUMNS + RESOURCE_COLUMNS
     assert len(df) == 10
     expected = pd.DataFrame([row(i) for i in range(10)])
     assert df["step"].tolist() == list(range(1, 11))
@@ -53,6 +54,7 @@ def test_push_drain_frame_columns_and_values():
     np.testing.assert_allclose(df["lr"], expected["lr"].astype(float))
     np.testing.assert_allclose(df["tokens_per_sec"], expected["tokens_per_sec"].astype(float))
     np.testing.assert_allclose(df["step_time"], expected["step_time"].astype(float))
+    np.testing.assert_allclose(df["time"], expected["time"].astype(float))
     np.testing.assert_allclose(df["loss"], [4.0 - i * 1e-3 for i in range(10)], rtol=1e-6)
     np.testing.assert_allclose(df["grad_norm"], [0.5 + i * 1e-4 for i in range(10)], rtol=1e-6)
     np.testing.assert_allclose(df["perplexity"], np.exp(df["loss"]), rtol=1e-12)
@@ -137,18 +139,57 @@ def test_nbytes_per_step_is_small_and_real():
 def test_events_frame():
     h = History()
     empty = h.events_frame()
-    assert tuple(empty.columns) == ("step", "kind", "value") == EVENT_COLUMNS
+    assert tuple(empty.columns) == ("step", "time", "kind", "value", "detail") == EVENT_COLUMNS
     assert len(empty) == 0
     h.record_event(3, "pause")
-    h.record_event(3, "lr", 0.01)
+    h.record_event(3, "lr", 0.01, "plateau")
     h.record_event(7, "resume")
+    h.record_event(5, "anomaly", 40.0, "a spike found late", time=1.5)  # drained after step 7
     df = h.events_frame()
-    assert tuple(df.columns) == ("step", "kind", "value")
-    assert df["step"].tolist() == [3, 3, 7]
-    assert df["kind"].tolist() == ["pause", "lr", "resume"]
-    assert df["value"][1] == 0.01
+    assert tuple(df.columns) == EVENT_COLUMNS
+    assert df["step"].tolist() == [3, 3, 5, 7]  # in step order, ties in the order recorded
+    assert df["kind"].tolist() == ["pause", "lr", "anomaly", "resume"]
+    assert df["value"][1] == 0.01 and df["detail"][1] == "plateau" and df["detail"][0] == ""
     assert df["value"][0] is None or pd.isna(df["value"][0])
-    assert [e[1] for e in h.events_since(1)] == ["lr", "resume"]
+    assert df["time"][2] == 1.5 and (df["time"] >= 0).all()
+    assert [e[2] for e in h.events_since(1)] == ["lr", "resume", "anomaly"]  # as recorded
+
+
+def test_a_device_tensor_event_value_is_read_once_by_a_reader():
+    h = History()
+    h.record_event(10, "eval", torch.tensor(2.5))
+    (event,) = h.events_since(0)
+    assert event[3] == 2.5 and isinstance(event[3], float)
+    assert isinstance(h._events[0][3], float)  # stored back: later readers pay nothing
+
+
+def test_resources_are_joined_to_the_steps_by_time():
+    h = History()
+    for i in range(6):
+        h.push(**row(i))  # times 0, 0.5, ..., 2.5
+    h.record_resources(0.7, 2, {"cpu_percent": 50.0, "rss_mb": 100.0})
+    h.record_resources(1.9, 4, {"cpu_percent": 80.0, "rss_mb": 120.0, "gpu_util": 30.0})
+    df = h.frame()
+    # each step shows the latest sample by its time; none before the first sample
+    np.testing.assert_array_equal(df["cpu_percent"], [np.nan, np.nan, 50.0, 50.0, 80.0, 80.0])
+    np.testing.assert_array_equal(df["gpu_util"], [np.nan] * 4 + [30.0, 30.0])
+    assert df["gpu_power_w"].isna().all()
+    samples = h.resources_frame()
+    assert samples["time"].tolist() == [0.7, 1.9] and samples["step"].tolist() == [2, 4]
+    assert np.isnan(samples["gpu_util"][0]) and samples["gpu_util"][1] == 30.0
+
+
+def test_listeners_get_every_drained_row_once_in_order():
+    h = History()
+    seen = []
+    h.add_listener(lambda cols: seen.append(cols["step"].tolist()))
+    for i in range(3):
+        push(h, i)
+    h.drain()
+    push(h, 3)
+    h.frame()
+    h.drain()  # nothing new: no call
+    assert seen == [[1, 2, 3], [4]]
 
 
 def test_concurrent_push_and_drain_lose_no_row_and_keep_order():
@@ -166,7 +207,7 @@ def test_concurrent_push_and_drain_lose_no_row_and_keep_order():
             for i in range(n):
                 if i == n // 2:  # make sure the drainer really runs while rows are pushed
                     some_drained.wait(10)
-                h.push(i, i * 2, 0.1, 1.0, 0.01, losses[i], norms[i],
+                h.push(i, i * 2, i * 0.01, 0.1, 1.0, 0.01, losses[i], norms[i],
                        losses[i] if i % 100 == 0 else None)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -204,175 +245,11 @@ def test_concurrent_push_and_drain_lose_no_row_and_keep_order():
     np.testing.assert_array_equal(val[::100], torch.stack(losses[::100]).double().numpy())
 
 
-# --------------------------------------------------------------------------- MinMaxSeries
-
-def random_walk(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = np.arange(n, dtype=np.float64)
-    y = np.cumsum(rng.standard_normal(n))
-    return x, y
-
-
-def _as_pairs(px, py):
-    return set(zip(px.tolist(), py.tolist()))
-
-
-def _assert_well_formed(px, py, max_points=2000):
-    assert len(px) == len(py) <= max_points
-    for a in (px, py):
-        assert isinstance(a, np.ndarray)
-        assert a.dtype == np.float32
-        assert a.flags["C_CONTIGUOUS"]
-        assert a.ndim == 1
-    assert np.all(np.diff(px) > 0), "x must be strictly increasing"
-
-
-@pytest.mark.parametrize("n", [10, 2_000, 100_000, 1_000_000])
-def test_minmax_points_are_bounded_sorted_float32_and_keep_the_extremes(n):
-    x, y = random_walk(n, seed=n)
-    spike_at = n // 3 + 1
-    y[spike_at] = y.max() + 1000.0  # a single spike must survive downsampling
-    s = MinMaxSeries()
-    s.extend(x, y)
-    px, py = s.points()
-    _assert_well_formed(px, py)
-    if n <= 2000 // 2:
-        assert len(px) == n  # few points: all of them
-    else:
-        assert len(px) >= 2000 // 4  # not needlessly coarse
-    pairs = _as_pairs(px, py)
-    lo, hi = int(np.argmin(y)), int(np.argmax(y))
-    assert hi == spike_at
-    assert (np.float32(x[lo]).item(), np.float32(y[lo]).item()) in pairs
-    assert (np.float32(x[hi]).item(), np.float32(y[hi]).item()) in pairs
-    assert py.min() == np.float32(y.min()) and py.max() == np.float32(y.max())
-    # every output point is an input point
-    idx = px.astype(np.int64)
-    np.testing.assert_array_equal(py, y[idx].astype(np.float32))
-    assert px[0] >= 0 and px[-1] <= n - 1
-
-
-def test_minmax_keeps_a_negative_spike_and_the_endpoints_of_the_range_covered():
-    x, y = random_walk(300_000, seed=7)
-    y[123_457] = y.min() - 500.0
-    s = MinMaxSeries()
-    s.extend(x, y)
-    px, py = s.points()
-    assert (123_457.0, np.float32(y[123_457]).item()) in _as_pairs(px, py)
-    # the output spans the whole series, not just its beginning
-    assert px[0] < 300_000 / 1000 and px[-1] > 300_000 - 300_000 / 1000
-
-
-@pytest.mark.parametrize("n", [2_000, 100_000, 1_000_000])
-def test_minmax_one_extend_equals_many_small_chunks(n):
-    x, y = random_walk(n, seed=3)
-    whole = MinMaxSeries()
-    whole.extend(x, y)
-    chunked = MinMaxSeries()
-    rng = np.random.default_rng(11)
-    i = 0
-    while i < n:
-        k = int(rng.integers(1, 700 if n <= 100_000 else 5000))
-        chunked.extend(x[i:i + k], y[i:i + k])
-        i += k
-    (ax, ay), (bx, by) = whole.points(), chunked.points()
-    np.testing.assert_array_equal(ax, bx)
-    np.testing.assert_array_equal(ay, by)
-
-
-def test_minmax_equal_chunks_match_one_extend_and_points_can_be_read_midway():
-    x, y = random_walk(50_000, seed=5)
-    whole = MinMaxSeries()
-    whole.extend(x, y)
-    chunked = MinMaxSeries()
-    for i in range(0, 50_000, 1000):
-        chunked.extend(x[i:i + 1000], y[i:i + 1000])
-        px, py = chunked.points()  # reading in between changes nothing
-        _assert_well_formed(px, py)
-        assert px[-1] <= i + 999
-    for a, b in zip(whole.points(), chunked.points()):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_minmax_nan_values_do_not_break_it():
-    n = 200_000
-    x, y = random_walk(n, seed=9)
-    rng = np.random.default_rng(1)
-    y[rng.choice(n, size=n // 20, replace=False)] = np.nan  # scattered NaN
-    y[50_000:60_000] = np.nan  # a long stretch of NaN (e.g. diverged)
-    s = MinMaxSeries()
-    step = 4_321
-    for i in range(0, n, step):
-        s.extend(x[i:i + step], y[i:i + step])
-    px, py = s.points()
-    _assert_well_formed(px, py)
-    src = y[px.astype(np.int64)]
-    finite = np.isfinite(src)
-    assert np.isfinite(py[finite]).all()  # finite where the input is finite
-    np.testing.assert_array_equal(py[finite], src[finite].astype(np.float32))
-    assert np.isnan(py[~finite]).all()
-    # NaN only stands for stretches that are all NaN: most points are finite
-    assert finite.mean() > 0.9
-    pairs = _as_pairs(px[finite], py[finite])
-    lo, hi = int(np.nanargmin(y)), int(np.nanargmax(y))
-    assert (float(lo), np.float32(y[lo]).item()) in pairs
-    assert (float(hi), np.float32(y[hi]).item()) in pairs
-
-
-def test_minmax_small_series_with_nan_keeps_finite_points():
-    s = MinMaxSeries()
-    s.extend([0, 1, 2, 3], [1.0, np.nan, 3.0, np.nan])
-    px, py = s.points()
-    _assert_well_formed(px, py)
-    assert px.tolist() == [0.0, 1.0, 2.0, 3.0]
-    assert py[0] == 1.0 and py[2] == 3.0
-    assert np.isnan(py[1]) and np.isnan(py[3])
-
-
-def test_minmax_empty_series_returns_two_empty_arrays():
-    s = MinMaxSeries()
-    px, py = s.points()
-    assert isinstance(px, np.ndarray) and isinstance(py, np.ndarray)
-    assert px.shape == (0,) and py.shape == (0,)
-    s.extend([], [])
-    px, py = s.points()
-    assert px.shape == (0,) and py.shape == (0,)
-    s.extend([5.0], [2.5])
-    px, py = s.points()
-    assert px.tolist() == [5.0] and py.tolist() == [2.5]
-
-
-@pytest.mark.parametrize("max_points", [100, 500])
-def test_minmax_respects_a_smaller_budget(max_points):
-    x, y = random_walk(123_456, seed=2)
-    s = MinMaxSeries(max_points=max_points)
-    for i in range(0, len(x), 10_000):
-        s.extend(x[i:i + 10_000], y[i:i + 10_000])
-    px, py = s.points()
-    _assert_well_formed(px, py, max_points=max_points)
-    assert len(px) >= max_points // 4
-    assert py.max() == np.float32(y.max()) and py.min() == np.float32(y.min())
-
-
-def test_diverged_values_become_gaps_without_warnings():
-    import warnings
-
-    from lmwidget.history import MinMaxSeries
-
-    series = MinMaxSeries()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        series.extend([1, 2, 3, 4], [2.5, np.inf, 1e39, 2.0])
-        x, y = series.points()
-    assert x.tolist() == [1, 2, 3, 4]
-    assert y[0] == 2.5 and np.isnan(y[1]) and np.isnan(y[2]) and y[3] == 2.0
-
-
 def test_a_diverged_loss_has_an_infinite_perplexity_without_warnings():
     import warnings
 
     h = History()
-    h.push(1, 10, 1.0, 1.0, 0.1, torch.tensor(1000.0), torch.tensor(1.0), torch.tensor(900.0))
+    h.push(1, 10, 0.0, 1.0, 1.0, 0.1, torch.tensor(1000.0), torch.tensor(1.0), torch.tensor(900.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         frame = h.frame()

@@ -2,6 +2,8 @@ import copy
 import math
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -130,20 +132,27 @@ def test_no_host_device_sync_per_step(text, monkeypatch):
 
     (torch's own optimizers call .item() on their CPU step counters; those are not counted.)
     """
-    calls = {"item": 0, "float": 0, "cpu": 0}
-    for name, method in (("item", "item"), ("float", "__float__"), ("cpu", "cpu")):
+    calls = {"item": 0, "float": 0, "cpu": 0, "tolist": 0, "tolist_of_host_copies": 0}
+    host = []  # the guard's host buffer: on a GPU the landed non-blocking copies, read without a sync
+    for name, method in (("item", "item"), ("float", "__float__"), ("cpu", "cpu"), ("tolist", "tolist")):
         original = getattr(torch.Tensor, method)
 
         def counted(self, *a, _original=original, _name=name, **k):
             if sys._getframe(1).f_globals.get("__name__", "").startswith("lmwidget"):
-                calls[_name] += 1
+                if _name == "tolist" and self.untyped_storage().data_ptr() in host:
+                    calls["tolist_of_host_copies"] += 1
+                else:
+                    calls[_name] += 1
             return _original(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, method, counted)
     trainer = make_trainer(text, max_steps=600)
+    assert trainer.guard.on_device  # the fused optimizer skips non-finite steps on the device
+    host.append(trainer.guard._host.untyped_storage().data_ptr())
     trainer.run()
-    assert calls["item"] == 0 and calls["float"] == 0
+    assert calls["item"] == 0 and calls["float"] == 0 and calls["tolist"] == 0
     assert calls["cpu"] <= 4  # 600 steps drained at 256, 512 and the end
+    assert calls["tolist_of_host_copies"] == 600  # each step's finiteness, read from host memory
     assert len(trainer.history) == 600
 
 
@@ -188,3 +197,102 @@ def test_compiled_model_trains_like_the_plain_one(text):
     _, plain = run_steps(text, 8)
     np.testing.assert_allclose(compiled.loss, plain.loss, rtol=1e-4)
     assert len(trainer.generate_sample(20)) == 20  # sampling uses the plain module
+
+
+# --------------------------------------------------------------------------- anomalies
+
+def run_in_thread(trainer):
+    thread = threading.Thread(target=trainer.run)
+    thread.start()
+    return thread
+
+
+def wait_paused(trainer, timeout=20):
+    deadline = time.monotonic() + timeout
+    while trainer.state != "paused" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert trainer.state == "paused", f"not paused within {timeout} s (state {trainer.state})"
+
+
+def test_a_diverging_run_skips_the_bad_update_and_pauses_itself(text):
+    """A huge learning rate: within a few steps the loss or grad norm is no longer finite."""
+    trainer = make_trainer(text, max_steps=1000, lr=1e4)
+    thread = run_in_thread(trainer)
+    try:
+        wait_paused(trainer)
+        step, cause = trainer.anomaly
+        assert step <= 10 and trainer.step == step  # paused at the boundary right after it
+        assert "is nan" in cause or "is inf" in cause
+        events = trainer.history.events_frame()
+        anomaly = events[events.kind == "anomaly"].iloc[-1]
+        assert anomaly.step == step and f"at step {step}: the update was skipped" in anomaly.detail
+        assert events.kind.tolist()[-1] == "pause"
+        assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), "a NaN update was applied"
+    finally:
+        trainer.control.stop()
+        thread.join(10)
+
+
+def test_the_learner_can_lower_the_lr_and_resume_after_an_anomaly(text):
+    trainer = make_trainer(text, max_steps=200, lr=3e-3, grad_clip=0.0)
+    forward, steps = trainer.forward, []
+
+    def nan_at_step_5(x, y):  # one training step's loss turns NaN
+        logits, loss = forward(x, y)
+        if trainer.model.training:
+            steps.append(1)
+            if len(steps) == 5:
+                loss = loss * float("nan")
+        return logits, loss
+
+    trainer.forward = nan_at_step_5
+    thread = run_in_thread(trainer)
+    wait_paused(trainer)
+    assert trainer.anomaly == (5, "loss is nan and grad norm is nan")
+    snapshot = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.control.request("lr", 1e-3)
+    trainer.control.resume()
+    thread.join(20)
+    assert trainer.state == "finished" and trainer.step == 200
+    h = trainer.history.frame()
+    assert np.isnan(h.loss[4]) and np.isfinite(h.loss[5:]).all()
+    assert (h.lr[h.step > 5] == 1e-3).all()
+    assert any(not torch.equal(snapshot[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_anomaly_skip_trains_on_without_pausing(text):
+    trainer = make_trainer(text, max_steps=40, lr=1e4, anomaly="skip")
+    trainer.run()
+    assert trainer.state == "finished" and trainer.anomaly is not None
+    events = trainer.history.events_frame()
+    assert "pause" not in events.kind.tolist()
+    assert "the run paused itself" not in " ".join(events.detail)
+    assert (events.kind == "anomaly").sum() >= 1
+
+
+def test_spike_detection_can_be_turned_off(text):
+    on = make_trainer(text, max_steps=5)
+    off = make_trainer(text, max_steps=5, spike_factor=0)
+    assert len(on.history._listeners) == 1 and off.history._listeners == []
+    with pytest.raises(ValueError, match="spike_factor must be 0 .off. or a finite number > 1 .* got 1"):
+        TrainConfig.from_options(spike_factor=1)
+    with pytest.raises(ValueError, match="unknown anomaly 'ignore'; valid: pause, skip"):
+        TrainConfig.from_options(anomaly="ignore")
+
+
+def test_histograms_during_a_step_and_between_steps(text):
+    trainer = make_trainer(text, max_steps=3)
+    trainer.apply("histogram", "blocks.0")  # before the first step: taken during it
+    trainer.run()
+    (during,) = trainer.histograms
+    assert during["step"] == 1 and during["group"] == "blocks.0"
+    assert during["source"] == "this training step (before clipping)"
+    n_weights = sum(p.numel() for p in trainer.grad_norms.group_params("blocks.0"))
+    assert during["weights"]["counts"].sum() == n_weights == during["grads"]["counts"].sum()
+    rng_before = torch.random.get_rng_state()
+    trainer.apply("histogram", "wte")  # the run has ended: one fresh batch, no update
+    after = trainer.histograms[-1]
+    assert after["source"] == "one fresh batch (taken between steps)" and after["step"] == 3
+    assert after["grads"]["counts"].sum() > 0
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert all(p.grad is None for p in trainer.model.parameters())  # no gradient left behind
