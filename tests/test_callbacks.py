@@ -11,7 +11,7 @@ import lmwidget
 from lmwidget import Callback, EarlyStopping, ReduceLROnPlateau
 from lmwidget.callbacks import Callbacks
 
-from .conftest import kinds
+from .conftest import kinds, wait_for
 
 FLAT = dict(lr=1e-9, eval_interval=10, max_steps=10_000)  # the model cannot move: a flat val loss
 
@@ -94,8 +94,6 @@ def test_callbacks_steer_through_the_controls_and_log_events(tiny):
 
     run = start(tiny, Steer(), max_steps=100, eval_interval=0)
     run.dashboard  # noqa: B018 - the markers too
-    from .conftest import wait_for
-
     wait_for(lambda: run.state == "paused", timeout=10)
     assert run.step == 20  # paused at the next step boundary, like the button
     events = run.events

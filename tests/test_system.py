@@ -77,7 +77,7 @@ def fake_gpu(monkeypatch):
 
 
 def test_the_gpu_path_reads_nvml_and_torch(fake_gpu):
-    fake = fake_gpu()
+    fake_gpu()
     sampler = system.ResourceSampler(torch.device("cuda", 0))
     assert sampler.gpu_status == "GPU 0: Fake H100"
     s = sampler.sample()
