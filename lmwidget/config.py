@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -50,6 +51,11 @@ class TrainConfig:
                                  # then pauses the run, "skip" trains on
     spike_factor: float = 10.0   # mark a grad norm this many times its running median (and a loss
                                  # ln(spike_factor) above its own) as an anomaly; 0: off
+    checkpoint_dir: object = None  # where checkpoints go; None: lmwidget-checkpoints/run-<time>-<id>
+                                 # in the working directory (created at the first save)
+    checkpoint_every: int = 0    # save every N steps, and where the run ends; 0: only when asked
+    keep_checkpoints: int = 3    # periodic checkpoints kept (the newest); 0 keeps them all
+    save_best: bool = False      # keep best.pt: the checkpoint of the lowest validation loss
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -73,7 +79,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters",
                      "n_layer", "n_head", "n_embd"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_interval", "threads"):
+        for name in ("warmup_steps", "eval_interval", "threads", "checkpoint_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("seed", self.seed, minimum=0)
         check_grad_clip(self.grad_clip)
@@ -91,8 +97,15 @@ class TrainConfig:
         if self.schedule == "exponential" and self.min_lr_ratio == 0:
             raise ValueError("min_lr_ratio must be > 0 with schedule='exponential' (the LR "
                              "would be 0 after the first step); got 0")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False; got {self.compile!r}")
+        for name in ("compile", "save_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}")
+        if self.save_best and not self.eval_interval:
+            raise ValueError("save_best=True needs validation losses: set eval_interval > 0 "
+                             "(it is 0, so the run never evaluates)")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise ValueError(f"checkpoint_dir must be a directory path (str or os.PathLike) or "
+                             f"None; got {self.checkpoint_dir!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
 

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 import traceback
+import uuid
 
 import bqplot as bq
 import numpy as np
@@ -15,6 +16,7 @@ import ipywidgets as w
 from .charts import Chart
 from .control import ENDED
 from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
+from .summary import summary_html
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
@@ -59,13 +61,17 @@ class Dashboard(w.VBox):
         self.clip_input = w.BoundedFloatText(value=cfg.grad_clip, min=0, max=1e30, step=0.1,
                                              description="clip norm", layout=w.Layout(width="180px"))
         self.sample_button = w.Button(description="Sample", icon="comment")
+        self.save_button = w.Button(description="Save", icon="save",
+                                    tooltip="write a checkpoint of this step (run.save())")
+        self.save_status = w.HTML()
         self.notice = w.HTML()
         self.sample_text = w.HTML()
         for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
                             (self.lr_slider, "lmwidget-lr"), (self.step_label, "lmwidget-step"),
                             (self.status, "lmwidget-status"), (self.sample_button, "lmwidget-sample"),
                             (self.sample_text, "lmwidget-sample-text"), (self.notice, "lmwidget-notice"),
-                            (self.clip_input, "lmwidget-clip")):
+                            (self.clip_input, "lmwidget-clip"), (self.save_button, "lmwidget-save"),
+                            (self.save_status, "lmwidget-save-status")):
             widget.add_class(css)
 
         x = bq.LinearScale()  # one step axis shared by every chart
@@ -90,6 +96,7 @@ class Dashboard(w.VBox):
         self.pause_button.on_click(self._on_pause)
         self.stop_button.on_click(lambda _: run.stop())
         self.sample_button.on_click(self._on_sample)
+        self.save_button.on_click(self._on_save)
         self.histograms.button.on_click(self._on_histogram)
         self.lr_slider.observe(self._on_lr, names="value")
         self.clip_input.observe(self._on_clip, names="value")
@@ -98,12 +105,13 @@ class Dashboard(w.VBox):
                          self.progress, self.speed, self.timing],
                         layout=w.Layout(align_items="center", grid_gap="8px"))
         controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
-                           self.sample_button], layout=w.Layout(align_items="center", grid_gap="8px"))
+                           self.sample_button, self.save_button],
+                          layout=w.Layout(align_items="center", grid_gap="8px"))
         figures = [c.figure for c in self.charts.values()] + [self.layers.figure] + [
             c.figure for c in self.resources.charts]
         grid = w.GridBox(figures, layout=w.Layout(
             grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
-        super().__init__([header, controls, self.notice, grid, self.resources.gpu_label,
+        super().__init__([header, controls, self.save_status, self.notice, grid, self.resources.gpu_label,
                           self.histograms.widget, self.sample_text])
         self.add_class("lmwidget-dashboard")
 
@@ -117,6 +125,10 @@ class Dashboard(w.VBox):
         self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
         self._sampled = -math.inf  # when resources were last sampled (monotonic s)
         self._notice = None      # what the notice shows: (kind, ...)
+        self._save_shown = None  # the save outcome drawn
+        self._displays = []      # (display_id, parent header) of each cell showing this dashboard
+        self._summary = None     # the static summary last left in those cells
+        self._summarized = set() # the display ids that have it
         self._updater = None
         self._updater_lock = threading.Lock()
         self._kick()
@@ -131,6 +143,10 @@ class Dashboard(w.VBox):
 
     def _on_sample(self, _):
         self._run.request_sample()
+        self._kick()
+
+    def _on_save(self, _):
+        self._run.request_save()  # the outcome is drawn by the updater
         self._kick()
 
     def _on_histogram(self, _):
@@ -149,6 +165,59 @@ class Dashboard(w.VBox):
         """True inside the updater's own write of a control: that is no request."""
         return threading.current_thread() is self._updater
 
+    # -- display and the static summary --------------------------------------------------------
+    def show(self) -> None:
+        """Display in the running cell under a display id, so that when the run ends the
+        cell's output can also carry a static summary (see _leave_summary)."""
+        from IPython.display import display
+
+        from IPython import get_ipython
+
+        pub = getattr(get_ipython(), "display_pub", None)
+        display_id = f"lmwidget-{self._run.id}-{uuid.uuid4().hex[:12]}"
+        display(self._bundle(), raw=True, display_id=display_id)
+        self._displays.append((display_id, getattr(pub, "parent_header", None)))
+        self._kick()  # an ended run's updater leaves the summary in this cell too
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def _bundle(self, summary: str | None = None) -> dict:
+        bundle = self._repr_mimebundle_()
+        run = self._run
+        bundle["text/plain"] = (f"lmwidget dashboard of run {run.id} ({run.state} at step "
+                                f"{run.step}/{run.max_steps}): live in a notebook with a kernel")
+        if summary is not None:
+            bundle["text/html"] = summary
+        return bundle
+
+    def _leave_summary(self) -> None:
+        """Once the run has ended: add the final curves as HTML to every cell showing this
+        dashboard. A live front end keeps drawing the widget (its richer type); a saved
+        notebook viewed with no kernel (nbviewer, GitHub, a reopened file) shows the HTML."""
+        if not self._displays or self._run.state not in ENDED:
+            return
+        summary = summary_html(self._run)
+        if summary != self._summary:
+            self._summary, self._summarized = summary, set()
+        todo = [(i, parent) for i, parent in self._displays if i not in self._summarized]
+        from IPython import get_ipython
+
+        pub = getattr(get_ipython(), "display_pub", None)
+        if pub is None or not todo:
+            return
+        bundle = self._bundle(summary)
+        for display_id, parent in todo:
+            self._summarized.add(display_id)
+            # the update must carry its cell's request: a front end routes it by that
+            token = (pub.set_thread_parent(parent)
+                     if parent and hasattr(pub, "set_thread_parent") else None)
+            try:
+                pub.publish(data=bundle, metadata={}, transient={"display_id": display_id}, update=True)
+            finally:
+                if token is not None:
+                    pub.reset_thread_parent(token)
+
     # -- the updater thread ------------------------------------------------------------------
     def _kick(self) -> None:
         """Make sure the updater runs (it exits once the run has ended and all is drawn)."""
@@ -157,6 +226,15 @@ class Dashboard(w.VBox):
                 self._updater = threading.Thread(target=self._update_loop, daemon=True,
                                                  name=f"lmwidget-ui-{self._run.id}")
                 self._updater.start()
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Once the run has ended (or before it starts): wait until everything it recorded
+        is drawn. While it trains the charts are at most one redraw behind anyway."""
+        self._kick()
+        with self._updater_lock:
+            updater = self._updater
+        if updater is not None and self._idle() and updater is not threading.current_thread():
+            updater.join(timeout)
 
     def _idle(self) -> bool:
         """Nothing more will happen by itself: the run has ended, or has not started."""
@@ -167,6 +245,8 @@ class Dashboard(w.VBox):
             idle = self._idle()  # read first: the last draw sees the end
             try:
                 self.refresh()
+                if idle:
+                    self._leave_summary()  # once per ended state: it checks what changed
             except Exception:  # never let a drawing bug kill the view silently
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
             with self._updater_lock:  # Run.start() kicks under this lock: no lost start
@@ -220,6 +300,21 @@ class Dashboard(w.VBox):
             self._draw_status(run, *shown)
             self._shown = shown
         self._draw_samples(run)
+        self._draw_save(run)
+
+    def _draw_save(self, run) -> None:
+        last = run._trainer.checkpointer.last
+        if last is self._save_shown:
+            return
+        self._save_shown = last
+        outcome, detail = last
+        if outcome == "ok":
+            self.save_status.value = (
+                f'<span style="color:#1565c0">saved step {detail["step"]} to '
+                f'<code>{html.escape(detail["path"])}</code> ({detail["bytes"] / 1e6:.2f} MB in '
+                f'{detail["seconds"] * 1e3:.0f} ms)</span>')
+        else:
+            self.save_status.value = f'<span style="color:{STATE_COLORS["failed"]}">{html.escape(detail)}</span>'
 
     def _draw_status(self, run, state, step, paused, lr, clip) -> None:
         self.status.value = f'<b style="color:{STATE_COLORS[state]}">{state}</b>'

@@ -171,6 +171,17 @@ class Dataset:
         n_val = max(1, int(len(ids) * val_fraction))
         self.train = ids[: len(ids) - n_val]
         self.val = ids[len(ids) - n_val :]
+        self._fingerprint = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the training and validation tokens and the vocabulary (computed once)."""
+        if getattr(self, "_fingerprint", None) is None:  # a subclass may skip __init__
+            h = hashlib.sha256("\x00".join(self.tokenizer.chars).encode("utf-8", "surrogatepass"))
+            for ids in (self.train, self.val):
+                h.update(b"|%d|" % len(ids))
+                h.update(ids.to("cpu").numpy().astype("<i8", copy=False).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     @property
     def vocab_size(self) -> int:
@@ -188,6 +199,7 @@ class Dataset:
 
     def to(self, device) -> "Dataset":
         """This dataset on `device`, as a new object: a run using this one is not disturbed."""
+        self.fingerprint()  # on the CPU copy, once, before the tokens move
         moved = copy.copy(self)
         moved.train, moved.val = self.train.to(device), self.val.to(device)
         return moved

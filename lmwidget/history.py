@@ -47,8 +47,9 @@ class History:
     def __len__(self) -> int:
         return self._n
 
-    def start_clock(self) -> None:
-        self._t0 = time.monotonic()
+    def start_clock(self, elapsed: float = 0.0) -> None:
+        """Start the run's clock; a resumed run's clock goes on from `elapsed` seconds."""
+        self._t0 = time.monotonic() - elapsed
 
     def clock(self) -> float:
         """Seconds since the run started."""
@@ -173,3 +174,42 @@ class History:
         """In step order (spikes are found when rows are drained, after later events)."""
         frame = pd.DataFrame(self.events_since(0), columns=list(EVENT_COLUMNS))
         return frame.sort_values("step", kind="stable", ignore_index=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything recorded, as tensors and plain values (safe to load with weights_only)."""
+        self.drain()
+        with self._lock:
+            n = self._n
+            columns = {k: torch.from_numpy(c[:n].copy()) for k, c in self._cols.items()}
+        samples = self.resources_frame()
+        resources = {name: torch.from_numpy(samples[name].to_numpy().copy()) for name in samples}
+        events = [[int(step), float(t), str(kind), _plain(value), str(detail)]
+                  for step, t, kind, value, detail in self.events_since(0)]
+        return {"columns": columns, "events": events, "resources": resources, "clock": self.clock()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace what is recorded with a checkpoint's (before the run starts)."""
+        columns = state["columns"]
+        n = len(columns["step"])
+        with self._lock:
+            self._reserve(n)
+            for name in _STORED:
+                self._cols[name][:n] = columns[name].numpy()
+            self._n = n
+            self._events = [list(e) for e in state["events"]]
+            res = {k: v.tolist() for k, v in state["resources"].items()}
+            names = [k for k in res if k not in ("time", "step")]
+            self._samples = [(t, int(s), {k: res[k][i] for k in names if not np.isnan(res[k][i])})
+                             for i, (t, s) in enumerate(zip(res["time"], res["step"]))]
+        self._t0 = time.monotonic() - float(state["clock"])
+
+
+def _plain(value):
+    """An event value as a checkpoint may hold it: a number, a string, or None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    try:
+        return float(value)  # numpy scalars, 0-d tensors
+    except (TypeError, ValueError):
+        return str(value)

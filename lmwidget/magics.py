@@ -43,6 +43,9 @@ _OPTIONS = [
     ("--dropout", "dropout", float, "dropout probability"),
     ("--anomaly", "anomaly", str, "after a non-finite step: pause, or skip and train on"),
     ("--spike-factor", "spike_factor", float, "mark grad-norm/loss spikes this many times the median (0: off)"),
+    ("--checkpoint-dir", "checkpoint_dir", str, "where checkpoints go (default: lmwidget-checkpoints/run-<time>-<id>)"),
+    ("--checkpoint-every", "checkpoint_every", int, "save every N steps and at the end (0: only when asked)"),
+    ("--keep-checkpoints", "keep_checkpoints", int, "periodic checkpoints kept, newest first (0: all)"),
 ]
 
 
@@ -67,6 +70,11 @@ def _parser() -> _Parser:
                             help=f"{help_} (default: {defaults[field]})")
     parser.add_argument("--compile", dest="compile", action="store_const", const=True,
                         default=argparse.SUPPRESS, help="torch.compile the model")
+    parser.add_argument("--save-best", dest="save_best", action="store_const", const=True,
+                        default=argparse.SUPPRESS, help="keep best.pt, the lowest validation loss")
+    parser.add_argument("--resume", dest="resume", default=None, metavar="PATH",
+                        help="continue a checkpoint (a file, or a directory: its newest); other "
+                        "options override the saved ones")
     parser.add_argument("--concurrent", action="store_true",
                         help="start even if another run is still training")
     parser.add_argument("--early-stopping", dest="early_stopping", type=int, default=None,
@@ -91,6 +99,7 @@ class LmMagics(Magics):
         except _Help:
             return None
         concurrent = options.pop("concurrent")
+        resume = options.pop("resume")
         try:
             callbacks = self._callbacks(options.pop("callbacks"), options.pop("early_stopping"),
                                         options.pop("reduce_lr"))
@@ -104,8 +113,8 @@ class LmMagics(Magics):
                                  f"of a variable holding an nn.Module")
             options["model"] = value
         try:
-            return train(concurrent=concurrent, callbacks=callbacks, **options)
-        except (ValueError, TypeError, ConnectionError) as e:
+            return train(concurrent=concurrent, callbacks=callbacks, resume=resume, **options)
+        except (ValueError, TypeError, ConnectionError, FileNotFoundError) as e:
             raise UsageError(f"%lmtrain: {e}") from None
 
     def _callbacks(self, name, early_stopping, reduce_lr) -> list:

@@ -147,3 +147,29 @@ def build_model(name: str, vocab_size: int, block_size: int, n_layer: int, n_hea
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def check_user_model(model: torch.nn.Module, dataset, config, device):
+    """One tiny forward pass that proves the model follows the contract, before any thread."""
+    name = type(model).__name__
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model {name} has no trainable parameters")
+    limit = getattr(model, "block_size", None)
+    if isinstance(limit, int) and config.block_size > limit:
+        raise ValueError(f"block_size={config.block_size} exceeds model {name}'s block_size={limit}")
+    x, y = dataset.batch("train", 2, min(8, config.block_size), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(x.to(device), y.to(device))
+    ok = isinstance(out, tuple) and len(out) == 2 and all(torch.is_tensor(t) for t in out)
+    if not ok:
+        raise TypeError(f"model {name}'s forward(idx, targets) must return (logits, loss) "
+                        f"tensors; got {type(out).__name__}")
+    logits, loss = out
+    if logits.shape[:2] != x.shape or logits.shape[-1] < dataset.vocab_size or loss.ndim != 0:
+        raise ValueError(
+            f"model {name} returned logits of shape {tuple(logits.shape)} and loss of shape "
+            f"{tuple(loss.shape)}; expected logits (batch, time, >= vocab_size="
+            f"{dataset.vocab_size}) and a scalar loss")
+    if not callable(getattr(model, "generate", None)):
+        raise TypeError(f"model {name} has no generate(idx, max_new_tokens, temperature=1.0, "
+                        f"top_k=None) method")

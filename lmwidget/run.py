@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import itertools
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
+from . import checkpoint
 from .callbacks import Callbacks
 from .config import TrainConfig, check_grad_clip, check_lr
 from .control import ENDED, Control
-from .data import Dataset, load_text
+from .data import CharTokenizer, Dataset, load_text
 from .history import History
-from .models import build_model
+from .models import build_model, check_user_model
 from .trainer import Trainer, resolve_device
 
 _runs: list["Run"] = []  # every run of this process, oldest first
@@ -50,16 +53,26 @@ def active_runs() -> list["Run"]:
     return [r for r in runs() if r.state not in ENDED]
 
 
-def train(model="gpt", data="builtin", *, display: bool = True, concurrent: bool = False,
+def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
           callbacks=None, **options) -> "Run":
     """Start training in a background thread and return its Run at once.
 
-    In a notebook the dashboard is displayed in the cell's output. Options: see
-    TrainConfig; `callbacks`: a Callback or a list of them (EarlyStopping,
-    ReduceLROnPlateau, your own). If a run is already training, no second one starts
-    unless `concurrent=True`: a warning names `%lmstop` and the running run is returned.
+    In a notebook the dashboard is displayed in the cell's output. `model`: "gpt" (the
+    default), "lstm" or your nn.Module; `data`: "builtin" (the default), "shakespeare", a
+    path or text. Options: see TrainConfig; `callbacks`: a Callback or a list of them
+    (EarlyStopping, ReduceLROnPlateau, your own). `resume`: a checkpoint file, or a
+    directory of them (its newest is used), to continue, with its history; options given
+    override the saved ones, except those that shape the model (checkpoint.FIXED). If a run
+    is already training, no second one starts unless `concurrent=True`: a warning names
+    `%lmstop` and the running run is returned.
     """
-    config = TrainConfig.from_options(model=model, data=data, **options)
+    restore = None
+    if resume is not None:
+        restore = checkpoint.read(resume)
+        config = checkpoint.resume_config(restore, model, data, options)
+    else:
+        config = TrainConfig.from_options(model="gpt" if model is None else model,
+                                          data="builtin" if data is None else data, **options)
     callbacks = Callbacks(callbacks)
     running = [r for r in active_runs() if not r._control.stop_requested]  # stopping ones are ending
     if running and not concurrent:
@@ -71,63 +84,53 @@ def train(model="gpt", data="builtin", *, display: bool = True, concurrent: bool
             LmwidgetWarning, stacklevel=2)
         run = running[-1]
     else:
-        run = Run(config, callbacks=callbacks.items)
+        run = Run(config, callbacks=callbacks.items, restore=restore)
         run.start()
     if display:
         run._display_once()
     return run
 
 
-def _check_user_model(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, device):
-    """One tiny forward pass that proves the model follows the contract, before any thread."""
-    name = type(model).__name__
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"model {name} has no trainable parameters")
-    limit = getattr(model, "block_size", None)
-    if isinstance(limit, int) and config.block_size > limit:
-        raise ValueError(f"block_size={config.block_size} exceeds model {name}'s block_size={limit}")
-    x, y = dataset.batch("train", 2, min(8, config.block_size), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        out = model(x.to(device), y.to(device))
-    ok = isinstance(out, tuple) and len(out) == 2 and all(torch.is_tensor(t) for t in out)
-    if not ok:
-        raise TypeError(f"model {name}'s forward(idx, targets) must return (logits, loss) "
-                        f"tensors; got {type(out).__name__}")
-    logits, loss = out
-    if logits.shape[:2] != x.shape or logits.shape[-1] < dataset.vocab_size or loss.ndim != 0:
-        raise ValueError(
-            f"model {name} returned logits of shape {tuple(logits.shape)} and loss of shape "
-            f"{tuple(loss.shape)}; expected logits (batch, time, >= vocab_size="
-            f"{dataset.vocab_size}) and a scalar loss")
-    if not callable(getattr(model, "generate", None)):
-        raise TypeError(f"model {name} has no generate(idx, max_new_tokens, temperature=1.0, "
-                        f"top_k=None) method")
+def _describe_data(data) -> str:
+    return f"(a str of {len(data)} characters)" if isinstance(data, str) and len(data) > 60 else repr(data)
 
 
 class Run:
     """One training run. Every method is thread-safe and returns at once, except wait()."""
 
     def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
-                 dataset: Dataset | None = None, callbacks=None):
-        """Prepare a run (call start()); `model` and `dataset` override building them from config."""
-        self.config = config
+                 dataset: Dataset | None = None, callbacks=None, restore: dict | None = None):
+        """Prepare a run (call start()); `model` and `dataset` override building them from
+        config; `restore` is a checkpoint (checkpoint.read) to continue."""
+        self.id = next(_ids)
+        default_dir = Path("lmwidget-checkpoints") / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
+        self.checkpoint_dir = Path(config.checkpoint_dir or default_dir).expanduser().resolve()
+        # the resolved directory is saved with the options: a resumed run keeps saving there
+        self.config = config = dataclasses.replace(config, checkpoint_dir=str(self.checkpoint_dir))
         callbacks = Callbacks(callbacks)
-        dataset = dataset or Dataset(load_text(config.data), config.val_fraction)
+        if dataset is None:
+            tokenizer = None if restore is None else CharTokenizer(restore["vocab"])
+            dataset = Dataset(load_text(config.data), config.val_fraction, tokenizer=tokenizer)
+        if restore is not None and dataset.fingerprint() != restore["data_sha256"]:
+            raise checkpoint.CheckpointError(
+                f"the data {_describe_data(config.data)} is not what checkpoint {restore['path']} was "
+                f"trained on (its tokens differ), so resuming would not continue that run: pass the "
+                f"original data")
         dataset.check_block_size(config.block_size)
         if model is None and isinstance(config.model, torch.nn.Module):
             device = resolve_device(config.device)
             model = config.model.to(device)
-            _check_user_model(model, dataset, config, device)
+            check_user_model(model, dataset, config, device)
         elif model is None:
             with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
                 torch.manual_seed(config.seed)
                 model = build_model(config.model, dataset.vocab_size, config.block_size,
                                     config.n_layer, config.n_head, config.n_embd, config.dropout)
-        self.id = next(_ids)
         self._control = Control()
         self._history = History()
         self._trainer = Trainer(config, model, dataset, self._control, self._history,
-                                callbacks, handle=self)
+                                callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
+                                restore=restore)
         self._sampler = None  # a ResourceSampler, made by the first observer that samples
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,
                                         name=f"lmwidget-run-{self.id}")
@@ -323,6 +326,53 @@ class Run:
             raise self.error
         return True
 
+    # -- checkpoints and exports ------------------------------------------------------------
+    def save(self, path=None, timeout: float | None = 60.0) -> Path:
+        """Write a checkpoint of this step and return its path; blocks until it is written.
+
+        `path`: a file, a directory to save into, or None for `checkpoint_dir`
+        (saved-<step>.pt). Taken between two steps while the run trains, at once while it
+        is paused or has ended. The file is written atomically; `lmwidget.train(resume=path)`
+        continues the run from it. Raises what went wrong (a full disk, a bad path).
+        """
+        job = self.request_save(path)
+        return Path(job.wait(timeout)["path"])
+
+    def request_save(self, path=None) -> checkpoint.SaveJob:
+        """Ask for a checkpoint without waiting (the Save button); see save()."""
+        job = self._trainer.checkpointer.ask(checkpoint.SaveJob(path))
+        if threading.current_thread() is self._thread or not self.started:
+            with self._lock:  # a callback between two steps, or a run that never started
+                self._trainer.apply("save", None)
+        else:
+            self._request("save")
+        return job
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        """Every checkpoint this run wrote: step, kind, path, bytes, seconds."""
+        return list(self._trainer.checkpointer.saved)
+
+    @property
+    def restored_from(self) -> str | None:
+        """The checkpoint this run resumed from, if any."""
+        return self._trainer.restored_from
+
+    def export(self, directory) -> dict:
+        """Write the run's record into `directory` and return {name: path}: history.csv
+        (and .parquet with pyarrow), events.csv, resources.csv, samples.json, config.json,
+        and TensorBoard event files under tensorboard/ when tensorboard is installed."""
+        from .export import export
+
+        return export(self, directory)
+
+    def to_html(self, path) -> Path:
+        """Write one standalone HTML page with the run's curves (drawn without a kernel or
+        network) and the dashboard's widget state; returns its path."""
+        from .export import to_html
+
+        return to_html(self, path)
+
     # -- display ----------------------------------------------------------------------------
     @property
     def dashboard(self):
@@ -344,9 +394,7 @@ class Run:
         if self._shown_in == shell.execution_count:
             return
         self._shown_in = shell.execution_count
-        from IPython.display import display
-
-        display(self.dashboard)
+        self.dashboard.show()
 
     def _ipython_display_(self) -> None:
         self._display_once()

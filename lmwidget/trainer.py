@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch.nn.utils import clip_grads_with_norm_
 
 from .callbacks import Callbacks
+from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, config_state
 from .config import TrainConfig
 from .control import Control
 from .data import Dataset
@@ -73,8 +78,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, dataset: Dataset,
                  control: Control, history: History, callbacks: Callbacks | None = None,
-                 handle=None):
-        """`handle` is what callbacks receive as `run` (the Run); the loop never touches it."""
+                 handle=None, checkpoint_dir=None, restore: dict | None = None):
+        """`handle` is what callbacks receive as `run` (the Run); the loop never touches it.
+        `restore`: a checkpoint (checkpoint.read) to continue from."""
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -110,28 +116,99 @@ class Trainer:
         torch.get_num_threads()
         self._batch_gen = torch.Generator().manual_seed(config.seed)
         self._eval_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.checkpointer = Checkpointer(self, Path(checkpoint_dir or config.checkpoint_dir or "."))
+        self.restored_from = None  # the checkpoint's path, for a resumed run
+        self._clock0 = 0.0         # where the run's clock starts (a resumed run's goes on)
+        self._rng = None           # the global RNG states the loop starts from (None: seed them)
+        if restore is not None:
+            self._restore(restore)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self, kind: str) -> dict:
+        """Everything needed to continue this run exactly, as tensors and plain values."""
+        from . import __version__
+
+        return {"format": FORMAT, "version": VERSION, "lmwidget": __version__,
+                "torch": str(torch.__version__), "saved_at": time.time(), "kind": kind,
+                "step": self.step, "config": config_state(self.config),
+                "model_class": type(self.model).__name__, "vocab": list(self.data.tokenizer.chars),
+                "data_sha256": self.data.fingerprint(), "trainer": self.state_dict(),
+                "history": self.history.state_dict()}
+
+    def state_dict(self) -> dict:
+        # running, a save is written by the loop between two steps: the live RNG states are
+        # this step's. Paused or ended, other code may have drawn since: the loop's snapshot
+        live = self.state == "running" and self.started is not None and not self.control.closed
+        rng = _global_rng(self.device) if live else (self._rng or self._seeded_rng())
+        return {"step": self.step, "base_lr": self.base_lr, "grad_clip": self.grad_clip,
+                "state": self.state, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": {**rng, "batch": self._batch_gen.get_state(), "eval": self._eval_gen.get_state()},
+                "samples": [[step, text] for step, text in self.samples],
+                "anomaly": list(self.anomaly) if self.anomaly else None,
+                "best_val_loss": self.checkpointer.best}
+
+    def _seeded_rng(self) -> dict:
+        """The global RNG states a fresh run starts from (see run())."""
+        rng = _global_rng(self.device)
+        rng["torch"] = torch.Generator().manual_seed(self.config.seed).get_state()
+        return rng
+
+    def _restore(self, payload: dict) -> None:
+        state, path = payload["trainer"], payload["path"]
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"the weights in checkpoint {path} do not fit model "
+                                  f"{type(self.model).__name__}: {str(e).strip()}") from None
+        # the saved groups carry the old optimizer's implementation flags: keep this one's
+        flags = [{k: g[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in g}
+                 for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, kept in zip(self.optimizer.param_groups, flags):
+            group.update(kept, weight_decay=self.config.weight_decay)
+            if "momentum" in group:
+                group["momentum"] = self.config.momentum
+        self.step = int(state["step"])
+        self._batch_gen.set_state(state["rng"]["batch"])
+        self._eval_gen.set_state(state["rng"]["eval"])
+        self._rng = {k: state["rng"][k] for k in ("torch", "cuda", "python", "numpy")}
+        self.samples = [(int(s), str(t)) for s, t in state["samples"]]
+        self.anomaly = tuple(state["anomaly"]) if state["anomaly"] else None
+        self.checkpointer.best = float(state["best_val_loss"])
+        self.history.load_state_dict(payload["history"])
+        self._clock0 = float(payload["history"]["clock"])
+        self.restored_from = path
 
     def lr_at(self, step: int) -> float:
         return self.base_lr * lr_factor(self.config, step)
 
     def run(self) -> None:
         self.started = time.time()
-        self.history.start_clock()
+        self.history.start_clock(self._clock0)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
         # dropout draws from torch's global RNG: seed it as the run starts, like nanoGPT
-        # (the curve then repeats unless other code draws from that RNG during the run)
-        torch.manual_seed(self.config.seed)
+        # (the curve then repeats unless other code draws from that RNG during the run); a
+        # resumed run goes on from the saved states
+        if self._rng is None:
+            torch.manual_seed(self.config.seed)
+        else:
+            _set_global_rng(self._rng, self.device)
+            self.history.record_event(self.step, "restore", None, f"resumed from {self.restored_from}")
         try:
             self.model.train()
             self.callbacks.call("on_train_begin", self.handle)
             while self.step < self.config.max_steps and self._obey_control():
                 self._train_step()
+            self._rng = _global_rng(self.device)  # what a save from now on continues from
             leftover = self.control.close()  # requests made during the last step
             for kind, (value, note) in leftover.items():
                 self.apply(kind, value, note)
             self.state = "finished" if self.step >= self.config.max_steps else "stopped"
+            self.checkpointer.at_end()
         except BaseException as e:  # shown in the dashboard and re-raised by Run.wait()
+            self._rng = _global_rng(self.device)
             self._fail(e)
         finally:
             self.history.drain()
@@ -182,6 +259,7 @@ class Trainer:
             self.history.record_event(step, "eval", val_loss)
         for bad in self.guard.poll():
             self._nonfinite(*bad)
+        self.checkpointer.after_step(step, val_loss)
         if pending >= DRAIN_EVERY:  # bounded memory when no dashboard drains for us
             self.history.drain()
         if self.callbacks.wants("on_step_end"):
@@ -260,6 +338,7 @@ class Trainer:
                     self.state = "running"
                 return True
             if self.state != "paused":
+                self._rng = _global_rng(self.device)  # a save while paused continues from here
                 self.history.record_event(self.step, "pause")
                 self.history.drain()  # so every reader sees the run up to where it paused
                 self.state = "paused"
@@ -273,6 +352,9 @@ class Trainer:
             self.grad_clip = value
         elif kind == "sample":
             self.samples.append((self.step, self.generate_sample()))
+        elif kind == "save":
+            self.checkpointer.run_jobs()  # each save records its own event
+            return
         elif kind == "histogram":
             if self.state == "running" and not self.control.closed:
                 self._histogram_of = value  # taken during the next step, while gradients exist
@@ -297,3 +379,26 @@ class Trainer:
             finally:
                 self.model.train()
         return tokenizer.decode(out[0, 1:].tolist())
+
+
+def _global_rng(device: torch.device) -> dict:
+    """The process-wide RNG states a model may draw from: torch (dropout), CUDA, Python, numpy."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "python": random.getstate(),
+            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                      "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                      "gauss": float(numpy_state["gauss"])}}
+
+
+def _set_global_rng(rng: dict, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = rng["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})

@@ -386,3 +386,88 @@ def test_after_resuming_the_notice_stops_shouting(tiny):
     wait_for(lambda: run.step > 20, timeout=5)
     wait_for(lambda: "last anomaly at step 5: loss is nan and grad norm is nan" in d.notice.value, timeout=3)
     assert "Anomaly at" not in d.notice.value
+
+
+def test_save_button_writes_a_checkpoint_and_says_where(tiny, tmp_path):
+    run = start(tiny, max_steps=LONG, checkpoint_dir=tmp_path)
+    d = run.dashboard
+    wait_for(lambda: run.step > 3)
+    d.save_button.click()  # while training: taken at the next step boundary
+    wait_for(lambda: len(run.checkpoints) == 1)
+    saved = run.checkpoints[0]
+    assert saved["path"] == str(tmp_path / f"saved-{saved['step']:07d}.pt")
+    wait_for(lambda: saved["path"] in d.save_status.value, timeout=5)
+    assert f"saved step {saved['step']}" in text_of(d.save_status)
+    run.stop()
+    settle(d, run)
+    d.save_button.click()  # ended: written at once, and the updater wakes up to say so
+    assert run.checkpoints[-1]["step"] == run.step
+    wait_for(lambda: f"saved step {run.step} " in text_of(d.save_status), timeout=5)
+    assert (run.events.kind == "checkpoint").sum() == 2
+
+
+def test_a_failed_save_is_shown_in_red(tiny, tmp_path):
+    (tmp_path / "file").write_text("")
+    run = start(tiny, max_steps=5, checkpoint_dir=tmp_path / "file" / "sub")
+    d = run.dashboard
+    settle(d, run)
+    d.save_button.click()
+    wait_for(lambda: "failed" in d.save_status.value, timeout=5)
+    assert "#c62828" in d.save_status.value and "saved save at step 5 failed" in text_of(d.save_status)
+
+
+def test_a_resumed_run_draws_its_earlier_history(tiny, tmp_path):
+    first = start(tiny, max_steps=40)
+    first.wait(60)
+    resumed = lmwidget.train(resume=first.save(tmp_path / "a.pt"), max_steps=60, display=False)
+    d = resumed.dashboard
+    settle(d, resumed)
+    x = d.charts["loss"].marks["train"].x
+    assert x[0] == 1 and x[-1] == 60
+    assert any(label.startswith("step 40:") and "restore (resumed from" in label
+               for label in d.charts["loss"].rules.labels)
+
+
+class FakePublisher:
+    """ipykernel's display publisher, as far as the dashboard uses it."""
+
+    def __init__(self):
+        self.parent_header = {"msg_id": "cell-1"}
+        self.published = []
+        self._thread_parent = None
+
+    def set_thread_parent(self, parent):
+        self._thread_parent = parent
+        return "token"
+
+    def reset_thread_parent(self, token):
+        self._thread_parent = None
+
+    def publish(self, data, metadata=None, transient=None, update=False):
+        self.published.append((data, transient, update, self._thread_parent))
+
+
+def test_an_ended_run_leaves_its_summary_in_the_cell(tiny, monkeypatch):
+    import IPython
+
+    pub = FakePublisher()
+    shell = type("Shell", (), {"display_pub": pub})()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw)))
+    run = start(tiny, max_steps=30)
+    d = run.dashboard
+    d.show()
+    (bundle, kw), = shown
+    display_id = kw["display_id"]
+    assert kw["raw"] and "application/vnd.jupyter.widget-view+json" in bundle
+    assert "text/html" not in bundle  # while it trains, the widget only
+    settle(d, run)
+    (data, transient, update, parent), = pub.published  # once, when the run ended
+    assert update and transient == {"display_id": display_id} and parent == {"msg_id": "cell-1"}
+    assert data["application/vnd.jupyter.widget-view+json"] == bundle["application/vnd.jupyter.widget-view+json"]
+    assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 4
+    assert data["text/plain"].startswith(f"lmwidget dashboard of run {run.id} (finished")
+    d._kick()
+    wait_for(lambda: d._updater is None)
+    assert len(pub.published) == 1  # nothing changed: not sent again

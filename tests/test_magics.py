@@ -21,10 +21,12 @@ class Kernel:
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
         self.comm_updates = 0  # widget state updates the kernel sent (the dashboard redrawing)
+        self.log = []          # every iopub message read, whichever cell it belongs to
+        self.last_msg_id = None
 
     def execute(self, code, timeout=60):
         """Run a cell; return (stdout, stderr, error text, display data)."""
-        msg_id = self.kc.execute(code)
+        msg_id = self.last_msg_id = self.kc.execute(code)
         out, err, error, displays = [], [], None, []
         deadline = time.monotonic() + timeout
         while True:
@@ -32,6 +34,7 @@ class Kernel:
                 msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"cell did not finish within {timeout} s: {code!r}") from None
+            self.log.append(msg)
             kind, content = msg["msg_type"], msg["content"]
             if kind == "comm_msg" and content["data"].get("method") == "update":
                 self.comm_updates += 1
@@ -177,3 +180,43 @@ def test_lmtrain_takes_policies_and_callbacks(kernel):
     assert "UsageError" in err and "--callbacks 'nowhere' is not the name of a variable" in err
     _, err, _, _ = kernel.execute(f"x = 3\n%lmtrain --callbacks x {TINY}")
     assert "callbacks must be lmwidget.Callback objects" in err and "got 3" in err
+
+
+def test_lmtrain_resume_and_the_summary_left_in_the_cell(kernel, tmp_path):
+    """A run's cell gets the static summary when the run ends (an update of its display,
+    routed to that cell); --resume continues the checkpoint with its history."""
+    kernel.execute("%load_ext lmwidget\n%lmstop")
+    _, _, error, displays = kernel.execute(
+        f"first = %lmtrain --steps 30 --checkpoint-every 10 --checkpoint-dir {tmp_path} {TINY}")
+    assert error is None, error
+    cell = kernel.last_msg_id
+    shown = [m for m in kernel.log if m["msg_type"] == "display_data"
+             and m["parent_header"].get("msg_id") == cell]
+    display_id = shown[0]["content"]["transient"]["display_id"]
+    kernel.execute("first.wait()")
+    kernel.execute("import time; time.sleep(1)")  # the updater's last pass
+
+    def updates():
+        return [m for m in kernel.log if m["msg_type"] == "update_display_data"
+                and m["content"]["transient"].get("display_id") == display_id]
+
+    deadline = time.monotonic() + 10
+    while not updates() and time.monotonic() < deadline:
+        kernel.execute("time.sleep(0.2)")
+    (update,) = updates()
+    assert update["parent_header"]["msg_id"] == cell  # a front end routes it to the run's cell
+    data = update["content"]["data"]
+    assert data["application/vnd.jupyter.widget-view+json"] == \
+        shown[0]["content"]["data"]["application/vnd.jupyter.widget-view+json"]
+    assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 4
+
+    _, _, error, _ = kernel.execute(f"again = %lmtrain --resume {tmp_path} --steps 50")
+    assert error is None, error
+    kernel.wait_for("again.state", "finished", timeout=30)
+    assert kernel.value("again.restored_from") == str(tmp_path / "step-0000030.pt")
+    assert kernel.value("again.history.step.tolist()") == list(range(1, 51))
+    assert kernel.value("again.config.n_embd") == 32  # the checkpoint's options
+    _, err, _, _ = kernel.execute(f"%lmtrain --resume {tmp_path / 'nothing.pt'}")
+    assert "UsageError" in err and "no checkpoint at" in err
+    _, err, _, _ = kernel.execute(f"%lmtrain --resume {tmp_path} --n-embd 64 --steps 60")
+    assert "n_embd=64 differs from checkpoint" in err

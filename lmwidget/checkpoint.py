@@ -1,0 +1,340 @@
+"""Checkpoints: a run's whole state in one file, written atomically, loaded without running code."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+FORMAT = "lmwidget-checkpoint"
+VERSION = 1
+PERIODIC = "step-{:07d}.pt"   # every `checkpoint_every` steps; the newest `keep_checkpoints` stay
+SAVED = "saved-{:07d}.pt"     # run.save() and the Save button, never pruned
+BEST = "best.pt"              # the lowest validation loss so far
+_STEP_FILE = re.compile(r"^(?:step|saved)-(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint; the message names it and says why."""
+
+
+def write(payload: dict, path) -> int:
+    """Save `payload` to `path` atomically; returns the file's size in bytes.
+
+    It is written to a temporary file in the same directory, flushed and fsynced, then
+    renamed over `path`: a crash at any moment leaves either the old file or the new one,
+    never a mix. A digest of the contents is stored with it, so damage is detected on load.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(payload, digest=digest(payload))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
+    return path.stat().st_size
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read(path) -> dict:
+    """Load a checkpoint, or a directory's newest one, without unpickling any code.
+
+    Raises CheckpointError, naming the file, when it is damaged, truncated, modified after
+    it was written, not an lmwidget checkpoint, or holds anything but tensors and plain
+    values (which only an unsafe unpickler would turn into objects, running their code).
+    """
+    path = resolve(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"checkpoint {path} is damaged: {_first_line(e)}") from None
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds pickled objects other than tensors and "
+            f"plain values, which could run code when loaded, and lmwidget only loads with "
+            f"weights_only=True. Nothing was loaded. ({_reason(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated ({path.stat().st_size:,} bytes) and "
+            f"cannot be read: {_first_line(e)}. Nothing was loaded.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not an lmwidget checkpoint (it has no format={FORMAT!r}): save one with "
+            f"run.save(); a plain PyTorch file loads with torch.load(path, weights_only=True)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')!r}; "
+                              f"this lmwidget reads version {VERSION}")
+    stored = payload.pop("digest", None)
+    if stored != digest(payload):
+        raise CheckpointError(
+            f"checkpoint {path} does not match the digest written with it: it was modified or "
+            f"corrupted after it was saved. Nothing was loaded.")
+    payload["path"] = str(path)
+    return payload
+
+
+def _reason(error: BaseException) -> str:
+    """The line of torch's weights-only error that says what was refused."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    line = next((line for line in lines if line.startswith("WeightsUnpickler error")), _first_line(error))
+    return line.split(". Please use", 1)[0]  # never the advice to allow it
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+def resolve(path) -> Path:
+    """`path` itself, or for a directory its newest checkpoint (by step) of run.save() or
+    the periodic saves; best.pt is used only when named."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        steps = [(int(m.group(1)), p) for p in path.iterdir() if (m := _STEP_FILE.match(p.name))]
+        if not steps:
+            found = sorted(p.name for p in path.glob("*.pt"))
+            raise FileNotFoundError(
+                f"no checkpoint in directory {path} (looked for step-*.pt and saved-*.pt"
+                + (f"; found {', '.join(found)}: name one of them" if found else "") + ")")
+        return max(steps)[1]
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: no such file or directory")
+    return path
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` periodic checkpoints (step-*.pt) in `directory`."""
+    periodic = sorted((int(m.group(1)), p) for p in directory.glob("step-*.pt")
+                      if (m := _STEP_FILE.match(p.name)))
+    doomed = [p for _, p in periodic[:-keep]] if keep else []
+    for p in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return doomed
+
+
+def digest(obj) -> str:
+    """SHA-256 of a payload's contents (structure, values and tensor bytes), independent of
+    how the file lays them out."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):  # a tuple may come back as either
+        h.update(b"[%d" % len(obj))
+        for item in obj:
+            _feed(h, item)
+    elif torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"t{t.dtype}{tuple(obj.shape)}".encode())
+        if t.numel():
+            if t.stride(0) != 1:  # a one-element view may have stride 0
+                t = torch.empty(t.numel(), dtype=t.dtype).copy_(t)
+            h.update(t.view(torch.uint8).numpy())
+    elif obj is None or type(obj) in (bool, int, float, str, bytes):  # exactly: a subclass
+        # (torch.__version__ is one) would be pickled as a class, which loading refuses
+        h.update(repr((type(obj).__name__, obj)).encode())
+    else:
+        raise TypeError(f"a checkpoint holds tensors and plain values only; got {type(obj).__name__}")
+
+
+class SaveJob:
+    """One save asked for: where, and (once written) the outcome, for whoever waits on it."""
+
+    def __init__(self, path=None):
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike (a file, or a directory to save "
+                            f"into), or None for the run's checkpoint_dir; got {type(path).__name__}")
+        self.path = path
+        self.result: dict | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def finish(self, result: dict | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self._done.set()
+
+    def wait(self, timeout: float | None) -> dict:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no checkpoint written within {timeout} s (the training step may "
+                               f"be slow); it is still written at the next step boundary")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Checkpointer:
+    """The run's saves: asked for (run.save, the Save button), periodic, best, and final.
+
+    Every save happens on the training thread between two steps, or on the caller's thread
+    once the loop has ended, so the state written is always one consistent step. A failed
+    periodic or best save does not stop training: it is recorded as the last outcome (the
+    dashboard shows it) and as a checkpoint event.
+    """
+
+    def __init__(self, trainer, directory: Path):
+        self.trainer = trainer
+        self.directory = Path(directory)
+        self.saved: list[dict] = []   # every checkpoint written: step, kind, path, bytes, seconds
+        self.last: tuple | None = None  # ("ok", result) or ("error", message): the newest outcome
+        self.best = float("inf")      # the lowest validation loss saved to best.pt
+        self._periodic_at = None      # the step of the newest periodic save
+        self._jobs: list[SaveJob] = []
+        self._lock = threading.Lock()
+
+    def ask(self, job: SaveJob) -> SaveJob:
+        with self._lock:
+            self._jobs.append(job)
+        return job
+
+    def run_jobs(self) -> None:
+        """Write every save asked for (called between steps, or after the loop ended)."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            try:
+                job.finish(self.save("saved", job.path))
+            except Exception as e:
+                self._failed("saved", e)
+                job.finish(error=e)
+
+    def after_step(self, step: int, val_loss) -> None:
+        cfg = self.trainer.config
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            self._quietly("periodic")
+        if cfg.save_best and val_loss is not None:
+            value = float(val_loss)  # waits for the evaluation: only at eval steps, only when asked
+            if value < self.best:
+                self.best = value
+                self._quietly("best")
+
+    def at_end(self) -> None:
+        """A run with periodic saves also saves where it ended."""
+        step = self.trainer.step
+        if self.trainer.config.checkpoint_every and step and self._periodic_at != step:
+            self._quietly("periodic")
+
+    def _quietly(self, kind: str) -> None:
+        try:
+            self.save(kind)
+        except Exception as e:
+            self._failed(kind, e)
+
+    def _failed(self, kind: str, error: Exception) -> None:
+        message = f"{kind} save at step {self.trainer.step} failed: {error}"
+        self.last = ("error", message)
+        self.trainer.history.record_event(self.trainer.step, "checkpoint", None, message)
+
+    def path_for(self, kind: str, path=None) -> Path:
+        step = self.trainer.step
+        if path is None:
+            directory, name = self.directory, None
+        else:
+            trailing = os.fspath(path).endswith(("/", os.sep))
+            path = Path(path).expanduser()
+            is_dir = trailing or path.is_dir()
+            directory, name = (path, None) if is_dir else (path.parent, path.name)
+        if name is None:
+            name = {"periodic": PERIODIC, "best": BEST}.get(kind, SAVED).format(step)
+        return directory / name
+
+    def save(self, kind: str, path=None) -> dict:
+        """Write a checkpoint now; returns {"step", "kind", "path", "bytes", "seconds"}."""
+        trainer = self.trainer
+        target = self.path_for(kind, path)
+        t0 = time.perf_counter()
+        size = write(trainer.checkpoint(kind), target)
+        seconds = time.perf_counter() - t0
+        result = {"step": trainer.step, "kind": kind, "path": str(target), "bytes": size,
+                  "seconds": seconds}
+        if kind == "periodic":
+            self._periodic_at = trainer.step
+            prune(target.parent, trainer.config.keep_checkpoints)
+        self.saved.append(result)
+        self.last = ("ok", result)
+        trainer.history.record_event(trainer.step, "checkpoint", None,
+                                     f"{kind}: {target} ({size / 1e6:.2f} MB in {seconds * 1e3:.0f} ms)")
+        return result
+
+
+# options a resumed run must keep: they shape the model's weights, the optimizer's state and
+# the train/validation split the checkpoint holds
+FIXED = ("n_layer", "n_head", "n_embd", "block_size", "optimizer", "val_fraction")
+
+
+def config_state(config) -> dict:
+    """The options as plain values for a checkpoint (the user's own model by class name only)."""
+    import dataclasses
+
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    if isinstance(out["model"], torch.nn.Module):
+        out["model"] = None
+    if isinstance(out["data"], os.PathLike):
+        out["data"] = os.fspath(out["data"])
+    return out
+
+
+def resume_config(payload: dict, model=None, data=None, options: dict | None = None):
+    """The TrainConfig that continues a checkpoint: its options, its current LR and clip norm,
+    with `options` overriding any but the FIXED ones."""
+    from .config import TrainConfig
+
+    options = dict(options or {})
+    path, saved, state = payload["path"], dict(payload["config"]), payload["trainer"]
+    for name in FIXED:
+        if name in options and options[name] != saved.get(name):
+            raise ValueError(f"{name}={options[name]!r} differs from checkpoint {path}'s "
+                             f"{name}={saved.get(name)!r}: a resumed run keeps its model, optimizer "
+                             f"and data split. Leave {name} out, or start a new run")
+    if saved["model"] is None:
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"checkpoint {path} was trained with your own model "
+                             f"{payload['model_class']}: pass model=<a {payload['model_class']} built "
+                             f"the same way> to resume it")
+    elif model is not None and model != saved["model"]:
+        raise ValueError(f"model={model!r} differs from checkpoint {path}'s model "
+                         f"{saved['model']!r}: leave model out to resume it")
+    known = set(TrainConfig.option_names())
+    merged = {k: v for k, v in saved.items() if k in known}
+    merged.update(lr=state["base_lr"], grad_clip=state["grad_clip"])
+    merged.update(options)
+    if isinstance(model, torch.nn.Module):
+        merged["model"] = model
+    if data is not None:
+        merged["data"] = data
+    config = TrainConfig.from_options(**merged)
+    if state["step"] >= config.max_steps:
+        raise ValueError(f"checkpoint {path} is at step {state['step']}, and max_steps is "
+                         f"{config.max_steps}: pass max_steps > {state['step']} (--steps) to train on")
+    return config

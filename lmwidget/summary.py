@@ -1,0 +1,156 @@
+"""Static summary of a run: its curves as inline SVG, readable with no kernel and no script."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from .charts import EVENT_COLORS, event_label
+from .downsample import MinMaxSeries
+
+WIDTH, HEIGHT = 340, 200
+MARGIN = dict(left=58, right=12, top=26, bottom=30)
+MAX_POINTS = 600          # per series: about two per horizontal pixel
+STEERING = ("lr", "grad_clip", "pause", "stop", "anomaly", "checkpoint", "restore")
+
+
+def _points(x, y, log: bool):
+    """Finite points (positive on a log axis), min/max-downsampled to MAX_POINTS."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(y) & np.isfinite(x) & ((y > 0) if log else True)
+    x, y = x[keep], y[keep]
+    if len(x) > MAX_POINTS:
+        series = MinMaxSeries(MAX_POINTS)
+        series.extend(x, y)
+        x, y = series.points()
+        x, y = x.astype(np.float64), y.astype(np.float64)
+    return x, (np.log10(y) if log else y)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    span = hi - lo
+    raw = span / max(1, n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.1e}"
+
+
+def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label: str = "step",
+              css_class: str = "") -> str:
+    """One chart as an SVG string. `series`: (label, x, y, color, dots) tuples; `events`:
+    (step, time, kind, value, detail) tuples drawn as vertical rules with a tooltip."""
+    drawn = [(label, *_points(x, y, log), color, dots) for label, x, y, color, dots in series]
+    drawn = [d for d in drawn if len(d[1])]
+    left, top = MARGIN["left"], MARGIN["top"]
+    w, h = WIDTH - left - MARGIN["right"], HEIGHT - top - MARGIN["bottom"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lmwidget-summary-chart {css_class}" '
+           f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
+           f'font-family="sans-serif" font-size="10">',
+           f'<text x="{left + w / 2}" y="14" text-anchor="middle" font-size="12" '
+           f'font-weight="bold">{html.escape(title)}</text>']
+    if not drawn:
+        out.append(f'<text x="{left + w / 2}" y="{top + h / 2}" text-anchor="middle" '
+                   f'fill="#757575">no data</text></svg>')
+        return "".join(out)
+    xs = np.concatenate([d[1] for d in drawn])
+    ys = np.concatenate([d[2] for d in drawn])
+    x0, x1 = float(xs.min()), float(xs.max())
+    y0, y1 = float(ys.min()), float(ys.max())
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = (y1 - y0) * 0.05 or (abs(y0) * 0.1 or 1.0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(v):
+        return left + (v - x0) / (x1 - x0) * w
+
+    def py(v):
+        return top + h - (v - y0) / (y1 - y0) * h
+
+    out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#bdbdbd"/>')
+    y_ticks = [t for t in range(math.ceil(y0), math.floor(y1) + 1)] if log else _nice_ticks(y0, y1)
+    if log and len(y_ticks) < 2:  # less than a decade: linear ticks in log space
+        y_ticks = _nice_ticks(y0, y1, 3)
+    for t in y_ticks:
+        label = _fmt(10 ** t) if log else _fmt(t)
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
+                   f'stroke="#eeeeee"/><text x="{left - 4}" y="{py(t) + 3:.1f}" '
+                   f'text-anchor="end">{label}</text>')
+    for t in _nice_ticks(x0, x1):
+        label = f"{t:.0f}" if x_label == "step" else _fmt(t)
+        out.append(f'<text x="{px(t):.1f}" y="{top + h + 13}" text-anchor="middle">{label}</text>')
+    out.append(f'<text x="{left + w / 2}" y="{HEIGHT - 3}" text-anchor="middle" '
+               f'fill="#616161">{x_label}</text>')
+    for event in events:
+        step, kind = event[0], event[2]
+        if x0 <= step <= x1:
+            x = px(step)
+            out.append(f'<line class="lmwidget-summary-event" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" '
+                       f'y2="{top + h}" stroke="{EVENT_COLORS.get(kind, "#9e9e9e")}" '
+                       f'stroke-dasharray="3,3"><title>{html.escape(event_label(event))}</title></line>')
+    for label, x, y, color, dots in drawn:
+        if dots:
+            out.extend(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="{color}"/>'
+                       for a, b in zip(x, y))
+        else:
+            pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.3">'
+                       f'<title>{html.escape(label)}</title></polyline>')
+    if len(drawn) > 1:
+        for i, (label, *_, color, _dots) in enumerate(drawn):
+            out.append(f'<text x="{left + w - 4}" y="{top + 12 + 12 * i}" text-anchor="end" '
+                       f'fill="{color}">{html.escape(label)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def headline(run, frame) -> str:
+    """One line: where the run ended and how well it did."""
+    parts = [f"<b>lmwidget run {run.id}</b>", html.escape(str(run.config.summary()["model"])),
+             f"{run.state} at step {run.step}/{run.max_steps}"]
+    loss = frame["loss"].to_numpy()
+    tail = loss[-50:][np.isfinite(loss[-50:])]
+    if len(tail):
+        parts.append(f"loss {tail.mean():.4f} (mean of the last {len(tail)} steps)")
+    val = frame[["step", "val_loss"]].dropna()
+    if len(val):
+        best = val.loc[val["val_loss"].idxmin()]
+        parts.append(f"val loss {val['val_loss'].iloc[-1]:.4f}, best {best['val_loss']:.4f} "
+                     f"at step {int(best['step'])}")
+    tps = frame["tokens_per_sec"].to_numpy()
+    if len(tps):
+        parts.append(f"{np.nanmedian(tps):,.0f} tokens/s")
+    if len(frame):
+        seconds = frame["time"].iloc[-1]
+        parts.append(f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min")
+    return " · ".join(parts)
+
+
+def summary_html(run) -> str:
+    """The run's final curves (loss, grad norm, learning rate, throughput) and headline, as
+    HTML with inline SVG: it renders in any notebook viewer, with no kernel or script."""
+    frame = run.history
+    events = [e for e in run._history.events_since(0) if e[2] in STEERING]
+    step = frame["step"].to_numpy()
+    val = frame["val_loss"].notna().to_numpy()
+    charts = [
+        svg_chart("loss", [("train", step, frame["loss"], "#1565c0", False),
+                           ("val", step[val], frame["val_loss"][val], "#e65100", True)],
+                  events=events, css_class="lmwidget-summary-loss"),
+        svg_chart("grad norm (before clipping)", [("grad_norm", step, frame["grad_norm"], "#2e7d32", False)],
+                  log=True, events=events, css_class="lmwidget-summary-grad-norm"),
+        svg_chart("learning rate", [("lr", step, frame["lr"], "#6a1b9a", False)], log=True,
+                  events=events, css_class="lmwidget-summary-lr"),
+        svg_chart("tokens / s", [("tokens_per_sec", step, frame["tokens_per_sec"], "#37474f", False)],
+                  events=events, css_class="lmwidget-summary-throughput"),
+    ]
+    return (f'<div class="lmwidget-summary" style="font-family:sans-serif">'
+            f'<div style="margin:4px 0">{headline(run, frame)}</div>'
+            f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(charts)}</div></div>')
