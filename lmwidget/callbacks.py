@@ -26,7 +26,18 @@ class Callback:
     - `on_train_end(run)`: once the loop has ended, whatever the reason (`run.state`).
 
     An exception raised by a hook fails the run and is shown on the dashboard.
+
+    A callback that keeps state across steps may return it from `state_dict()` (plain
+    values: numbers, strings, lists, dicts) to have it saved in checkpoints; a resumed run
+    hands it to `load_state_dict(state)` of the callback of the same class at the same
+    place in `callbacks=`, after `on_train_begin`.
     """
+
+    def state_dict(self):
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
 
     def on_train_begin(self, run) -> None:
         pass
@@ -98,6 +109,12 @@ class _Plateau(Callback):
     def on_train_begin(self, run) -> None:
         self._reset()  # the same object may serve several runs
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
+
     def _improved(self, step: int, val_loss: float) -> bool:
         if math.isfinite(val_loss) and val_loss < self.best - self.min_delta:
             self.best, self.best_step, self.bad_evals = val_loss, step, 0
@@ -152,6 +169,15 @@ class ReduceLROnPlateau(_Plateau):
     def on_train_begin(self, run) -> None:
         super().on_train_begin(run)
         self._cooling, self.reductions = 0, []
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "cooling": self._cooling,
+                "reductions": [[step, lr] for step, lr in self.reductions]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._cooling = state["cooling"]
+        self.reductions = [(step, lr) for step, lr in state["reductions"]]
 
     def on_eval(self, run, step: int, val_loss: float) -> None:
         if self._improved(step, val_loss):

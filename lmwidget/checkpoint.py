@@ -19,7 +19,7 @@ VERSION = 1
 PERIODIC = "step-{:07d}.pt"   # every `checkpoint_every` steps; the newest `keep_checkpoints` stay
 SAVED = "saved-{:07d}.pt"     # run.save() and the Save button, never pruned
 BEST = "best.pt"              # the lowest validation loss so far
-_STEP_FILE = re.compile(r"^(?:step|saved)-(\d+)\.pt$")
+_STEP_FILE = re.compile(r"^(?:step|saved)-(\d+)(?:\.\d+)?\.pt$")  # .N: beside another run's file
 
 
 class CheckpointError(ValueError):
@@ -114,26 +114,27 @@ def resolve(path) -> Path:
     the periodic saves; best.pt is used only when named."""
     path = Path(path).expanduser()
     if path.is_dir():
-        steps = [(int(m.group(1)), p) for p in path.iterdir() if (m := _STEP_FILE.match(p.name))]
+        steps = [(int(m.group(1)), p.stat().st_mtime, p) for p in path.iterdir()
+                 if (m := _STEP_FILE.match(p.name))]
         if not steps:
             found = sorted(p.name for p in path.glob("*.pt"))
             raise FileNotFoundError(
                 f"no checkpoint in directory {path} (looked for step-*.pt and saved-*.pt"
                 + (f"; found {', '.join(found)}: name one of them" if found else "") + ")")
-        return max(steps)[1]
+        return max(steps)[2]  # the highest step; of equal steps, the newest file
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: no such file or directory")
     return path
 
 
-def prune(directory: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` periodic checkpoints (step-*.pt) in `directory`."""
-    periodic = sorted((int(m.group(1)), p) for p in directory.glob("step-*.pt")
-                      if (m := _STEP_FILE.match(p.name)))
-    doomed = [p for _, p in periodic[:-keep]] if keep else []
+def prune(written: list[Path], keep: int) -> list[Path]:
+    """Delete all but the newest `keep` of the periodic checkpoints in `written` (the files
+    this run wrote: another run's files in the same directory are never touched)."""
+    doomed = written[:-keep] if keep else []
     for p in doomed:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    del written[:len(doomed)]
     return doomed
 
 
@@ -145,16 +146,16 @@ def digest(obj) -> str:
     return h.hexdigest()
 
 
-def _feed(h, obj) -> None:
+def _feed(h, obj, where: str = "checkpoint") -> None:
     if isinstance(obj, dict):
         h.update(b"{%d" % len(obj))
         for key in sorted(obj, key=repr):
-            _feed(h, key)
-            _feed(h, obj[key])
+            _feed(h, key, where)
+            _feed(h, obj[key], f"{where}[{key!r}]")
     elif isinstance(obj, (list, tuple)):  # a tuple may come back as either
         h.update(b"[%d" % len(obj))
-        for item in obj:
-            _feed(h, item)
+        for i, item in enumerate(obj):
+            _feed(h, item, f"{where}[{i}]")
     elif torch.is_tensor(obj):
         t = obj.detach().cpu().contiguous().reshape(-1)
         h.update(f"t{t.dtype}{tuple(obj.shape)}".encode())
@@ -166,7 +167,8 @@ def _feed(h, obj) -> None:
         # (torch.__version__ is one) would be pickled as a class, which loading refuses
         h.update(repr((type(obj).__name__, obj)).encode())
     else:
-        raise TypeError(f"a checkpoint holds tensors and plain values only; got {type(obj).__name__}")
+        raise TypeError(f"a checkpoint holds tensors and plain values only; {where} is a "
+                        f"{type(obj).__module__}.{type(obj).__name__}: {obj!r:.80}")
 
 
 class SaveJob:
@@ -210,6 +212,9 @@ class Checkpointer:
         self.last: tuple | None = None  # ("ok", result) or ("error", message): the newest outcome
         self.best = float("inf")      # the lowest validation loss saved to best.pt
         self._periodic_at = None      # the step of the newest periodic save
+        self._periodic: list[Path] = []  # the periodic files this run wrote, oldest first
+        self._written: set[Path] = set()  # every file this run wrote (it may replace those)
+        self._due: list[str] = []     # saves due at the next step boundary
         self._jobs: list[SaveJob] = []
         self._lock = threading.Lock()
 
@@ -225,22 +230,41 @@ class Checkpointer:
         for job in jobs:
             try:
                 job.finish(self.save("saved", job.path))
-            except Exception as e:
+            except BaseException as e:
                 self._failed("saved", e)
                 job.finish(error=e)
+                if not isinstance(e, Exception):
+                    raise
+
+    def cancel(self, error: BaseException) -> None:
+        """The loop failed: saves still asked for are answered with why (none waits forever)."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.finish(error=RuntimeError(
+                f"the run failed at step {self.trainer.step} before this checkpoint was written "
+                f"({error!r}); run.save() again to save the run as it is now"))
 
     def after_step(self, step: int, val_loss) -> None:
+        """Note the saves this step calls for; they are written at the next step boundary,
+        once the requests made during the step (a callback's new LR) are applied."""
         cfg = self.trainer.config
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            self._quietly("periodic")
+            self._due.append("periodic")
         if cfg.save_best and val_loss is not None:
             value = float(val_loss)  # waits for the evaluation: only at eval steps, only when asked
             if value < self.best:
                 self.best = value
-                self._quietly("best")
+                self._due.append("best")
+
+    def write_due(self) -> None:
+        due, self._due = self._due, []
+        for kind in due:
+            self._quietly(kind)
 
     def at_end(self) -> None:
-        """A run with periodic saves also saves where it ended."""
+        """The saves still due, and for a run with periodic saves one where it ended."""
+        self.write_due()
         step = self.trainer.step
         if self.trainer.config.checkpoint_every and step and self._periodic_at != step:
             self._quietly("periodic")
@@ -265,9 +289,14 @@ class Checkpointer:
             path = Path(path).expanduser()
             is_dir = trailing or path.is_dir()
             directory, name = (path, None) if is_dir else (path.parent, path.name)
-        if name is None:
-            name = {"periodic": PERIODIC, "best": BEST}.get(kind, SAVED).format(step)
-        return directory / name
+        if name is not None:
+            return directory / name
+        target = directory / {"periodic": PERIODIC, "best": BEST}.get(kind, SAVED).format(step)
+        n = 0
+        while target.exists() and target not in self._written:  # another run's: keep it
+            n += 1
+            target = directory / f"{target.name.split('.')[0]}.{n}.pt"
+        return target
 
     def save(self, kind: str, path=None) -> dict:
         """Write a checkpoint now; returns {"step", "kind", "path", "bytes", "seconds"}."""
@@ -278,9 +307,12 @@ class Checkpointer:
         seconds = time.perf_counter() - t0
         result = {"step": trainer.step, "kind": kind, "path": str(target), "bytes": size,
                   "seconds": seconds}
+        self._written.add(target)
         if kind == "periodic":
             self._periodic_at = trainer.step
-            prune(target.parent, trainer.config.keep_checkpoints)
+            if target not in self._periodic:
+                self._periodic.append(target)
+            prune(self._periodic, trainer.config.keep_checkpoints)
         self.saved.append(result)
         self.last = ("ok", result)
         trainer.history.record_event(trainer.step, "checkpoint", None,
@@ -297,12 +329,21 @@ def config_state(config) -> dict:
     """The options as plain values for a checkpoint (the user's own model by class name only)."""
     import dataclasses
 
-    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    out = {f.name: _plain_number(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(out["model"], torch.nn.Module):
         out["model"] = None
     if isinstance(out["data"], os.PathLike):
         out["data"] = os.fspath(out["data"])
     return out
+
+
+def _plain_number(value):
+    """numpy and other number types as the Python int or float a checkpoint can hold."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def resume_config(payload: dict, model=None, data=None, options: dict | None = None):
@@ -326,7 +367,9 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
         raise ValueError(f"model={model!r} differs from checkpoint {path}'s model "
                          f"{saved['model']!r}: leave model out to resume it")
     known = set(TrainConfig.option_names())
-    merged = {k: v for k, v in saved.items() if k in known}
+    # a resumed run saves into a directory of its own (a new one, unless given): resumed
+    # from an older checkpoint it is a branch, whose files must not mix with the first's
+    merged = {k: v for k, v in saved.items() if k in known and k != "checkpoint_dir"}
     merged.update(lr=state["base_lr"], grad_clip=state["grad_clip"])
     merged.update(options)
     if isinstance(model, torch.nn.Module):

@@ -87,6 +87,10 @@ class TrainConfig:
             _check_float(name, getattr(self, name), 0.0, 1e6 if name == "weight_decay" else 1.0)
         _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         _check_float("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        for f in dataclasses.fields(self):  # numpy numbers become the Python ones they equal
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Number) and not isinstance(value, bool):
+                setattr(self, f.name, int(value) if isinstance(value, numbers.Integral) else float(value))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)

@@ -127,7 +127,7 @@ class Dashboard(w.VBox):
         self._notice = None      # what the notice shows: (kind, ...)
         self._save_shown = None  # the save outcome drawn
         self._displays = []      # (display_id, parent header) of each cell showing this dashboard
-        self._summary = None     # the static summary last left in those cells
+        self._summary = None     # what the summary last left in those cells showed
         self._summarized = set() # the display ids that have it
         self._updater = None
         self._updater_lock = threading.Lock()
@@ -197,18 +197,18 @@ class Dashboard(w.VBox):
         notebook viewed with no kernel (nbviewer, GitHub, a reopened file) shows the HTML."""
         if not self._displays or self._run.state not in ENDED:
             return
-        summary = summary_html(self._run)
-        if summary != self._summary:
-            self._summary, self._summarized = summary, set()
+        key = (self._run.state, self._run.step, len(self._run._history.events_since(0)))
+        if key != self._summary:  # the run moved on (a save, a sample after the end)
+            self._summary, self._summarized = key, set()
         todo = [(i, parent) for i, parent in self._displays if i not in self._summarized]
+        self._summarized.update(i for i, _ in todo)  # tried once, even if it fails
         from IPython import get_ipython
 
         pub = getattr(get_ipython(), "display_pub", None)
-        if pub is None or not todo:
+        if pub is None or not todo:  # nothing new, or no kernel to send it through
             return
-        bundle = self._bundle(summary)
+        bundle = self._bundle(summary_html(self._run))
         for display_id, parent in todo:
-            self._summarized.add(display_id)
             # the update must carry its cell's request: a front end routes it by that
             token = (pub.set_thread_parent(parent)
                      if parent and hasattr(pub, "set_thread_parent") else None)
@@ -251,7 +251,9 @@ class Dashboard(w.VBox):
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
             with self._updater_lock:  # Run.start() kicks under this lock: no lost start
                 drawn = (self._n_samples == len(self._run._trainer.samples)
-                         and not self.histograms.pending(self._run))
+                         and not self.histograms.pending(self._run)
+                         and (self._run.state not in ENDED
+                              or all(i in self._summarized for i, _ in self._displays)))
                 if idle and self._idle() and drawn:
                     self._updater = None
                     return

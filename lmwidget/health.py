@@ -122,8 +122,11 @@ class FiniteGuard:
             if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                 self._found.append((step, loss_v, norm_v))
 
-    def poll(self) -> list[tuple[int, float, float]]:
-        """Steps found non-finite since the last poll: (step, loss, grad_norm)."""
+    def poll(self, wait: bool = False) -> list[tuple[int, float, float]]:
+        """Steps found non-finite since the last poll: (step, loss, grad_norm); with `wait`,
+        every step checked so far (waiting for the device: before a save, at the end)."""
+        if wait and self._pending:
+            self._pending[-1][2].synchronize()
         self._collect()
         found, self._found = self._found, []
         return found
@@ -174,7 +177,18 @@ class SpikeDetector:
                     self._above[name] = bool(over[i])
             self._recent[name] = finite[-SPIKE_WINDOW:]
 
+    def prime(self, cols: dict) -> None:
+        """Take up a resumed run's recent rows (its events already hold their spikes)."""
+        tail = {k: np.asarray(v)[-(2 * SPIKE_WINDOW + 1):] for k, v in cols.items()}
+        self._priming = True
+        try:
+            self(tail)
+        finally:
+            self._priming = False
+
     def _mark(self, name: str, cols: dict, i: int, median: float) -> None:
+        if getattr(self, "_priming", False):
+            return
         value = float(cols[name][i])
         if name == "grad_norm":
             detail = (f"grad norm spike: {value:.4g} is {value / median:.0f}x the running median "

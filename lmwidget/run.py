@@ -141,7 +141,8 @@ class Run:
     def start(self) -> "Run":
         with _runs_lock:
             _runs.append(self)
-        self._thread.start()
+        with self._lock:  # a save of the unstarted run is written before or after, never during
+            self._thread.start()
         if self._dashboard is not None:
             self._dashboard._kick()  # its updater waits for a started run
         return self
@@ -341,10 +342,14 @@ class Run:
     def request_save(self, path=None) -> checkpoint.SaveJob:
         """Ask for a checkpoint without waiting (the Save button); see save()."""
         job = self._trainer.checkpointer.ask(checkpoint.SaveJob(path))
-        if threading.current_thread() is self._thread or not self.started:
-            with self._lock:  # a callback between two steps, or a run that never started
+        if threading.current_thread() is self._thread:  # a callback, between two steps
+            self._trainer.apply("save", None)
+            return job
+        with self._lock:
+            unstarted = not self.started
+            if unstarted:
                 self._trainer.apply("save", None)
-        else:
+        if not unstarted:
             self._request("save")
         return job
 

@@ -95,8 +95,9 @@ class Trainer:
         self.params = self.grad_norms.params
         self.optimizer = make_optimizer(config, self.params)
         self.guard = FiniteGuard(self.optimizer, self.device)
-        if config.spike_factor:
-            history.add_listener(SpikeDetector(history, config.spike_factor))
+        self.spikes = SpikeDetector(history, config.spike_factor) if config.spike_factor else None
+        if self.spikes is not None:
+            history.add_listener(self.spikes)
         self.callbacks = callbacks or Callbacks()
         self.handle = handle
         self.layer_grad_norms = None  # (step, per-group norms as a device tensor), newest
@@ -120,6 +121,7 @@ class Trainer:
         self.restored_from = None  # the checkpoint's path, for a resumed run
         self._clock0 = 0.0         # where the run's clock starts (a resumed run's goes on)
         self._rng = None           # the global RNG states the loop starts from (None: seed them)
+        self._callback_states = []  # a resumed run's saved callback states: [class name, state]
         if restore is not None:
             self._restore(restore)
 
@@ -139,6 +141,9 @@ class Trainer:
         # running, a save is written by the loop between two steps: the live RNG states are
         # this step's. Paused or ended, other code may have drawn since: the loop's snapshot
         live = self.state == "running" and self.started is not None and not self.control.closed
+        if live:  # on the loop's thread, between steps: settle the steps still being checked
+            for bad in self.guard.poll(wait=True):
+                self._nonfinite(*bad)
         rng = _global_rng(self.device) if live else (self._rng or self._seeded_rng())
         return {"step": self.step, "base_lr": self.base_lr, "grad_clip": self.grad_clip,
                 "state": self.state, "model": self.model.state_dict(),
@@ -146,7 +151,9 @@ class Trainer:
                 "rng": {**rng, "batch": self._batch_gen.get_state(), "eval": self._eval_gen.get_state()},
                 "samples": [[step, text] for step, text in self.samples],
                 "anomaly": list(self.anomaly) if self.anomaly else None,
-                "best_val_loss": self.checkpointer.best}
+                "best_val_loss": self.checkpointer.best,
+                "callbacks": [[type(cb).__name__, cb.state_dict() if callable(getattr(cb, "state_dict", None))
+                               else None] for cb in self.callbacks.items]}
 
     def _seeded_rng(self) -> dict:
         """The global RNG states a fresh run starts from (see run())."""
@@ -156,15 +163,16 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state, path = payload["trainer"], payload["path"]
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"the weights in checkpoint {path} do not fit model "
-                                  f"{type(self.model).__name__}: {str(e).strip()}") from None
+        _check_fits(self.model, state["model"], path)  # before anything is copied into it
         # the saved groups carry the old optimizer's implementation flags: keep this one's
         flags = [{k: g[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in g}
                  for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:  # first: it checks the groups and leaves the model's weights alone
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"the optimizer state in checkpoint {path} does not fit this "
+                                  f"model's parameters: {e}") from None
+        self.model.load_state_dict(state["model"])
         for group, kept in zip(self.optimizer.param_groups, flags):
             group.update(kept, weight_decay=self.config.weight_decay)
             if "momentum" in group:
@@ -176,7 +184,10 @@ class Trainer:
         self.samples = [(int(s), str(t)) for s, t in state["samples"]]
         self.anomaly = tuple(state["anomaly"]) if state["anomaly"] else None
         self.checkpointer.best = float(state["best_val_loss"])
+        self._callback_states = state["callbacks"]
         self.history.load_state_dict(payload["history"])
+        if self.spikes is not None:
+            self.spikes.prime(self.history.since(0))
         self._clock0 = float(payload["history"]["clock"])
         self.restored_from = path
 
@@ -199,8 +210,11 @@ class Trainer:
         try:
             self.model.train()
             self.callbacks.call("on_train_begin", self.handle)
+            self._restore_callbacks()
             while self.step < self.config.max_steps and self._obey_control():
                 self._train_step()
+            for bad in self.guard.poll(wait=True):  # the last steps' checks (on a GPU)
+                self._nonfinite(*bad)
             self._rng = _global_rng(self.device)  # what a save from now on continues from
             leftover = self.control.close()  # requests made during the last step
             for kind, (value, note) in leftover.items():
@@ -218,8 +232,15 @@ class Trainer:
         except BaseException as e:
             self._fail(e)
 
+    def _restore_callbacks(self) -> None:
+        """Give the callbacks passed again on resume (same class, same place) their state."""
+        for cb, (name, state) in zip(self.callbacks.items, self._callback_states):
+            if state is not None and type(cb).__name__ == name and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(state)
+
     def _fail(self, error: BaseException) -> None:
         self.control.close()
+        self.checkpointer.cancel(error)
         if self.error is None:
             self.error = error
         self.state = "failed"
@@ -329,6 +350,7 @@ class Trainer:
         while True:
             for kind, (value, note) in self.control.take().items():
                 self.apply(kind, value, note)
+            self.checkpointer.write_due()  # the last step's saves, with its requests applied
             if self.control.stop_requested:
                 self.history.record_event(self.step, "stop", None, self.control.stop_note)
                 return False
@@ -402,3 +424,18 @@ def _set_global_rng(rng: dict, device: torch.device) -> None:
     np.random.set_state({"bit_generator": "MT19937",
                          "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
                          "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+
+
+def _check_fits(model: torch.nn.Module, saved: dict, path: str) -> None:
+    """Refuse saved weights that do not fit `model` exactly, naming what differs."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [f"{k}: saved {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in saved and saved[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                 f"different shapes ({'; '.join(shapes[:5])})" if shapes else ""]
+        raise CheckpointError(f"the weights in checkpoint {path} do not fit model "
+                              f"{type(model).__name__}: " + "; ".join(p for p in parts if p))

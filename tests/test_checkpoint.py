@@ -5,6 +5,7 @@ import io
 import os
 import signal
 import subprocess
+import threading
 import sys
 import zipfile
 from pathlib import Path
@@ -404,3 +405,94 @@ def test_digest_covers_values_and_tensor_bytes():
     assert checkpoint.digest(a) != checkpoint.digest({**a, "z": torch.tensor(5.0)})  # dtype
     with pytest.raises(TypeError, match="tensors and plain values only"):
         checkpoint.digest({"bad": np.float32(1)})
+
+
+def test_a_resumed_run_saves_in_its_own_directory_and_prunes_only_its_files(tmp_path):
+    """Resumed from an older checkpoint, a run is a branch: its saves must not delete or
+    replace the first run's files."""
+    first_dir = tmp_path / "first"
+    train(**options(max_steps=20), checkpoint_every=5, keep_checkpoints=2, checkpoint_dir=first_dir)
+    older = first_dir / "step-0000015.pt"
+    before = {p.name: p.read_bytes() for p in first_dir.iterdir()}
+    assert sorted(before) == ["step-0000015.pt", "step-0000020.pt"]
+    branch = train(resume=older, max_steps=30, checkpoint_every=5, keep_checkpoints=1)
+    assert branch.checkpoint_dir != first_dir and branch.checkpoint_dir.name.startswith("run-")
+    assert {p.name: p.read_bytes() for p in first_dir.iterdir()} == before
+    assert [p.name for p in branch.checkpoint_dir.iterdir()] == ["step-0000030.pt"]
+    shared = train(resume=older, max_steps=25, checkpoint_every=5, keep_checkpoints=1,
+                   checkpoint_dir=first_dir)  # asked to share: beside the first's files, never over them
+    assert [c["path"] for c in shared.checkpoints] == [str(first_dir / "step-0000020.1.pt"),
+                                                       str(first_dir / "step-0000025.pt")]
+    assert sorted(p.name for p in first_dir.iterdir()) == ["step-0000015.pt", "step-0000020.pt",
+                                                          "step-0000025.pt"]
+    assert first_dir.joinpath("step-0000020.pt").read_bytes() == before["step-0000020.pt"]
+    assert checkpoint.resolve(first_dir) == first_dir / "step-0000025.pt"
+
+
+def test_a_save_asked_for_as_the_run_fails_is_answered(tmp_path):
+    class Boom(Callback):
+        def on_step_end(self, run, step, metrics):
+            if step == 3:  # another thread asks for a save, due at the next boundary...
+                asker = threading.Thread(target=lambda: setattr(self, "job", run.request_save(tmp_path / "late.pt")))
+                asker.start()
+                asker.join()
+                raise RuntimeError("boom")  # ...which never comes
+
+    boom = Boom()
+    run = lmwidget.train(display=False, **options(max_steps=10), callbacks=boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        run.wait(30)
+    with pytest.raises(RuntimeError, match="the run failed at step 3 before this checkpoint"):
+        boom.job.wait(5)
+    assert run.save(tmp_path / "after.pt").exists()  # saving the failed run as it is works
+
+
+def test_numpy_numbers_in_the_options_are_saved_as_plain_numbers(tmp_path):
+    run = train(**options(max_steps=np.int64(5), lr=np.float32(3e-3)))
+    payload = checkpoint.read(run.save(tmp_path / "np.pt"))
+    assert type(payload["config"]["max_steps"]) is int and type(payload["config"]["lr"]) is float
+
+
+def test_a_callbacks_lr_change_at_a_periodic_save_is_in_it(tmp_path):
+    """A periodic checkpoint is written at the step boundary, after the requests made during
+    its step: a callback halving the LR at step 10 is in step-10.pt, and resuming repeats
+    the reference exactly."""
+    def halve(run):
+        run.set_lr(run.lr / 2)
+
+    reference = train(**options(schedule="constant"), callbacks=At(10, halve))
+    first = train(**options(schedule="constant"), callbacks=[At(10, halve), At(10, lambda r: r.stop())],
+                  checkpoint_every=10, checkpoint_dir=tmp_path)
+    saved = checkpoint.read(tmp_path / "step-0000010.pt")
+    assert saved["trainer"]["base_lr"] == first.lr == 1.5e-3
+    resumed = train(resume=tmp_path / "step-0000010.pt")
+    assert_same_curve(reference, resumed)
+
+
+def test_policies_resume_where_they_were(tmp_path):
+    """EarlyStopping's best value and patience count travel in the checkpoint."""
+    def policy():
+        return lmwidget.EarlyStopping(patience=3, min_delta=0.05)
+
+    flat = options(lr=1e-9, max_steps=200, eval_interval=10)
+    reference = train(**flat, callbacks=policy())
+    first = train(**flat, callbacks=[policy(), At(20, lambda r: r.stop())], checkpoint_dir=tmp_path)
+    assert first.step == 20
+    resumed = train(resume=first.save(), callbacks=policy())
+    assert resumed.state == reference.state == "stopped"
+    assert resumed.step == reference.step < 200
+
+
+def test_a_refused_user_model_is_left_untouched(tmp_path):
+    class TinyPlus(Tiny):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Linear(2, 2)
+
+    first = train(model=Tiny(), **options(max_steps=5, dropout=0.0))
+    path = first.save(tmp_path / "tiny.pt")
+    mine = TinyPlus()
+    before = mine.emb.weight.detach().clone()
+    with pytest.raises(CheckpointError, match=r"do not fit model TinyPlus: missing extra\.bias, extra\.weight"):
+        lmwidget.train(resume=path, model=mine, max_steps=10, display=False)
+    assert torch.equal(mine.emb.weight, before)

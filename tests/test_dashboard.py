@@ -471,3 +471,8 @@ def test_an_ended_run_leaves_its_summary_in_the_cell(tiny, monkeypatch):
     d._kick()
     wait_for(lambda: d._updater is None)
     assert len(pub.published) == 1  # nothing changed: not sent again
+    pub.parent_header = {"msg_id": "cell-2"}
+    d.show()  # shown again in another cell after the end: that cell gets it too
+    wait_for(lambda: len(pub.published) == 2, timeout=5)
+    data, transient, _, parent = pub.published[1]
+    assert transient == {"display_id": shown[1][1]["display_id"]} and parent == {"msg_id": "cell-2"}

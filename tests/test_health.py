@@ -153,3 +153,17 @@ def test_histogram_counts_every_finite_value_and_reports_the_rest():
     assert flat["counts"].sum() == 10 and flat["edges"][0] < 0 < flat["edges"][-1]
     empty = histogram(torch.tensor([float("nan")]))
     assert len(empty["counts"]) == 0 and empty["nonfinite"] == 1
+
+
+def test_a_resumed_runs_detector_takes_up_the_restored_rows_without_marking_them():
+    h = History()
+    restored = {"step": np.arange(1, 61), "time": np.zeros(60), "loss": np.full(60, 2.0),
+                "grad_norm": np.r_[np.ones(40), 100.0, np.ones(19)]}  # its own spike: already an event
+    detector = SpikeDetector(h, factor=10.0)
+    detector.prime(restored)
+    assert anomalies(h).empty  # priming marks nothing
+    feed(detector, [20.0], "grad_norm", start=61)  # judged at once against the restored median
+    assert anomalies(h).step.tolist() == [61]
+    fresh = SpikeDetector(History(), factor=10.0)
+    feed(fresh, [20.0], "grad_norm", start=61)
+    assert anomalies(fresh.history).empty  # without the restored rows it could not judge yet
