@@ -726,8 +726,9 @@ def n_bars(page, chart: str) -> int:
     return page.locator(f".lmwidget-chart-{chart}").first.evaluate(BARS_JS)
 
 
-def hover_last_rule(page, chart: str) -> str:
-    """Hover the newest vertical event rule of a chart; the tooltip's text."""
+def hover_last_rule(page, chart: str, want: str | None = None) -> str:
+    """Hover the newest vertical event rule of a chart; the tooltip's text (one containing
+    `want`, when given, else "")."""
     box = page.locator(f".lmwidget-chart-{chart}").first.evaluate("""
     (fig) => {
       const rules = Array.from(fig.querySelectorAll('.curve path.line')).filter(p => {
@@ -740,14 +741,22 @@ def hover_last_rule(page, chart: str) -> str:
     }""")
     if box is None:
         return ""
-    page.mouse.move(box["x"], box["y"] - 20)
-    page.mouse.move(box["x"], box["y"])
-    tip = page.locator(".tooltiptext", has_text="step").first
-    try:
-        tip.wait_for(state="visible", timeout=3000)
-    except Exception:  # noqa: BLE001 - reported by the caller's assertion
-        return ""
-    return " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
+    text = ""
+    # The rules are dashed and only their dashes take the pointer: a rule a step or two
+    # older sits under the newest one, within a pixel, and answers where the newest has a
+    # gap. So try a few heights, and keep the tooltip naming the newest rule's step.
+    for dy in (0, 3, -3, 6, -6, 9, -9):
+        page.mouse.move(box["x"], box["y"] + dy - 20)
+        page.mouse.move(box["x"], box["y"] + dy)
+        tip = page.locator(".tooltiptext", has_text="step").first
+        try:
+            tip.wait_for(state="visible", timeout=1000)
+        except Exception:  # noqa: BLE001 - reported by the caller's assertion
+            continue
+        text = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
+        if want is None or want in text:
+            return text
+    return text if want is None else ""
 
 
 # Chromium shortens a long value to its tail: "…3.98953501608,undefined)"
@@ -797,7 +806,8 @@ def test_health_panels(opened):
                           message="the anomaly notice")
         assert f"Anomaly at step {anomaly[0]}" in notice and "Resume" in notice, notice
         page.locator(".lmwidget-chart-loss").first.scroll_into_view_if_needed()
-        tip = wait_for(lambda: hover_last_rule(page, "loss"), 15, message="a tooltip on the newest event rule")
+        tip = wait_for(lambda: hover_last_rule(page, "loss", f"step {anomaly[0]}: anomaly"), 15,
+                       message="a tooltip on the newest event rule")
         res["tooltip"] = tip
         assert f"step {anomaly[0]}: anomaly" in tip and "pause" in tip, tip
         nb.screenshot("anomaly", scroll_to=DASHBOARD)
