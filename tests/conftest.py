@@ -39,6 +39,13 @@ def run_python(code: str, timeout: float = 120):
 
 
 @pytest.fixture(autouse=True)
+def _in_a_temporary_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh working directory: a default checkpoint directory
+    (lmwidget-checkpoints/ in the working directory) never lands in the repository."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(autouse=True)
 def _no_leftover_runs():
     yield
     for run in active_runs():

@@ -14,9 +14,9 @@ TINY = "--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8"
 class Kernel:
     """A real kernel and a client that reads every iopub message."""
 
-    def __init__(self):
+    def __init__(self, cwd):
         self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel()
+        self.km.start_kernel(cwd=str(cwd))  # its default checkpoint directory lands there
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
@@ -78,8 +78,8 @@ class Kernel:
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    k = Kernel()
+def kernel(tmp_path_factory):
+    k = Kernel(tmp_path_factory.mktemp("kernel-cwd"))
     yield k
     k.shutdown()
 
@@ -212,6 +212,7 @@ def test_lmtrain_resume_and_the_summary_left_in_the_cell(kernel, tmp_path):
 
     _, _, error, _ = kernel.execute(f"again = %lmtrain --resume {tmp_path} --steps 50")
     assert error is None, error
+    assert kernel.value("again.checkpoint_dir.parent.name") == "lmwidget-checkpoints"  # its own
     kernel.wait_for("again.state", "finished", timeout=30)
     assert kernel.value("again.restored_from") == str(tmp_path / "step-0000030.pt")
     assert kernel.value("again.history.step.tolist()") == list(range(1, 51))
