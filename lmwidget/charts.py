@@ -12,8 +12,9 @@ MAX_POINTS = 2000   # per series, whatever the run length
 MAX_RULES = 200     # the most recent events drawn as vertical rules
 EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr": "#6a1b9a",
                 "grad_clip": "#00838f", "sample": "#9e9e9e", "anomaly": "#c62828",
-                "eval": "#cfd8dc", "checkpoint": "#1565c0", "restore": "#00695c"}
-PRIORITY = ("anomaly", "stop", "pause", "resume", "restore", "lr", "grad_clip", "checkpoint")  # rule colour
+                "eval": "#cfd8dc", "checkpoint": "#1565c0", "restore": "#00695c",
+                "branch": "#ad1457"}
+PRIORITY = ("anomaly", "stop", "pause", "resume", "restore", "branch", "lr", "grad_clip", "checkpoint")  # rule colour
 STEP, TIME = 0, 1  # where an event tuple (step, time, kind, value, detail) keeps each x
 
 

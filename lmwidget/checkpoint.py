@@ -174,7 +174,9 @@ def _feed(h, obj, where: str = "checkpoint") -> None:
 class SaveJob:
     """One save asked for: where, and (once written) the outcome, for whoever waits on it."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, memory: bool = False):
+        """`memory`: no file; the result's "payload" is a copy of the checkpoint (a branch)."""
+        self.memory = memory
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike (a file, or a directory to save "
                             f"into), or None for the run's checkpoint_dir; got {type(path).__name__}")
@@ -229,7 +231,7 @@ class Checkpointer:
             jobs, self._jobs = self._jobs, []
         for job in jobs:
             try:
-                job.finish(self.save("saved", job.path))
+                job.finish(self.copy() if job.memory else self.save("saved", job.path))
             except BaseException as e:
                 self._failed("saved", e)
                 job.finish(error=e)
@@ -279,6 +281,21 @@ class Checkpointer:
         message = f"{kind} save at step {self.trainer.step} failed: {error}"
         self.last = ("error", message)
         self.trainer.history.record_event(self.trainer.step, "checkpoint", None, message)
+
+    def copy(self) -> dict:
+        """The checkpoint as a copy in memory (through the same safe round trip as a file),
+        and for a user's own module a copy of it to load the weights into."""
+        import copy
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(self.trainer.checkpoint("branch"), buffer)
+        buffer.seek(0)
+        payload = torch.load(buffer, map_location="cpu", weights_only=True)
+        model = self.trainer.model
+        own = model if isinstance(self.trainer.config.model, torch.nn.Module) else None
+        return {"payload": payload, "step": payload["step"],
+                "model": copy.deepcopy(own) if own is not None else None}
 
     def path_for(self, kind: str, path=None) -> Path:
         step = self.trainer.step

@@ -14,11 +14,13 @@ import numpy as np
 import ipywidgets as w
 
 from .charts import Chart
+from .compare import labels_for
 from .control import ENDED
 from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 from .summary import summary_html
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
+GHOST_COLOR = "#9e9e9e"
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
 STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
                 "finished": "#1565c0", "failed": "#c62828"}
@@ -74,9 +76,13 @@ class Dashboard(w.VBox):
                             (self.save_status, "lmwidget-save-status")):
             widget.add_class(css)
 
+        # earlier runs of this kernel, drawn faintly on the loss chart (train(ghosts=N))
+        self._ghosts = [g for g in getattr(run, "_ghosts", ()) if g is not run]
+        self._ghost_labels = labels_for([*self._ghosts, run])[:-1] if self._ghosts else []
         x = bq.LinearScale()  # one step axis shared by every chart
         self.charts = {
-            "loss": Chart("loss", x, {"train": ("#1565c0", None), "val": ("#e65100", "circle")},
+            "loss": Chart("loss", x, {"train": ("#1565c0", None), "val": ("#e65100", "circle"),
+                                      **{label: (GHOST_COLOR, None) for label in self._ghost_labels}},
                           "lmwidget-chart-loss", tick_format=".3g"),
             "perplexity": Chart("perplexity", x, {"train": ("#1565c0", None), "val": ("#e65100", "circle")},
                                 "lmwidget-chart-perplexity", log=True, tick_format=".3g"),
@@ -88,6 +94,8 @@ class Dashboard(w.VBox):
                                 "lmwidget-chart-throughput", tick_format=".3s"),
         }
         self.charts["grad_norm"].add_hline("clip", "#c62828")
+        for label in self._ghost_labels:
+            self.charts["loss"].marks[label].opacities = [0.6]
         self.resources = ResourcesPanel(gpu=run._trainer.device.type == "cuda")
         self.layers = LayersPanel(run.layers)
         self.histograms = HistogramPanel(run)
@@ -270,6 +278,12 @@ class Dashboard(w.VBox):
         if self._x0 is None and len(steps):
             self._x0 = float(steps[0])
         fed = {}
+        if self._ghosts:  # once: their curves are drawn whole
+            for ghost, label in zip(self._ghosts, self._ghost_labels):
+                h = ghost._history.since(0)
+                self.charts["loss"].extend(label, h["step"], h["loss"])
+            fed["loss"] = list(self._ghost_labels)
+            self._ghosts = []
         with np.errstate(over="ignore"):
             ppl, val_ppl = np.exp(new["loss"]), np.exp(new["val_loss"])
         for chart, name, values in (("loss", "train", new["loss"]), ("perplexity", "train", ppl),

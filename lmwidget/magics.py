@@ -12,6 +12,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig
 from .callbacks import EarlyStopping, ReduceLROnPlateau
+from .lrfind import lr_find
 from .run import active_runs, train
 
 # (flag, TrainConfig field, type, help); --steps is the one flag that is not the field's name
@@ -55,7 +56,7 @@ class _Help(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"%lmtrain: {message}. See %lmtrain --help")
+        raise UsageError(f"{self.prog}: {message}. See {self.prog} --help")
 
     def exit(self, status=0, message=None):
         raise _Help()
@@ -75,6 +76,8 @@ def _parser() -> _Parser:
     parser.add_argument("--resume", dest="resume", default=None, metavar="PATH",
                         help="continue a checkpoint (a file, or a directory: its newest); other "
                         "options override the saved ones")
+    parser.add_argument("--ghosts", dest="ghosts", type=int, default=0, metavar="N",
+                        help="draw the loss of this kernel's N latest finished runs faintly")
     parser.add_argument("--concurrent", action="store_true",
                         help="start even if another run is still training")
     parser.add_argument("--early-stopping", dest="early_stopping", type=int, default=None,
@@ -100,22 +103,28 @@ class LmMagics(Magics):
             return None
         concurrent = options.pop("concurrent")
         resume = options.pop("resume")
+        ghosts = options.pop("ghosts")
         try:
             callbacks = self._callbacks(options.pop("callbacks"), options.pop("early_stopping"),
                                         options.pop("reduce_lr"))
         except (ValueError, TypeError) as e:
             raise UsageError(f"%lmtrain: {e}") from None
+        self._resolve_model(options, "%lmtrain")
+        try:
+            return train(concurrent=concurrent, callbacks=callbacks, resume=resume, ghosts=ghosts,
+                         **options)
+        except (ValueError, TypeError, ConnectionError, FileNotFoundError) as e:
+            raise UsageError(f"%lmtrain: {e}") from None
+
+    def _resolve_model(self, options: dict, prog: str) -> None:
+        """--model NAME of a variable: the nn.Module it holds."""
         model = options.get("model")
         if model is not None and model not in ("gpt", "lstm"):
             value = self.shell.user_ns.get(model)
             if not isinstance(value, nn.Module):
-                raise UsageError(f"%lmtrain: --model {model!r} is neither gpt, lstm nor the name "
+                raise UsageError(f"{prog}: --model {model!r} is neither gpt, lstm nor the name "
                                  f"of a variable holding an nn.Module")
             options["model"] = value
-        try:
-            return train(concurrent=concurrent, callbacks=callbacks, resume=resume, **options)
-        except (ValueError, TypeError, ConnectionError, FileNotFoundError) as e:
-            raise UsageError(f"%lmtrain: {e}") from None
 
     def _callbacks(self, name, early_stopping, reduce_lr) -> list:
         callbacks = []
@@ -129,6 +138,31 @@ class LmMagics(Magics):
         if reduce_lr is not None:
             callbacks.append(ReduceLROnPlateau(patience=reduce_lr))
         return callbacks
+
+    @line_magic
+    def lmfind(self, line: str):
+        """The LR range test: %lmfind --start 1e-6 --end 10 --steps 100 (and %lmtrain's model
+        and data options); returns the LRFinder (finder = %lmfind ...)."""
+        parser = _Parser(prog="%lmfind", description="LR range test: train with an exponentially "
+                         "growing LR, show the smoothed loss against it, suggest an LR; click a "
+                         "point to choose one.")
+        for flag, field, type_, help_ in _OPTIONS:
+            if field not in ("max_steps", "lr", "schedule", "warmup_steps", "min_lr_ratio",
+                             "eval_interval", "eval_iters", "anomaly", "spike_factor",
+                             "checkpoint_dir", "checkpoint_every", "keep_checkpoints"):
+                parser.add_argument(flag, dest=field, type=type_, default=argparse.SUPPRESS, help=help_)
+        parser.add_argument("--start", type=float, default=1e-6, help="first LR (default: 1e-6)")
+        parser.add_argument("--end", type=float, default=10.0, help="last LR (default: 10)")
+        parser.add_argument("--steps", type=int, default=100, help="steps of the test (default: 100)")
+        try:
+            options = vars(parser.parse_args(shlex.split(line)))
+        except _Help:
+            return None
+        self._resolve_model(options, "%lmfind")
+        try:
+            return lr_find(**options)
+        except (ValueError, TypeError, ConnectionError) as e:
+            raise UsageError(f"%lmfind: {e}") from None
 
     @line_magic
     def lmstop(self, line: str = ""):

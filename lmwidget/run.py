@@ -54,7 +54,7 @@ def active_runs() -> list["Run"]:
 
 
 def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
-          callbacks=None, **options) -> "Run":
+          callbacks=None, ghosts: int = 0, **options) -> "Run":
     """Start training in a background thread and return its Run at once.
 
     In a notebook the dashboard is displayed in the cell's output. `model`: "gpt" (the
@@ -62,10 +62,16 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
     path or text. Options: see TrainConfig; `callbacks`: a Callback or a list of them
     (EarlyStopping, ReduceLROnPlateau, your own). `resume`: a checkpoint file, or a
     directory of them (its newest is used), to continue, with its history; options given
-    override the saved ones, except those that shape the model (checkpoint.FIXED). If a run
-    is already training, no second one starts unless `concurrent=True`: a warning names
-    `%lmstop` and the running run is returned.
+    override the saved ones, except those that shape the model (checkpoint.FIXED).
+    `ghosts=N` draws the loss curves of this kernel's N latest finished runs faintly on the
+    new dashboard. `lr` may be an LRFinder (lr_find): its chosen LR, else its suggestion.
+    If a run is already training, no second one starts unless `concurrent=True`: a warning
+    names `%lmstop` and the running run is returned.
     """
+    if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
+        raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
+    if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
+        options["lr"] = options["lr"].lr
     restore = None
     if resume is not None:
         restore = checkpoint.read(resume)
@@ -85,6 +91,8 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
         run = running[-1]
     else:
         run = Run(config, callbacks=callbacks.items, restore=restore)
+        if ghosts:
+            run._ghosts = [r for r in runs() if r.state in ENDED and len(r._history)][-ghosts:]
         run.start()
     if display:
         run._display_once()
@@ -135,6 +143,7 @@ class Run:
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,
                                         name=f"lmwidget-run-{self.id}")
         self._dashboard = None
+        self._ghosts = []  # earlier runs its dashboard draws faintly
         self._shown_in = None  # the execution count of the cell that displayed the dashboard
         self._lock = threading.Lock()
 
@@ -341,7 +350,12 @@ class Run:
 
     def request_save(self, path=None) -> checkpoint.SaveJob:
         """Ask for a checkpoint without waiting (the Save button); see save()."""
-        job = self._trainer.checkpointer.ask(checkpoint.SaveJob(path))
+        return self._ask(checkpoint.SaveJob(path))
+
+    def _ask(self, job: checkpoint.SaveJob) -> checkpoint.SaveJob:
+        """Have the loop carry out `job` between two steps (or carry it out now, from a
+        callback, before the start, or after the end)."""
+        self._trainer.checkpointer.ask(job)
         if threading.current_thread() is self._thread:  # a callback, between two steps
             self._trainer.apply("save", None)
             return job
@@ -352,6 +366,33 @@ class Run:
         if not unstarted:
             self._request("save")
         return job
+
+    def branch(self, *, display: bool = True, callbacks=None, timeout: float | None = 60.0,
+               **options) -> "Run":
+        """A new run that starts from this one's current state (weights, optimizer, LR as
+        steered, data position, RNG states) and history, with `options` changed (lr=...).
+
+        The branch is taken between two steps (at once if paused or ended) and returned
+        paused at the branch step: its dashboard's Resume (or `branch.resume()`) starts it.
+        This run goes on untouched, so two choices can be tried from the same point and
+        compared. Options that shape the model or the data split cannot change.
+        """
+        copied = self._ask(checkpoint.SaveJob(memory=True)).wait(timeout)
+        payload = copied["payload"]
+        payload["path"] = f"run {self.id} at step {copied['step']}"
+        config = checkpoint.resume_config(payload, copied["model"], None, options)
+        child = Run(config, dataset=self._trainer.data, callbacks=callbacks, restore=payload)
+        self._history.record_event(copied["step"], "branch", None,
+                                   f"run {child.id} branched here" + "".join(
+                                       f", {k}={v!r}" for k, v in options.items()))
+        child._control.pause()  # paused at the branch step until resumed
+        child.start()
+        deadline = time.monotonic() + 30
+        while child.state != "paused" and child.state not in ENDED and time.monotonic() < deadline:
+            time.sleep(0.002)  # its thread restores the state, then stops at the pause
+        if display:
+            child._display_once()
+        return child
 
     @property
     def checkpoints(self) -> list[dict]:

@@ -17,6 +17,11 @@ Tests:
   effect within 1 s; the page's JS heap stops growing once the run has ended.
 * test_dashboard_drawn_before_data[0|1]: the charts still work when they are rendered
   before the first step, or with a single step.
+* test_health_panels: per-layer bars, resources, histograms, a divergence that pauses.
+* test_checkpoint_restart_resume_and_the_saved_notebook: Save, the static summary in the
+  saved notebook, a kernel restart and a resume that draws the earlier history.
+* test_lr_finder_click_to_choose_train_and_compare: click a dot of the LR range test,
+  train with that LR from its button, compare two runs.
 
 Run:  python -m pytest tests/test_browser.py -m browser
 """
@@ -916,4 +921,48 @@ def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_facto
         # counted; any other widget error fails.
         errs = [e for e in widget_errors(nb) if not TRANSIENT_RESCALE_RX.search(e["text"])]
         res["transient_rescale_errors"] = len(widget_errors(nb)) - len(errs)
+        assert not errs, "console errors:\n" + "\n".join(e["text"][:300] for e in errs[:10])
+
+
+def test_lr_finder_click_to_choose_train_and_compare(opened):
+    """The LR range test's live chart in JupyterLab: click a dot to choose its LR, train with
+    it from the button, then compare that run with the finder's suggestion run."""
+    tiny = "n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8"
+    cells = ["import lmwidget", f"finder = lmwidget.lr_find({tiny}, steps=60)"]
+    nb = opened("lab-subshells-on", cells, label="lrfind")
+    page = nb.page
+    res: dict = {}
+    with recorded(nb, res):
+        probe = run_cells(nb)
+        wait_for(lambda: probe.eval("finder.done"), 60, message="the range test to end")
+        status = wait_for(lambda: "steepest" in (t := text_of(page, ".lmwidget-lrfind-status")) and t, 15,
+                          message="the suggestions on the chart")
+        res["status"] = status
+        dots = page.locator(".lmwidget-lrfind-chart .dot")
+        n = probe.eval("len(finder.lrs)")
+        wait_for(lambda: dots.count() >= n, 15, message=lambda: f"{n} dots (now {dots.count()})")
+        nb.screenshot("range-test", scroll_to=".lmwidget-lrfind")
+        dots.nth(20).click(force=True)
+        chosen = wait_for(lambda: probe.eval("finder.chosen"), 10, message="the click to choose an LR")
+        res["chosen"] = chosen
+        assert chosen == probe.eval("finder.lrs[20]")
+        wait_for(lambda: "chosen" in text_of(page, ".lmwidget-lrfind-status"), 10, message="'chosen' shown")
+        button = page.locator(".lmwidget-lrfind-train").first
+        assert f"{chosen:.2e}" in button.inner_text()
+        button.click()
+        wait_for(lambda: page.locator(".lmwidget-lrfind .lmwidget-dashboard").count() == 1, 30,
+                 message="the new run's dashboard under the chart")
+        assert probe.eval("lmwidget.runs()[-1].lr") == chosen
+        wait_for(lambda: n_points(page, "loss") > 5, 30, message="the new run's loss curve")
+        nb.screenshot("chosen-and-training", scroll_to=".lmwidget-lrfind .lmwidget-dashboard")
+        probe.execute("lmwidget.runs()[-1].stop(); other = finder.train(lr=finder.suggestion, "
+                      "max_steps=80, display=False, concurrent=True)")
+        nb.execute_in_new_cell("view = lmwidget.compare(*lmwidget.runs())")
+        compare = page.locator(".lmwidget-compare-loss").first
+        wait_for(lambda: len([p for p in compare.evaluate(LINE_POINTS_JS) if len(p) > 5]) == 2, 30,
+                 message="two curves on the comparison's loss chart")
+        wait_for(lambda: "finished" in text_of(page, ".lmwidget-compare-table"), 30,
+                 message="the table to show the finished run")
+        nb.screenshot("compare", scroll_to=".lmwidget-compare")
+        errs = widget_errors(nb)
         assert not errs, "console errors:\n" + "\n".join(e["text"][:300] for e in errs[:10])

@@ -151,7 +151,7 @@ def test_code_changes_show_on_the_controls(tiny):
     d = run.dashboard
     run.set_lr(2e-2)
     run.set_grad_clip(0.7)
-    wait_for(lambda: d.lr_slider.value == pytest.approx(2e-2) and d.clip_input.value == 0.7, timeout=3)
+    wait_for(lambda: d.lr_slider.value == pytest.approx(2e-2) and d.clip_input.value == 0.7, timeout=10)
     assert kinds(run) == ["lr", "grad_clip"]  # reflecting them asked for nothing new
 
 

@@ -221,3 +221,21 @@ def test_lmtrain_resume_and_the_summary_left_in_the_cell(kernel, tmp_path):
     assert "UsageError" in err and "no checkpoint at" in err
     _, err, _, _ = kernel.execute(f"%lmtrain --resume {tmp_path} --n-embd 64 --steps 60")
     assert "n_embd=64 differs from checkpoint" in err
+
+
+def test_lmfind_runs_the_range_test_and_lmtrain_takes_ghosts(kernel):
+    kernel.execute("%load_ext lmwidget\n%lmstop")
+    _, _, error, displays = kernel.execute(f"finder = %lmfind --steps 40 {TINY}")
+    assert error is None, error
+    assert any("application/vnd.jupyter.widget-view+json" in d for d in displays), "no chart shown"
+    kernel.wait_for("finder.done", True, timeout=60)
+    assert kernel.value("len(finder.lrs) > 10 and finder.suggestion is not None")
+    kernel.execute(f"g = %lmtrain --steps 10 {TINY}\ng.wait()")
+    _, _, error, _ = kernel.execute(f"r = %lmtrain --steps 20 --ghosts 1 {TINY}")
+    assert error is None, error
+    kernel.wait_for("r.state", "finished", timeout=30)
+    assert kernel.value("[x.split(':')[0] for x in r.dashboard._ghost_labels] == [f'run {g.id}']")
+    _, err, _, _ = kernel.execute("%lmfind --start 1 --end 0.1")
+    assert "UsageError" in err and "end must be larger than start" in err
+    _, err, _, _ = kernel.execute("%lmfind --lr 3")
+    assert "%lmfind: unrecognized arguments: --lr 3" in err

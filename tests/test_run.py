@@ -400,3 +400,50 @@ def test_a_dataset_moved_for_one_run_is_not_moved_under_another():
     moved = ds.to("meta")
     assert moved is not ds and ds.train.device.type == "cpu" and moved.train.device.type == "meta"
     assert moved.tokenizer is ds.tokenizer
+
+
+def test_a_branch_continues_from_its_parents_state(tiny):
+    """Branched at step 30 with the same LR, a run repeats what its parent does next; with
+    another LR it parts from it. Both start paused at the branch step, with the parent's
+    history, and the parent goes on untouched."""
+    from lmwidget import Callback
+
+    class PauseAt(Callback):
+        def on_step_end(self, run, step, metrics):
+            if step == 30:
+                run.pause()
+
+    reference = lmwidget.train(display=False, max_steps=60, **tiny)
+    reference.wait(60)
+    parent = lmwidget.train(display=False, max_steps=60, callbacks=PauseAt(), **tiny)
+    wait_for(lambda: parent.state == "paused", 30)
+    same = parent.branch(display=False)
+    other = parent.branch(lr=1e-2, display=False)
+    for child in (same, other):
+        assert child.state == "paused" and child.step == 30
+        assert list(child.history.step) == list(range(1, 31))
+        np.testing.assert_array_equal(child.history.loss, parent.history.loss)  # same loss at the branch step
+    assert other.lr == 1e-2 and same.lr == parent.lr
+    for r in (same, other, parent):
+        r.resume()
+    for r in (same, other, parent):
+        assert r.wait(60) and r.step == 60
+    np.testing.assert_array_equal(same.history.loss, reference.history.loss)
+    np.testing.assert_array_equal(parent.history.loss, reference.history.loss)
+    assert not np.allclose(other.history.loss[30:], reference.history.loss[30:])
+    events = parent.events
+    assert f"run {other.id} branched here, lr=0.01" in set(events.detail)
+    assert "resumed from run" in " ".join(same.events.detail)
+
+
+def test_a_running_run_branches_between_two_steps(tiny):
+    parent = lmwidget.train(display=False, max_steps=10**6, **tiny)
+    wait_for(lambda: parent.step > 10, 30)
+    child = parent.branch(display=False, max_steps=10**6)
+    assert child.state == "paused" and child.step >= 11 and parent.state == "running"
+    assert len(child.history) == child.step
+    np.testing.assert_array_equal(child.history.loss, parent.history.loss[:child.step])
+    with pytest.raises(ValueError, match="n_embd=16 differs"):
+        parent.branch(n_embd=16, display=False)
+    parent.stop()
+    child.stop()

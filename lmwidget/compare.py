@@ -1,0 +1,159 @@
+"""Runs side by side: loss, validation loss, grad norm and LR overlaid, live, with a table."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import traceback
+
+import bqplot as bq
+import ipywidgets as w
+import numpy as np
+
+from .charts import Chart
+from .control import ENDED
+
+PALETTE = ("#1565c0", "#e65100", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#ad1457")
+UPDATE_INTERVAL = 0.25
+SKIP = {"checkpoint_dir", "data", "model", "device", "threads", "compile"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def labels_for(runs) -> list[str]:
+    """What tells the runs apart, e.g. "run 3: lr=0.003": the options (and steered LRs) that
+    differ between them, at most three."""
+    rows = []
+    for run in runs:
+        summary = run.config.summary()
+        summary["lr"] = run.lr  # as steered
+        rows.append(summary)
+    keys = [k for k in rows[0] if k not in SKIP and len({repr(r.get(k)) for r in rows}) > 1]
+    return [f"run {run.id}" + (": " + ", ".join(f"{k}={_fmt(row[k])}" for k in keys[:3]) if keys else "")
+            for run, row in zip(runs, rows)]
+
+
+def stats(run) -> dict:
+    """Final and best values of a run, for the table."""
+    frame = run.history
+    loss = frame["loss"].to_numpy()
+    tail = loss[-50:][np.isfinite(loss[-50:])]
+    val = frame[["step", "val_loss"]].dropna()
+    best = val.loc[val["val_loss"].idxmin()] if len(val) else None
+    return {"state": run.state, "step": run.step, "loss": float(tail.mean()) if len(tail) else np.nan,
+            "val_loss": float(val["val_loss"].iloc[-1]) if len(val) else np.nan,
+            "best_val_loss": float(best["val_loss"]) if best is not None else np.nan,
+            "best_step": int(best["step"]) if best is not None else None,
+            "tokens_per_sec": float(np.nanmedian(frame["tokens_per_sec"])) if len(frame) else np.nan}
+
+
+class Compare(w.VBox):
+    """Built on the caller's thread; one updater thread writes every trait while any run trains."""
+
+    CHARTS = (("loss", "loss", False, ".3g"), ("val_loss", "validation loss", False, ".3g"),
+              ("grad_norm", "grad norm (before clipping)", True, ".2g"), ("lr", "learning rate", True, ".1e"))
+
+    def __init__(self, runs, labels=None):
+        if not runs:
+            raise ValueError("compare() needs at least one run")
+        bad = [r for r in runs if not hasattr(r, "_history")]
+        if bad:
+            raise TypeError(f"compare() takes lmwidget Runs; got {type(bad[0]).__name__}")
+        self.runs = list(runs)
+        self.labels = list(labels) if labels is not None else labels_for(self.runs)
+        if len(self.labels) != len(self.runs):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.runs)} runs")
+        colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(self.labels)}
+        x = bq.LinearScale()
+        self.charts = {}
+        for column, title, log, fmt in self.CHARTS:
+            marker = "circle" if column == "val_loss" else None
+            series = {label: (colors[label], marker) for label in self.labels}
+            css = f"lmwidget-compare-{column.replace('_', '-')}"
+            self.charts[column] = Chart(title, x, series, css, log=log, tick_format=fmt)
+        self.table = w.HTML()
+        self.table.add_class("lmwidget-compare-table")
+        grid = w.GridBox([c.figure for c in self.charts.values()], layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
+        super().__init__([grid, self.table])
+        self.add_class("lmwidget-compare")
+        self._rows = [0] * len(self.runs)
+        self._table_key = None
+        self._updater = None
+        self._lock = threading.Lock()
+        self.kick()
+
+    def kick(self) -> None:
+        with self._lock:
+            if self._updater is None:
+                self._updater = threading.Thread(target=self._loop, daemon=True, name="lmwidget-compare")
+                self._updater.start()
+
+    def _loop(self) -> None:
+        while True:
+            idle = all(r.state in ENDED or not r.started for r in self.runs)
+            try:
+                self.refresh()
+            except Exception:
+                self.table.value = f"<pre>{html.escape(traceback.format_exc())}</pre>"
+            with self._lock:
+                if idle:
+                    self._updater = None
+                    return
+            time.sleep(UPDATE_INTERVAL)
+
+    def refresh(self) -> None:
+        fed = {}
+        for i, (run, label) in enumerate(zip(self.runs, self.labels)):
+            run._history.drain()
+            new = run._history.since(self._rows[i])
+            self._rows[i] += len(new["step"])
+            steps = new["step"]
+            for column in ("loss", "grad_norm", "lr"):
+                if self.charts[column].extend(label, steps, new[column]):
+                    fed.setdefault(column, []).append(label)
+            evals = ~np.isnan(new["val_loss"])
+            if self.charts["val_loss"].extend(label, steps[evals], new["val_loss"][evals]):
+                fed.setdefault("val_loss", []).append(label)
+        for column, labels in fed.items():
+            self.charts[column].draw(labels)
+        key = tuple((r.state, r.step) for r in self.runs)
+        if key != self._table_key:
+            self._table_key = key
+            self.table.value = self.table_html()
+
+    def table_html(self) -> str:
+        head = ("<tr><th>run</th><th>state</th><th>step</th><th>loss (last 50)</th><th>val loss</th>"
+                "<th>best val loss</th><th>tokens/s</th></tr>")
+        rows = []
+        for run, label in zip(self.runs, self.labels):
+            s = stats(run)
+            best = "–" if s["best_step"] is None else f"{s['best_val_loss']:.4f} (step {s['best_step']})"
+            rows.append(
+                f"<tr><td>{html.escape(label)}</td><td>{s['state']}</td><td>{s['step']}</td>"
+                f"<td>{s['loss']:.4f}</td><td>{s['val_loss']:.4f}</td><td>{best}</td>"
+                f"<td>{s['tokens_per_sec']:,.0f}</td></tr>")
+        return (f'<table style="border-collapse:collapse" border="1" cellpadding="3">{head}'
+                f'{"".join(rows)}</table>')
+
+
+def compare(*runs, labels=None, display: bool = True) -> Compare:
+    """Overlay the loss, validation loss, grad norm and LR of several runs (finished or still
+    training: the charts follow them live), each labelled by what differs between them,
+    with a table of final and best values."""
+    if len(runs) == 1 and isinstance(runs[0], (list, tuple)):
+        runs = tuple(runs[0])
+    view = Compare(runs, labels)
+    if display:
+        from IPython import get_ipython
+
+        if get_ipython() is not None and hasattr(get_ipython(), "kernel"):
+            from IPython.display import display as show
+
+            show(view)
+    return view
