@@ -191,8 +191,8 @@ class SaveJob:
 
     def wait(self, timeout: float | None) -> dict:
         if not self._done.wait(timeout):
-            raise TimeoutError(f"no checkpoint written within {timeout} s (the training step may "
-                               f"be slow); it is still written at the next step boundary")
+            raise TimeoutError(f"not done within {timeout} s (the training step may be slow); a "
+                               f"save is still written at the next step boundary")
         if self.error is not None:
             raise self.error
         return self.result
@@ -233,7 +233,7 @@ class Checkpointer:
             try:
                 job.finish(self.copy() if job.memory else self.save("saved", job.path))
             except BaseException as e:
-                self._failed("saved", e)
+                self._failed("branch" if job.memory else "saved", e)
                 job.finish(error=e)
                 if not isinstance(e, Exception):
                     raise
@@ -243,9 +243,10 @@ class Checkpointer:
         with self._lock:
             jobs, self._jobs = self._jobs, []
         for job in jobs:
+            what, again = ("branch", "run.branch()") if job.memory else ("checkpoint", "run.save()")
             job.finish(error=RuntimeError(
-                f"the run failed at step {self.trainer.step} before this checkpoint was written "
-                f"({error!r}); run.save() again to save the run as it is now"))
+                f"the run failed at step {self.trainer.step} before this {what} was taken "
+                f"({error!r}); {again} again to take it from the run as it is now"))
 
     def after_step(self, step: int, val_loss) -> None:
         """Note the saves this step calls for; they are written at the next step boundary,
@@ -373,8 +374,8 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
     for name in FIXED:
         if name in options and options[name] != saved.get(name):
             raise ValueError(f"{name}={options[name]!r} differs from checkpoint {path}'s "
-                             f"{name}={saved.get(name)!r}: a resumed run keeps its model, optimizer "
-                             f"and data split. Leave {name} out, or start a new run")
+                             f"{name}={saved.get(name)!r}: a resumed or branched run keeps its model, "
+                             f"optimizer and data split. Leave {name} out, or start a new run")
     if saved["model"] is None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"checkpoint {path} was trained with your own model "

@@ -96,7 +96,7 @@ class Compare(w.VBox):
 
     def _loop(self) -> None:
         while True:
-            idle = all(r.state in ENDED or not r.started for r in self.runs)
+            idle = all(r.state in ENDED for r in self.runs)  # one started later is followed too
             try:
                 self.refresh()
             except Exception:

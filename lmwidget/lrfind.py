@@ -91,6 +91,7 @@ class LRFinder:
         model = self.model
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         was_training = model.training
+        state = "failed"
         try:
             if self.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(cfg.threads))
@@ -101,10 +102,11 @@ class LRFinder:
                                       enabled=cfg.dtype == "bfloat16")
             gen = torch.Generator().manual_seed(cfg.seed)
             best = math.inf
+            state = "finished"
             for i in range(self.steps):
                 if self._stop:
-                    self.state = "stopped"
-                    return
+                    state = "stopped"
+                    break
                 lr = self.lr_at(i)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -123,15 +125,16 @@ class LRFinder:
                     smoothed = smooth(self.losses, self.beta)[-1]
                 best = min(best, smoothed)
                 if not math.isfinite(smoothed) or smoothed > self.diverge * best:
-                    self.state = "diverged"
-                    return
-            self.state = "finished"
+                    state = "diverged"
+                    break
         except BaseException as e:  # shown on the widget, re-raised by wait()
-            self.error, self.state = e, "failed"
+            self.error, state = e, "failed"
         finally:
             with torch.no_grad():
                 model.load_state_dict(initial)  # the model is as it was before the test
+            model.zero_grad(set_to_none=True)
             model.train(was_training)
+            self.state = state  # done only once the weights are back
             _running.remove(self)
 
     def start_test(self) -> "LRFinder":
@@ -190,15 +193,18 @@ class LRFinder:
             raise RuntimeError("the LR range test is still running: wait for it "
                                "(finder.wait()), or click a point on its curve to choose an LR")
         if self.suggestion is None:
-            raise RuntimeError(f"the LR range test {self.state} after {len(self.lrs)} steps, too "
-                               f"few to suggest an LR: choose one with finder.choose(lr)")
+            why = f" ({self.error!r}; finder.wait() raises it)" if self.error is not None else ""
+            raise RuntimeError(f"the LR range test {self.state} after {len(self.lrs)} steps{why}, "
+                               f"too few to suggest an LR: choose one with finder.choose(lr)")
         return self.suggestion
 
     def train(self, **options):
         """Start a run of the same model (from its starting weights), data and options at
-        `self.lr`; `options` override them (max_steps=..., and train()'s display=...)."""
+        `self.lr`; `options` override them (max_steps=..., and train()'s display=...).
+        Waits for the test to end first: it trains the same model until then."""
         from .run import train
 
+        self.wait()
         config = {name: getattr(self.config, name) for name in TrainConfig.option_names()}
         config.update(lr=self.lr)
         config.update(options)
@@ -240,6 +246,13 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
     `lmwidget.train(..., lr=finder)`).
     """
     config = TrainConfig.from_options(model=model, data=data, **options)
+    if isinstance(config.model, torch.nn.Module):
+        from .run import active_runs
+
+        busy = [r for r in active_runs() if r.model is config.model]
+        if busy:
+            raise ValueError(f"run {busy[0].id} is training this model ({busy[0].state}); the range "
+                             f"test would train the same weights. Stop it first, or pass a copy")
     dataset = Dataset(load_text(config.data), config.val_fraction)
     dataset.check_block_size(config.block_size)
     if isinstance(config.model, torch.nn.Module):

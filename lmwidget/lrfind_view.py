@@ -73,8 +73,13 @@ class LRFinderView(w.VBox):
             self._finder.choose(float(lrs[index]))
 
     def _on_train(self, _):
-        run = self._finder.train(display=False, concurrent=True)  # the click asks for this run
-        run.dashboard  # built here, on the kernel's thread; the updater only shows it
+        try:
+            run = self._finder.train(display=False, concurrent=True)  # the click asks for it
+            run.dashboard  # built here, on the kernel's thread; the updater only shows it
+        except Exception as e:  # shown under the chart, not lost in a log
+            self._error = f"could not start the run: {e!r}"
+            self.kick()
+            return
         with self._lock:
             self._pending_runs.append(run)
         self.kick()
@@ -100,6 +105,7 @@ class LRFinderView(w.VBox):
             time.sleep(UPDATE_INTERVAL)
 
     _drawn_choice = None
+    _error = ""
     _point_lrs = np.zeros(0)
 
     def refresh(self) -> None:
@@ -132,10 +138,12 @@ class LRFinderView(w.VBox):
             with self.chosen_rule.hold_sync():
                 self.chosen_rule.x = np.array([chosen, chosen], np.float32)
                 self.chosen_rule.y = np.array([0, 1], np.float32)
-        ready = chosen is not None or (finder.done and finder.suggestion is not None)
+        ready = finder.done and (chosen is not None or finder.suggestion is not None)
         self.train_button.disabled = not ready
         self.train_button.description = f"Train with lr={finder.lr:.2e}" if ready else "Train with this LR"
         status = describe(finder)
+        if self._error:
+            status += f' · <span style="color:#c62828">{html.escape(self._error)}</span>'
         if status != self._shown:
             self._shown = status
             self.status.value = status

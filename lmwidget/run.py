@@ -71,6 +71,7 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
     if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
         raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
     if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
+        options["lr"].wait()  # it may still be training the model; re-raises its failure
         options["lr"] = options["lr"].lr
     restore = None
     if resume is not None:

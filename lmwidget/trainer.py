@@ -122,6 +122,7 @@ class Trainer:
         self._clock0 = 0.0         # where the run's clock starts (a resumed run's goes on)
         self._rng = None           # the global RNG states the loop starts from (None: seed them)
         self._callback_states = []  # a resumed run's saved callback states: [class name, state]
+        self._pending_rng = None    # restored RNG states not yet set (the run started paused)
         if restore is not None:
             self._restore(restore)
 
@@ -205,7 +206,9 @@ class Trainer:
         if self._rng is None:
             torch.manual_seed(self.config.seed)
         else:
-            _set_global_rng(self._rng, self.device)
+            # a run that starts paused (a branch) sets the process-wide RNGs when it is
+            # resumed, not now: another run may be drawing from them meanwhile
+            self._pending_rng = self._rng
             self.history.record_event(self.step, "restore", None, f"resumed from {self.restored_from}")
         try:
             self.model.train()
@@ -355,12 +358,16 @@ class Trainer:
                 self.history.record_event(self.step, "stop", None, self.control.stop_note)
                 return False
             if not self.control.paused:
+                if self._pending_rng is not None:
+                    _set_global_rng(self._pending_rng, self.device)
+                    self._pending_rng = None
                 if self.state == "paused":
                     self.history.record_event(self.step, "resume")  # the event, then the state
                     self.state = "running"
                 return True
             if self.state != "paused":
-                self._rng = _global_rng(self.device)  # a save while paused continues from here
+                # a save while paused continues from here
+                self._rng = self._pending_rng or _global_rng(self.device)
                 self.history.record_event(self.step, "pause")
                 self.history.drain()  # so every reader sees the run up to where it paused
                 self.state = "paused"

@@ -137,3 +137,21 @@ def test_a_model_that_fails_is_reported():
     with pytest.raises(FloatingPointError, match="bad step"):
         finder.wait(30)
     assert finder.state == "failed" and isinstance(finder, LRFinder)
+
+
+def test_a_users_model_is_never_trained_by_the_test_and_a_run_at_once():
+    torch.manual_seed(0)
+    net = lmwidget.GPT(200, 32, n_layer=1, n_head=2, n_embd=32)
+    f = lmwidget.lr_find(model=net, display=False, steps=3000, end=1e-3, block_size=32, batch_size=8)
+    f.choose(1e-4)
+    view = f.widget
+    assert view.train_button.disabled  # chosen, but the test still trains the model
+    f.stop()
+    run = f.train(max_steps=3, display=False)  # waits for the test to give the weights back
+    assert f.done and f.state == "stopped" and run.model is net and run.lr == 1e-4
+    run.wait(30)
+    busy = lmwidget.train(model=net, max_steps=10**6, display=False, block_size=32, batch_size=8)
+    with pytest.raises(ValueError, match=f"run {busy.id} is training this model"):
+        lmwidget.lr_find(model=net, display=False)
+    busy.stop()
+    busy.wait(30)

@@ -447,3 +447,28 @@ def test_a_running_run_branches_between_two_steps(tiny):
         parent.branch(n_embd=16, display=False)
     parent.stop()
     child.stop()
+
+
+def test_a_branch_with_dropout_repeats_its_parent_when_they_take_turns(tiny):
+    """A branch sets the process-wide RNGs (dropout) only when it is resumed: the parent,
+    resumed first, is untouched by it, and the branch, resumed after, repeats the reference."""
+    from lmwidget import Callback
+
+    class PauseAt(Callback):
+        def on_step_end(self, run, step, metrics):
+            if step == 30:
+                run.pause()
+
+    options = {**tiny, "dropout": 0.2, "max_steps": 60}
+    reference = lmwidget.train(display=False, **options)
+    reference.wait(60)
+    parent = lmwidget.train(display=False, callbacks=PauseAt(), **options)
+    wait_for(lambda: parent.state == "paused", 30)
+    child = parent.branch(display=False)
+    parent.resume()
+    assert parent.wait(60)
+    torch.rand(10)  # other code draws in between
+    child.resume()
+    assert child.wait(60)
+    np.testing.assert_array_equal(parent.history.loss, reference.history.loss)
+    np.testing.assert_array_equal(child.history.loss, reference.history.loss)
