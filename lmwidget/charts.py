@@ -129,3 +129,13 @@ def event_label(event) -> str:
     elif value is not None:
         label += f" {value}"
     return label + (f" ({detail})" if detail else "")
+
+
+def show_in_notebook(widget) -> None:
+    """Display `widget` in the running cell when there is a kernel to draw it; else nothing."""
+    from IPython import get_ipython
+
+    if hasattr(get_ipython(), "kernel"):
+        from IPython.display import display
+
+        display(widget)

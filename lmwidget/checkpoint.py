@@ -261,6 +261,8 @@ class Checkpointer:
                 self._due.append("best")
 
     def write_due(self) -> None:
+        if not self._due:  # every step boundary asks: nothing to allocate in the usual case
+            return
         due, self._due = self._due, []
         for kind in due:
             self._quietly(kind)

@@ -11,7 +11,7 @@ import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
-from .charts import Chart
+from .charts import Chart, show_in_notebook
 from .control import ENDED
 
 PALETTE = ("#1565c0", "#e65100", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#ad1457")
@@ -150,10 +150,5 @@ def compare(*runs, labels=None, display: bool = True) -> Compare:
         runs = tuple(runs[0])
     view = Compare(runs, labels)
     if display:
-        from IPython import get_ipython
-
-        if get_ipython() is not None and hasattr(get_ipython(), "kernel"):
-            from IPython.display import display as show
-
-            show(view)
+        show_in_notebook(view)
     return view

@@ -267,12 +267,9 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
         raise ValueError(f"beta must be a number in [0, 1) (for example 0.95); got {beta!r}")
     finder = LRFinder(config, net, dataset, start, end, steps, diverge, beta).start_test()
     if display:
-        from IPython import get_ipython
+        from .charts import show_in_notebook
 
-        if get_ipython() is not None and hasattr(get_ipython(), "kernel"):
-            from IPython.display import display as show
-
-            show(finder.widget)
+        show_in_notebook(finder.widget)
     return finder
 
 
