@@ -20,6 +20,7 @@ from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel
 from .summary import summary_html
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
+SUMMARY_QUIET = 1.0     # s with nothing redrawn before the static summary joins the cell
 GHOST_COLOR = "#9e9e9e"
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
 STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
@@ -137,6 +138,7 @@ class Dashboard(w.VBox):
         self._displays = []      # (display_id, parent header) of each cell showing this dashboard
         self._summary = None     # what the summary last left in those cells showed
         self._summarized = set() # the display ids that have it
+        self._drawn_at = -math.inf  # when the last refresh changed anything (monotonic s)
         self._updater = None
         self._updater_lock = threading.Lock()
         self._kick()
@@ -253,7 +255,9 @@ class Dashboard(w.VBox):
             idle = self._idle()  # read first: the last draw sees the end
             try:
                 self.refresh()
-                if idle:
+                # the summary re-renders the cell's output: only once the last updates have
+                # landed, or a new view could get an update while it is still being built
+                if idle and time.monotonic() - self._drawn_at >= SUMMARY_QUIET:
                     self._leave_summary()  # once per ended state: it checks what changed
             except Exception:  # never let a drawing bug kill the view silently
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
@@ -304,8 +308,10 @@ class Dashboard(w.VBox):
         self._sent += self.resources.refresh(run)
         self._sent += self.histograms.refresh(run)
 
+        changed = bool(self._sent)
         events = history.events_since(0)
         if len(events) != self._n_events:
+            changed = True
             self._n_events = len(events)
             for chart in self.timelines:
                 chart.draw_events(events)
@@ -313,10 +319,13 @@ class Dashboard(w.VBox):
         state, step, paused = run.state, run.step, run._control.paused
         shown = (state, step, paused, run.lr, run.grad_clip)
         if shown != self._shown or fed:
+            changed = True
             self._draw_status(run, *shown)
             self._shown = shown
         self._draw_samples(run)
         self._draw_save(run)
+        if changed:
+            self._drawn_at = time.monotonic()
 
     def _draw_save(self, run) -> None:
         last = run._trainer.checkpointer.last
