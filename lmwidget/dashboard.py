@@ -141,6 +141,8 @@ class Dashboard(w.VBox):
         self._drawn_at = -math.inf  # when the last refresh changed anything (monotonic s)
         self._updater = None
         self._updater_lock = threading.Lock()
+        self._wake = threading.Event()  # set by a click: redraw now
+        self._urgent_until = -math.inf
         self._kick()
 
     # -- callbacks: any thread (a subshell included); they only touch Control -------------------
@@ -230,7 +232,10 @@ class Dashboard(w.VBox):
 
     # -- the updater thread ------------------------------------------------------------------
     def _kick(self) -> None:
-        """Make sure the updater runs (it exits once the run has ended and all is drawn)."""
+        """Make sure the updater runs (it exits once the run has ended and all is drawn), and
+        wake it now: a click shows its effect without waiting out a long redraw interval."""
+        self._urgent_until = time.monotonic() + 1.0  # redraw at full rate for a second
+        self._wake.set()
         with self._updater_lock:
             if self._updater is None:
                 self._updater = threading.Thread(target=self._update_loop, daemon=True,
@@ -269,7 +274,9 @@ class Dashboard(w.VBox):
                 if idle and self._idle() and drawn:
                     self._updater = None
                     return
-            time.sleep(redraw_interval(self._sent))
+            urgent = time.monotonic() < self._urgent_until  # a click: its effect shows at once
+            self._wake.wait(UPDATE_INTERVAL if urgent else redraw_interval(self._sent))
+            self._wake.clear()
 
     def refresh(self) -> None:
         """Draw what changed since the last refresh; send nothing when nothing did."""

@@ -168,7 +168,8 @@ def test_stop_button(tiny):
     assert run.wait(2)
     settle(d, run)
     assert text_of(d.status) == "stopped"
-    assert not [t for t in threading.enumerate() if t.name.startswith("lmwidget-ui")]
+    # this dashboard's updater has exited (another test's may still be finishing)
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == f"lmwidget-ui-{run.id}"], 5)
 
 
 def test_sample_button_during_and_after_the_run(tiny):
