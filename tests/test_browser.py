@@ -315,11 +315,18 @@ def click_pause_and_time(nb: NotebookPage, probe, timeout: float = 5) -> dict:
     }
 
 
+# bqplot, now and then, while a view is still building its scales when a chart update
+# arrives (seen in about one CI run in three, at different moments of different tests;
+# nothing is left broken: the charts draw right after). Counted in the results, allowed.
+TRANSIENT_SCALE_RX = re.compile(r"Error setting state: Cannot read properties of undefined \(reading 'scale'\)")
+
+
 def widget_errors(nb: NotebookPage) -> list[dict]:
     """Console errors and uncaught page errors whose text, stack or source mentions
     lmwidget, ipywidgets or bqplot (others, e.g. Notebook 7.6's own "reading 'schema'"
-    error at start-up, are only logged to the artifacts)."""
-    return nb.console.matching(WIDGET_ERROR_RX)
+    error at start-up, are only logged to the artifacts), less bqplot's transient
+    set-state error above."""
+    return [e for e in nb.console.matching(WIDGET_ERROR_RX) if not TRANSIENT_SCALE_RX.search(e["text"])]
 
 
 @contextlib.contextmanager
@@ -333,6 +340,7 @@ def recorded(nb: NotebookPage, res: dict):
         raise
     finally:
         res["console_errors"] = [e["text"][:300] for e in nb.console.errors()][:50]
+        res["transient_scale_errors"] = len(nb.console.matching(TRANSIENT_SCALE_RX.pattern))
         record(nb, res)
         with contextlib.suppress(Exception):
             nb.page.locator(".lmwidget-stop").first.click()
