@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 
 STATES = ("running", "paused", "stopped", "finished", "failed")
 ENDED = ("stopped", "finished", "failed")
@@ -26,6 +27,7 @@ class Control:
         self._closed = False
         self._requests: dict = {}  # kind -> (value, note)
         self.stop_note = ""
+        self._watchers: weakref.WeakSet = weakref.WeakSet()  # events set when the state changes
 
     @property
     def paused(self) -> bool:
@@ -77,6 +79,15 @@ class Control:
 
     def pending(self, kind: str) -> bool:
         return kind in self._requests
+
+    def watch(self, event: threading.Event) -> None:
+        """Set `event` whenever the loop's state changes (a view redraws at once)."""
+        self._watchers.add(event)
+
+    def announce(self) -> None:
+        """The loop's state changed: wake the watchers (called by the loop only)."""
+        for event in list(self._watchers):
+            event.set()
 
     def take(self) -> dict:
         """The pending requests, {kind: (value, note)}, cleared (called by the loop only)."""

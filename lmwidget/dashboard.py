@@ -141,7 +141,8 @@ class Dashboard(w.VBox):
         self._drawn_at = -math.inf  # when the last refresh changed anything (monotonic s)
         self._updater = None
         self._updater_lock = threading.Lock()
-        self._wake = threading.Event()  # set by a click: redraw now
+        self._wake = threading.Event()  # set by a click, or the run's state changing: redraw now
+        run._control.watch(self._wake)
         self._urgent_until = -math.inf
         self._kick()
 
@@ -288,6 +289,14 @@ class Dashboard(w.VBox):
         steps = new["step"]
         if self._x0 is None and len(steps):
             self._x0 = float(steps[0])
+        # the status first: it is small, and it is what a click waits to see; the charts'
+        # messages follow it, and a busy browser draws them after it
+        state, step, paused = run.state, run.step, run._control.paused
+        shown = (state, step, paused, run.lr, run.grad_clip)
+        changed = shown != self._shown or len(steps) > 0
+        if changed:
+            self._draw_status(run, *shown)
+            self._shown = shown
         fed = {}
         if self._ghosts:  # once: their curves are drawn whole
             for ghost, label in zip(self._ghosts, self._ghost_labels):
@@ -315,20 +324,13 @@ class Dashboard(w.VBox):
         self._sent += self.resources.refresh(run)
         self._sent += self.histograms.refresh(run)
 
-        changed = bool(self._sent)
+        changed = changed or bool(self._sent)
         events = history.events_since(0)
         if len(events) != self._n_events:
             changed = True
             self._n_events = len(events)
             for chart in self.timelines:
                 chart.draw_events(events)
-
-        state, step, paused = run.state, run.step, run._control.paused
-        shown = (state, step, paused, run.lr, run.grad_clip)
-        if shown != self._shown or fed:
-            changed = True
-            self._draw_status(run, *shown)
-            self._shown = shown
         self._draw_samples(run)
         self._draw_save(run)
         if changed:

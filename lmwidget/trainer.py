@@ -107,7 +107,7 @@ class Trainer:
         self.base_lr = config.lr
         self.grad_clip = config.grad_clip
         self.step = 0          # optimizer steps completed
-        self.state = "running"
+        self._state = "running"
         self.error: BaseException | None = None
         self.samples: list[tuple[int, str]] = []
         self.started = self.ended = None  # time.time() stamps
@@ -127,6 +127,15 @@ class Trainer:
             self._restore(restore)
 
     # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        self.control.announce()  # views redraw now, not at their next tick
+
     def checkpoint(self, kind: str) -> dict:
         """Everything needed to continue this run exactly, as tensors and plain values."""
         from . import __version__

@@ -200,3 +200,14 @@ def test_notes_travel_with_requests_and_the_first_stop():
     c.stop("early stopping")
     c.stop("a later click")
     assert c.stop_note == "early stopping"  # the stop that took effect keeps its reason
+
+
+def test_announce_sets_every_watcher_and_forgets_dropped_ones():
+    c = Control()
+    a, b = threading.Event(), threading.Event()
+    c.watch(a)
+    c.watch(b)
+    c.announce()
+    assert a.is_set() and b.is_set()
+    del b
+    assert len(c._watchers) == 1  # a view that is gone is not kept alive by its run

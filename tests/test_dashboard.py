@@ -243,6 +243,41 @@ def test_a_redraw_sends_each_series_once(tiny, sent):
     assert all(len(m.x) > 0 for m in marks)
 
 
+def test_the_status_is_sent_before_the_charts(tiny, sent):
+    """A busy browser draws messages in order: the status a click waits for goes first."""
+    run = start(tiny, max_steps=LONG)
+    wait_for(lambda: run.step > 20, timeout=30)
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=5)
+    sent.clear()
+    d = Dashboard(run)  # its first redraw draws the status and the whole history
+    wait_for(lambda: any(widget is d.status for widget, _, _ in sent), timeout=5)
+    wait_for(lambda: d.charts["loss"].marks["train"].x.size > 0, timeout=5)
+    charts = {id(m) for c in d.charts.values() for m in c.marks.values()}
+    order = [("status" if widget is d.status else "chart") for widget, _, _ in list(sent)
+             if widget is d.status or id(widget) in charts]
+    run.stop()
+    assert order[0] == "status", order[:5]
+    assert "paused" in text_of(d.status)
+
+
+def test_a_state_change_redraws_at_once(tiny, monkeypatch):
+    """Paused from code (no click to wake the view), with redraws 30 s apart: the status
+    still reads 'paused' at once, because the run wakes its views when its state changes."""
+    import lmwidget.dashboard as dashboard
+
+    monkeypatch.setattr(dashboard, "redraw_interval", lambda sent: 30.0)
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    wait_for(lambda: run.step > 5, timeout=30)
+    time.sleep(1.5)  # past the first second at full rate: the updater is in its long wait now
+    run.pause()
+    try:
+        wait_for(lambda: "paused" in text_of(d.status), timeout=5)
+    finally:
+        run.stop()
+
+
 def test_traffic_is_bounded_on_long_runs():
     assert redraw_interval(0) == UPDATE_INTERVAL
     assert redraw_interval(10_000) == UPDATE_INTERVAL  # early in a run: 4 Hz
