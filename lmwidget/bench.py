@@ -123,15 +123,16 @@ def lmwidget_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps
     """
     run = Run(config, model=_model(config, dataset, init_state), dataset=dataset)
     dashboard = run.dashboard
-    draws = []  # (start time, log position before, log position after) of each redraw
+    # (time, log position before, log position after, training?) of each redraw
+    draws = []
     cpu = [0.0]
     refresh = dashboard.refresh
 
     def measured_refresh():
-        t, before = time.thread_time(), len(CountingComm.log)
+        t, before, training = time.thread_time(), len(CountingComm.log), run.state == "running"
         refresh()
         cpu[0] += time.thread_time() - t
-        draws.append((time.perf_counter(), before, len(CountingComm.log)))
+        draws.append((time.perf_counter(), before, len(CountingComm.log), training))
 
     dashboard.refresh = measured_refresh
     run.start()
@@ -142,9 +143,10 @@ def lmwidget_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps
     _sync(run._trainer.device)
     elapsed = time.perf_counter() - t0
     tokens_per_sec = (run.step - step0) * run._trainer.tokens_per_step / elapsed
-    sent = [t for t, before, after in draws if after > before and t >= t0]
+    # the periodic redraws; the end's state change wakes one more at once
+    sent = [t for t, before, after, training in draws if after > before and t >= t0 and training]
     rate = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0
-    sizes = [size for _, before, after in draws
+    sizes = [size for _, before, after, _ in draws
              for size in chart_update_bytes(dashboard, CountingComm.log[before:after])]
     return run, dashboard, tokens_per_sec, (cpu[0] - cpu0) / elapsed, rate, sizes
 

@@ -132,10 +132,21 @@ def event_label(event) -> str:
 
 
 def show_in_notebook(widget) -> None:
-    """Display `widget` in the running cell when there is a kernel to draw it; else nothing."""
+    """Display `widget` in the running cell when there is a kernel to draw it, once per cell:
+    returned as the cell's value too (`lmwidget.compare(a, b)` on its own line), it is not
+    drawn twice. Elsewhere, nothing."""
     from IPython import get_ipython
 
-    if hasattr(get_ipython(), "kernel"):
-        from IPython.display import display
+    shell = get_ipython()
+    if not hasattr(shell, "kernel"):
+        return
+    count = getattr(shell, "execution_count", None)
+    if getattr(widget, "_lmwidget_shown_in", None) == count:
+        return
+    widget._lmwidget_shown_in = count
+    from IPython.display import display
 
-        display(widget)
+    from .frontends import prepare
+
+    prepare()
+    display(widget._repr_mimebundle_(), raw=True)  # not display(widget): no _ipython_display_ loop

@@ -127,6 +127,9 @@ class Compare(w.VBox):
             self._table_key = key
             self.table.value = self.table_html()
 
+    def _ipython_display_(self) -> None:
+        show_in_notebook(self)  # once per cell: compare() on its own line draws one view
+
     def table_html(self) -> str:
         head = ("<tr><th>run</th><th>state</th><th>step</th><th>loss (last 50)</th><th>val loss</th>"
                 "<th>best val loss</th><th>tokens/s</th></tr>")

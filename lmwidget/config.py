@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from .hf import adapt, unwrap
 from .models import MODELS
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -67,6 +68,8 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: "
                             f"{', '.join(cls.option_names())}")
+        if "model" in options:  # a Hugging Face causal LM joins under our model contract
+            options["model"] = adapt(options["model"])
         config = cls(**options)
         config.validate()
         return config
@@ -117,7 +120,7 @@ class TrainConfig:
         """The options as plain values (a user model is named by its class, never copied)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.model, nn.Module):
-            out["model"] = type(self.model).__name__
+            out["model"] = type(unwrap(self.model)).__name__
         if not isinstance(self.data, str) or len(self.data) > 80:
             out["data"] = f"<text of {len(self.data)} characters>" if isinstance(self.data, str) else str(self.data)
         return out

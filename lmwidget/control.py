@@ -28,6 +28,7 @@ class Control:
         self._requests: dict = {}  # kind -> (value, note)
         self.stop_note = ""
         self._watchers: weakref.WeakSet = weakref.WeakSet()  # events set when the state changes
+        self._watch_lock = threading.Lock()  # a WeakSet may not change while it is iterated
 
     @property
     def paused(self) -> bool:
@@ -82,11 +83,18 @@ class Control:
 
     def watch(self, event: threading.Event) -> None:
         """Set `event` whenever the loop's state changes (a view redraws at once)."""
-        self._watchers.add(event)
+        with self._watch_lock:
+            self._watchers.add(event)
+
+    def unwatch(self, event: threading.Event) -> None:
+        with self._watch_lock:
+            self._watchers.discard(event)
 
     def announce(self) -> None:
         """The loop's state changed: wake the watchers (called by the loop only)."""
-        for event in list(self._watchers):
+        with self._watch_lock:
+            events = list(self._watchers)
+        for event in events:
             event.set()
 
     def take(self) -> dict:

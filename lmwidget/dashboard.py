@@ -16,6 +16,7 @@ import ipywidgets as w
 from .charts import Chart
 from .compare import labels_for
 from .control import ENDED
+from .frontends import prepare
 from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 from .summary import summary_html
 
@@ -186,6 +187,7 @@ class Dashboard(w.VBox):
 
         from IPython import get_ipython
 
+        prepare()
         pub = getattr(get_ipython(), "display_pub", None)
         display_id = f"lmwidget-{self._run.id}-{uuid.uuid4().hex[:12]}"
         display(self._bundle(), raw=True, display_id=display_id)

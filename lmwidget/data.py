@@ -49,7 +49,10 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        """The text of `ids`; an id outside the vocabulary (a model with more outputs than
+        the data has characters) reads as U+FFFD."""
+        n = len(self.chars)
+        return "".join(self.chars[i] if 0 <= i < n else "\ufffd" for i in map(int, ids))
 
 
 def builtin_text() -> str:
@@ -172,6 +175,11 @@ class Dataset:
         self.train = ids[: len(ids) - n_val]
         self.val = ids[len(ids) - n_val :]
         self._fingerprint = None
+
+    @classmethod
+    def load(cls, data="builtin", val_fraction: float = 0.1) -> "Dataset":
+        """The dataset train(data=...) would build: a corpus name, a file path or text."""
+        return cls(load_text(data), val_fraction)
 
     def fingerprint(self) -> str:
         """SHA-256 of the training and validation tokens and the vocabulary (computed once)."""

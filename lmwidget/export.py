@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .hf import unwrap
 from .summary import summary_html
 
 SCALARS = {  # history column -> TensorBoard tag
@@ -48,7 +49,7 @@ def run_info(run) -> dict:
         "run": {"id": run.id, "state": run.state, "step": run.step, "max_steps": run.max_steps,
                 "lr": run.lr, "grad_clip": run.grad_clip, "elapsed_s": run.elapsed,
                 "restored_from": run.restored_from, "error": repr(run.error) if run.error else None,
-                "checkpoints": run.checkpoints, "model_class": type(run.model).__name__,
+                "checkpoints": run.checkpoints, "model_class": type(unwrap(run.model)).__name__,
                 "parameters": sum(p.numel() for p in run.model.parameters()),
                 "vocab_size": run.tokenizer.vocab_size},
         "versions": {"lmwidget": __version__, "torch": str(torch.__version__),

@@ -12,6 +12,7 @@ import torch
 
 from .config import TrainConfig, check_lr
 from .data import Dataset, load_text
+from .hf import unwrap
 from .models import build_model, check_user_model
 from .trainer import cpu_threads, make_optimizer, resolve_device
 
@@ -221,9 +222,9 @@ class LRFinder:
         return self._view
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
+        from .charts import show_in_notebook
 
-        display(self.widget)
+        show_in_notebook(self.widget)
 
     def __repr__(self) -> str:
         s = self.suggestion
@@ -249,7 +250,7 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
     if isinstance(config.model, torch.nn.Module):
         from .run import active_runs
 
-        busy = [r for r in active_runs() if r.model is config.model]
+        busy = [r for r in active_runs() if unwrap(r.model) is unwrap(config.model)]
         if busy:
             raise ValueError(f"run {busy[0].id} is training this model ({busy[0].state}); the range "
                              f"test would train the same weights. Stop it first, or pass a copy")

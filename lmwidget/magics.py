@@ -181,4 +181,7 @@ class LmMagics(Magics):
 
 
 def load_ipython_extension(ipython) -> None:
+    from .frontends import prepare
+
+    prepare()  # Colab: its custom widget manager, before any dashboard is drawn
     ipython.register_magics(LmMagics)

@@ -11,25 +11,34 @@ import torch.nn.functional as F
 MODELS = ("gpt", "lstm")
 
 
+@torch.no_grad()
+def sample_tokens(model, idx, max_new_tokens: int, block_size: int, temperature: float = 1.0,
+                  top_k=None, vocab_size: int | None = None):
+    """Autoregressive sampling from any model whose forward(idx) returns (logits, loss):
+    `idx` (batch, time) grown by `max_new_tokens`, each conditioned on the last `block_size`
+    tokens (all of them when `block_size` is None), drawn from the first `vocab_size`
+    logits (a model may have more outputs than the data has tokens)."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0; got {temperature}")
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -block_size:] if block_size else idx)
+        logits = logits[:, -1, :vocab_size] / temperature
+        if top_k is not None:
+            k = min(int(top_k), logits.size(-1))
+            kth = torch.topk(logits, k).values[:, [-1]]
+            logits = logits.masked_fill(logits < kth, -float("inf"))
+        probs = F.softmax(logits, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+    return idx
+
+
 class _Generate:
-    """Autoregressive sampling for any model whose forward returns (logits, loss)."""
+    """generate() for a model with a `block_size` (the longest context it takes)."""
 
     block_size: int
 
-    @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None):
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be a finite number > 0; got {temperature}")
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.block_size :])
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                k = min(int(top_k), logits.size(-1))
-                kth = torch.topk(logits, k).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, -float("inf"))
-            probs = F.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
-        return idx
+        return sample_tokens(self, idx, max_new_tokens, self.block_size, temperature, top_k)
 
 
 def _loss(logits, targets):
@@ -151,7 +160,9 @@ def count_params(model: nn.Module) -> int:
 
 def check_user_model(model: torch.nn.Module, dataset, config, device):
     """One tiny forward pass that proves the model follows the contract, before any thread."""
-    name = type(model).__name__
+    from .hf import unwrap
+
+    name = type(unwrap(model)).__name__
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model {name} has no trainable parameters")
     limit = getattr(model, "block_size", None)
@@ -170,6 +181,3 @@ def check_user_model(model: torch.nn.Module, dataset, config, device):
             f"model {name} returned logits of shape {tuple(logits.shape)} and loss of shape "
             f"{tuple(loss.shape)}; expected logits (batch, time, >= vocab_size="
             f"{dataset.vocab_size}) and a scalar loss")
-    if not callable(getattr(model, "generate", None)):
-        raise TypeError(f"model {name} has no generate(idx, max_new_tokens, temperature=1.0, "
-                        f"top_k=None) method")

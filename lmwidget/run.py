@@ -325,12 +325,34 @@ class Run:
                 self._trainer.apply(kind, value, note)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends (True) or `timeout` seconds pass (False).
+        """Block until the run ends (True), or return False once `timeout` seconds pass or
+        the run pauses itself on a non-finite step (it then waits for you: lower the LR and
+        resume, or stop it). A pause of yours is waited through.
 
         Re-raises the exception of a failed run. In a notebook this blocks widget
         messages while it waits, unless comms run over subshells.
         """
-        self._thread.join(timeout)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(f"run {self.id}'s own training thread (a callback?) called wait(): "
+                               f"it would wait for itself forever")
+        if not self.started:
+            raise RuntimeError(f"run {self.id} has not started: call run.start() first")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed, control = threading.Event(), self._control
+        control.watch(changed)  # set at every state change: no polling
+        try:
+            while self._thread.is_alive() and self.state not in ENDED:
+                if (self.state == "paused" and self._trainer.self_paused and control.paused
+                        and not control.stop_requested):  # and nobody has told it to go on yet
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                changed.wait(left)
+                changed.clear()
+        finally:
+            control.unwatch(changed)
+        self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             return False
         if self.error is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -14,6 +17,28 @@ MIN_CPU_INTERVAL = 0.1  # s: a CPU share measured over less is noise
 _nvml_lock = threading.Lock()
 _nvml_state: dict = {}  # "module", or "error": NVML is initialised once per process
 _handles: dict = {}     # torch device index -> NVML handle
+
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a container's CPU quota
+    (cgroup v2 cpu.max, or v1 cfs_quota_us). Binder and other Kubernetes pods see all the
+    host's CPUs but may use only one or two."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in ((CGROUP / "cpu.max", None),
+                                    (CGROUP / "cpu" / "cpu.cfs_quota_us", CGROUP / "cpu" / "cpu.cfs_period_us")):
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()[:2]
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+            if quota not in ("max", "-1") and int(period) > 0:
+                return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            continue
+    return max(1, cpus)
 
 
 def nvml():

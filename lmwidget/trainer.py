@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -18,8 +17,11 @@ from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, config_s
 from .config import TrainConfig
 from .control import Control
 from .data import Dataset
+from .hf import unwrap
 from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
+from .models import _Generate, sample_tokens
+from .system import usable_cpus
 
 SAMPLE_TOKENS = 200
 
@@ -63,8 +65,7 @@ def cpu_threads(requested: int) -> int:
     """
     if requested:
         return requested
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - 1)
+    return max(1, usable_cpus() - 1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,6 +105,7 @@ class Trainer:
         self.histograms: list[dict] = []  # weight and gradient histograms asked for
         self._histogram_of = None        # the layer group whose histograms the next step takes
         self.anomaly = None              # the last non-finite step: (step, cause)
+        self.self_paused = False         # paused by that step, not by a request
         self.base_lr = config.lr
         self.grad_clip = config.grad_clip
         self.step = 0          # optimizer steps completed
@@ -143,7 +145,7 @@ class Trainer:
         return {"format": FORMAT, "version": VERSION, "lmwidget": __version__,
                 "torch": str(torch.__version__), "saved_at": time.time(), "kind": kind,
                 "step": self.step, "config": config_state(self.config),
-                "model_class": type(self.model).__name__, "vocab": list(self.data.tokenizer.chars),
+                "model_class": type(unwrap(self.model)).__name__, "vocab": list(self.data.tokenizer.chars),
                 "data_sha256": self.data.fingerprint(), "trainer": self.state_dict(),
                 "history": self.history.state_dict()}
 
@@ -156,7 +158,7 @@ class Trainer:
                 self._nonfinite(*bad)
         rng = _global_rng(self.device) if live else (self._rng or self._seeded_rng())
         return {"step": self.step, "base_lr": self.base_lr, "grad_clip": self.grad_clip,
-                "state": self.state, "model": self.model.state_dict(),
+                "state": self.state, "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "rng": {**rng, "batch": self._batch_gen.get_state(), "eval": self._eval_gen.get_state()},
                 "samples": [[step, text] for step, text in self.samples],
@@ -173,7 +175,7 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state, path = payload["trainer"], payload["path"]
-        _check_fits(self.model, state["model"], path)  # before anything is copied into it
+        _check_fits(unwrap(self.model), state["model"], path)  # before anything is copied into it
         # the saved groups carry the old optimizer's implementation flags: keep this one's
         flags = [{k: g[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in g}
                  for g in self.optimizer.param_groups]
@@ -182,7 +184,7 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"the optimizer state in checkpoint {path} does not fit this "
                                   f"model's parameters: {e}") from None
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         for group, kept in zip(self.optimizer.param_groups, flags):
             group.update(kept, weight_decay=self.config.weight_decay)
             if "momentum" in group:
@@ -311,6 +313,7 @@ class Trainer:
                                   f"{cause} at step {step}: the update was skipped"
                                   + ("; the run paused itself" if pause else ""))
         if pause:
+            self.self_paused = True  # until resumed: Run.wait() returns rather than hang
             self.control.pause()  # through the same control as the button
 
     def _take_histograms(self, step: int) -> None:
@@ -367,6 +370,7 @@ class Trainer:
                 self.history.record_event(self.step, "stop", None, self.control.stop_note)
                 return False
             if not self.control.paused:
+                self.self_paused = False  # resumed, even before the loop got to pause
                 if self._pending_rng is not None:
                     _set_global_rng(self._pending_rng, self.device)
                     self._pending_rng = None
@@ -413,7 +417,14 @@ class Trainer:
             self.model.eval()
             try:
                 idx = torch.full((1, 1), start, dtype=torch.long, device=self.device)
-                out = self.model.generate(idx, max_new_tokens)
+                own = getattr(self.model, "generate", None)
+                if callable(own) and not isinstance(self.model, _Generate):
+                    out = own(idx, max_new_tokens)  # the user's model's own sampler
+                else:  # ours: a context no longer than the run trains on, and its tokens only
+                    limit = getattr(self.model, "block_size", None) or self.config.block_size
+                    out = sample_tokens(self.model, idx, max_new_tokens,
+                                        min(limit, self.config.block_size),
+                                        vocab_size=tokenizer.vocab_size)
             finally:
                 self.model.train()
         return tokenizer.decode(out[0, 1:].tolist())

@@ -1,11 +1,15 @@
 """Shared test settings: a tiny model that trains in milliseconds per step, and no leftover runs."""
 
+import http.server
 import threading
+from pathlib import Path
 
 import pytest
 
 import lmwidget
 from lmwidget.run import active_runs
+
+SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 # ~1 ms per step on 2 CPU cores, still a real GPT
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=50,
@@ -59,3 +63,36 @@ def _no_leftover_runs():
 def kinds(run) -> list[str]:
     """The run's event kinds in step order, without the routine "eval" markers."""
     return [k for k in run.events.kind if k != "eval"]
+
+
+class LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1 that serves `body` at any path, counting GETs."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tinyshakespeare.txt"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def shutdown(self):
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.thread.join(5)
+        self.httpd.server_close()

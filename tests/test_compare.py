@@ -69,3 +69,26 @@ def test_ghosts_are_earlier_runs_drawn_faintly_on_the_dashboard():
     np.testing.assert_allclose(ghost.y, earlier.history.loss, rtol=1e-6)
     with pytest.raises(ValueError, match="ghosts must be an integer >= 0"):
         lmwidget.train(display=False, ghosts=-1)
+
+
+class Shell:
+    """Just enough of a kernel's shell for display: a kernel and an execution count."""
+    kernel = object()
+    execution_count = 1
+
+
+def test_compare_on_its_own_line_draws_one_view_per_cell(monkeypatch):
+    import IPython
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+    run = finished(max_steps=5)
+    view = lmwidget.compare(run)   # displays it ...
+    view._ipython_display_()       # ... and IPython displays the cell's value: not again
+    assert len(shown) == 1
+    assert shown[0]["application/vnd.jupyter.widget-view+json"]["model_id"] == view.model_id
+    Shell.execution_count = 2      # a later cell showing `view` draws it there
+    view._ipython_display_()
+    assert len(shown) == 2

@@ -211,3 +211,25 @@ def test_announce_sets_every_watcher_and_forgets_dropped_ones():
     assert a.is_set() and b.is_set()
     del b
     assert len(c._watchers) == 1  # a view that is gone is not kept alive by its run
+
+
+def test_watchers_come_and_go_while_the_loop_announces():
+    """wait() adds and removes a watcher from other threads while the loop announces."""
+    c, errors, done = Control(), [], threading.Event()
+
+    def announcer():
+        try:
+            while not done.is_set():
+                c.announce()
+        except Exception as e:  # a WeakSet changed size during iteration
+            errors.append(e)
+
+    thread = threading.Thread(target=announcer)
+    thread.start()
+    for _ in range(20_000):
+        e = threading.Event()
+        c.watch(e)
+        c.unwatch(e)
+    done.set()
+    thread.join(10)
+    assert errors == [] and len(c._watchers) == 0

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import re
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,8 @@ import torch
 from lmwidget import data
 from lmwidget.data import CharTokenizer, Dataset, load_text
 
-SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+from .conftest import SHARED_SHAKESPEARE, LocalServer
+
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
@@ -41,46 +40,13 @@ def shakespeare_bytes():
     return SHARED_SHAKESPEARE.read_bytes()
 
 
-class _Server:
-    """A ThreadingHTTPServer on 127.0.0.1 that serves `body` at any path, counting GETs."""
-
-    def __init__(self, body: bytes):
-        self.body = body
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                outer.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tinyshakespeare.txt"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def shutdown(self):
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.thread.join(5)
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def serve(monkeypatch):
     """serve(body) starts a local server for `body` and points LMWIDGET_SHAKESPEARE_URL at it."""
     servers = []
 
-    def start(body: bytes) -> _Server:
-        server = _Server(body)
+    def start(body: bytes) -> LocalServer:
+        server = LocalServer(body)
         servers.append(server)
         monkeypatch.setenv(data.URL_ENV, server.url)
         return server
@@ -401,3 +367,8 @@ def test_corpus_names_and_home_paths_are_understood(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "mine.txt").write_text("hello there", encoding="utf-8")
     assert load_text("~/mine.txt") == "hello there"
+
+
+def test_ids_outside_the_vocabulary_decode_as_the_replacement_character():
+    tok = CharTokenizer.from_text("ab")
+    assert tok.decode([0, 1, 2, -1, 99]) == "ab\ufffd\ufffd\ufffd"

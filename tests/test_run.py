@@ -472,3 +472,90 @@ def test_a_branch_with_dropout_repeats_its_parent_when_they_take_turns(tiny):
     assert child.wait(60)
     np.testing.assert_array_equal(parent.history.loss, reference.history.loss)
     np.testing.assert_array_equal(child.history.loss, reference.history.loss)
+
+
+class ForwardOnly(nn.Module):
+    """A user model with no generate(): lmwidget samples from its forward()."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, vocab_size)
+        self.contexts = []
+
+    def forward(self, idx, targets=None):
+        self.contexts.append(idx.shape[1])
+        logits = self.table(idx)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+def test_a_user_model_without_generate_is_sampled_from_its_forward(tiny):
+    model = ForwardOnly(lmwidget.Dataset.load("builtin").vocab_size)
+    run = start(tiny, model=model, max_steps=20, lr=0.1)
+    assert run.wait(30)
+    model.contexts.clear()
+    text = run.sample()
+    assert len(text) == 200
+    assert max(model.contexts) == tiny["block_size"]  # the context is cropped to block_size
+
+
+def test_wait_returns_when_the_run_pauses_itself_but_waits_through_your_pause(tiny):
+    run = start(tiny, max_steps=LONG, lr=1e4)  # diverges within a few steps: a non-finite step
+    t0 = time.monotonic()
+    assert run.wait(60) is False
+    assert time.monotonic() - t0 < 30 and run.state == "paused" and run.anomaly is not None
+    run.stop()
+    assert run.wait(30) is True
+    # resumed after it paused itself: wait() waits again (to the end, or to the next anomaly)
+    run = start(tiny, max_steps=40, lr=1e4)
+    assert run.wait(60) is False
+    first = run.anomaly[0]
+    run.set_lr(1e-4)
+    run.resume()
+    assert run.wait(60) is True or run.anomaly[0] > first
+    run.stop()
+    run.wait(30)
+    # a pause of the user's own: wait() keeps waiting, through it, to the end
+    run = start(tiny, max_steps=60)
+    run.pause()
+    threading.Timer(0.5, run.resume).start()
+    t0 = time.monotonic()
+    assert run.wait(60) is True and run.state == "finished"
+    assert time.monotonic() - t0 >= 0.4
+    assert run.wait(0) is True  # an ended run: at once
+
+
+def test_wait_refuses_the_runs_own_thread_and_a_run_not_started(tiny):
+    seen = []
+
+    class WaitsForItself(lmwidget.Callback):
+        def on_step_end(self, run, step, metrics):
+            if step == 2:
+                try:
+                    run.wait(1)
+                except RuntimeError as e:
+                    seen.append(str(e))
+
+    run = start(tiny, max_steps=5, callbacks=[WaitsForItself()])
+    assert run.wait(30)
+    assert seen and "own training thread" in seen[0]
+    unstarted = lmwidget.Run(lmwidget.TrainConfig.from_options(**tiny, max_steps=5))
+    with pytest.raises(RuntimeError, match="has not started: call run.start"):
+        unstarted.wait(1)
+
+
+def test_a_run_resumed_before_it_got_to_pause_is_waited_through_a_later_pause(tiny):
+    """A callback resumes at once after a non-finite step: the self-pause never lands, and a
+    later pause of the user's is not mistaken for one."""
+    class ResumesAtOnce(lmwidget.Callback):
+        def on_step_end(self, run, step, metrics):
+            if step == 3:
+                run._trainer._nonfinite(step, float("nan"), float("nan"))  # as the guard does
+                run.resume()
+
+    run = start(tiny, max_steps=200, callbacks=[ResumesAtOnce()])
+    wait_for(lambda: run.step > 10, timeout=30)
+    assert run._trainer.self_paused is False
+    run.pause()
+    threading.Timer(0.5, run.resume).start()
+    assert run.wait(60) is True and run.state == "finished"

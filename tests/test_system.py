@@ -162,3 +162,22 @@ def test_a_cpu_run_with_its_dashboard_prints_and_warns_nothing():
         "assert h.rss_mb.notna().any() and h.gpu_util.isna().all()\n"
         "assert len(run.resources) >= 2\n")
     assert done.stdout == "" and done.stderr == ""
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({}, 8),                                              # no cgroup files: the affinity
+    ({"cpu.max": "max 100000\n"}, 8),                     # v2, no quota
+    ({"cpu.max": "150000 100000\n"}, 2),                  # v2: 1.5 CPUs of quota -> 2 threads' worth
+    ({"cpu.max": "1600000 100000\n"}, 8),                 # a quota above the affinity
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8),      # v1, none
+    ({"cpu.max": "garbage"}, 8),                          # unreadable: ignored
+])
+def test_usable_cpus_follow_a_containers_quota(tmp_path, monkeypatch, files, expected):
+    """A Binder pod sees the host's CPUs but may use one or two: the quota caps the count."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(system, "CGROUP", tmp_path)
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert system.usable_cpus() == expected
