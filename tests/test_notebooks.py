@@ -1,0 +1,170 @@
+"""The teaching notebooks: stripped in the repository, and each runs top to bottom in a real
+kernel (with fewer steps) with no error, traceback or failed run; Binder's environment too."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import venv
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from .conftest import SHARED_SHAKESPEARE, LocalServer
+from .nbrun import execute, with_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+NAMES = [p.name for p in NOTEBOOKS]
+QUICK = {"STEPS": 60}  # every notebook's parameter for a quick run
+MEMORY_MB = 2048       # Binder's memory, at most
+
+
+def test_the_four_notebooks_are_there():
+    assert NAMES == ["01_quickstart.ipynb", "02_tune_the_learning_rate.ipynb",
+                     "03_bring_your_own_model.ipynb", "04_inside_training.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+def test_outputs_are_stripped_and_the_steps_are_a_parameter(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"cell {i} keeps its outputs"
+    assert "widgets" not in nb.metadata, "saved widget state in the notebook's metadata"
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "STEPS = " in params[0].source
+    explained = sum(len(c.source) for c in nb.cells if c.cell_type == "markdown")
+    assert explained > 1500, "a teaching notebook explains what to watch"
+
+
+def test_parameters_are_injected_after_their_cell_and_checked():
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    out = with_parameters(nb, {"STEPS": 7})
+    i = next(i for i, c in enumerate(out.cells) if "parameters" in c.metadata.get("tags", []))
+    assert out.cells[i + 1].source == "STEPS = 7" and len(out.cells) == len(nb.cells) + 1
+    with pytest.raises(ValueError, match="not parameters of this notebook: SPEED; its parameters: STEPS"):
+        with_parameters(nb, {"SPEED": 1})
+
+
+@pytest.fixture
+def offline_shakespeare(monkeypatch, tmp_path):
+    """Tiny Shakespeare served from 127.0.0.1 into an empty cache, as a first download."""
+    if not SHARED_SHAKESPEARE.is_file():
+        pytest.skip(f"the shared tiny Shakespeare file is not at {SHARED_SHAKESPEARE}")
+    server = LocalServer(SHARED_SHAKESPEARE.read_bytes())
+    monkeypatch.setenv("LMWIDGET_SHAKESPEARE_URL", server.url)
+    monkeypatch.setenv("LMWIDGET_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    yield server
+    server.shutdown()
+
+
+def record(name: str, report: dict) -> None:
+    """The figures of a run, kept beside the browser tests' artifacts."""
+    out = Path(os.environ.get("LMWIDGET_ARTIFACTS", Path("/tmp") / "lmwidget-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"notebook-{name}.json").write_text(json.dumps(report, indent=1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+def test_the_notebook_runs_top_to_bottom(path, tmp_path, offline_shakespeare):
+    executed, report = execute(path, QUICK, cwd=tmp_path)
+    record(path.stem, report)
+    print(json.dumps({k: report[k] for k in ("seconds", "peak_rss_mb", "problems")}))
+    assert report["problems"] == []
+    assert report["runs"] and all(r["state"] in ("finished", "stopped") for r in report["runs"])
+    assert report["peak_rss_mb"] < MEMORY_MB
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "a cell did not run"
+    if path.name.startswith("04"):  # the lesson on clipping: SGD without it blows up, seeded
+        text = "".join(o.get("text", "") for c in code for o in c.outputs)
+        assert "finished: False; state: paused; anomaly: (12, 'grad norm is inf')" in text, text
+    if path.name.startswith("03"):
+        assert offline_shakespeare.requests == 1  # downloaded once, then read from the cache
+        text = "".join(o.get("text", "") for c in code for o in c.outputs)
+        assert "GPT-2 with" in text  # the transformers part ran (transformers is a test extra)
+
+
+def notebook(tmp_path, *sources) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("STEPS = 5", metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
+    path = tmp_path / "check.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_runner_reports_errors_and_runs_that_failed_in_the_background(tmp_path):
+    """The check can fail: an error output, and a run that failed in its thread (no output)."""
+    path = notebook(tmp_path, "1 / 0")
+    _, report = execute(path, cwd=tmp_path)
+    assert any("ZeroDivisionError" in p for p in report["problems"]), report
+    path = notebook(tmp_path, f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import lmwidget
+from tests.test_run import Boom  # raises at its 5th forward call: in the training thread
+run = lmwidget.train(model=Boom(200, fail_at=5), max_steps=STEPS, block_size=8)
+""")
+    _, report = execute(path, cwd=tmp_path)
+    assert any("failed" in p and "boom at call 5" in p for p in report["problems"]), report
+
+
+def test_the_binder_environment_is_cpu_only_and_installs_lmwidget():
+    req = (REPO / "binder" / "requirements.txt").read_text()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in req
+    assert re.search(r"^torch==\d+\.\d+\.\d+\+cpu$", req, re.M), "torch pinned to its CPU build"
+    post = (REPO / "binder" / "postBuild").read_text()
+    assert post.startswith("#!/bin/bash") and "set -euo pipefail" in post and "pip install" in post
+    assert os.access(REPO / "binder" / "postBuild", os.X_OK)
+    readme = (REPO / "README.md").read_text()
+    badge = re.search(r"\(https://mybinder\.org/v2/gh/[^)\s]+\)", readme)
+    assert badge and "urlpath=lab/tree/notebooks/01_quickstart.ipynb" in badge.group(0)
+
+
+@pytest.mark.slow
+def test_a_fresh_environment_from_binder_runs_the_quickstart(tmp_path):
+    """As Binder builds it: a new virtual environment, binder/requirements.txt, then postBuild
+    in a copy of the repository; lmwidget imports and 01_quickstart runs."""
+    repo = tmp_path / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+    for name in tracked.stdout.decode().split("\0"):
+        if name:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    # download.pytorch.org is out of reach here: one try, then pip takes torch==2.13.0+cpu
+    # from the other indexes (on Binder the CPU index answers)
+    env = {**os.environ, "PIP_RETRIES": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
+
+    def sh(*cmd, cwd=repo, timeout=900):
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    sh(str(python), "-m", "pip", "install", "-q", "-r", "binder/requirements.txt")
+    sh("bash", "binder/postBuild")
+    work = tmp_path / "work"  # outside the checkout: imports find the installed lmwidget
+    work.mkdir()
+    info = json.loads(sh(str(python), "-c", (
+        "import json, torch, lmwidget, ipywidgets, bqplot, jupyterlab; "
+        "print(json.dumps({'lmwidget': lmwidget.__file__, 'cuda': torch.version.cuda}))"), cwd=work))
+    assert info["cuda"] is None, "Binder's torch must be a CPU build"
+    assert info["lmwidget"].startswith(str(env_dir)), info  # installed, not read from the checkout
+    out = sh(str(python), str(repo / "tests" / "nbrun.py"), str(repo / "notebooks" / "01_quickstart.ipynb"),
+             "STEPS=60", cwd=work, timeout=600)
+    report = json.loads(out)
+    assert report["problems"] == [] and report["runs"][0]["state"] == "finished", report
