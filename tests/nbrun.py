@@ -28,6 +28,19 @@ __deadline = __time.monotonic() + {wait}
 for __r in __lmw.runs():
     if __r.state in ("running", "paused") and not __r._control.paused:
         __r.wait(max(0.0, __deadline - __time.monotonic()))
+def __lmw_summary(r):
+    h = r.history
+    val = h.dropna(subset=["val_loss"])
+    nan = float("nan")
+    return {{"id": r.id, "state": r.state, "step": r.step, "max_steps": r.max_steps,
+            "error": repr(r.error) if r.error else None,
+            "dashboard_error": "dashboard error" in (r._dashboard.notice.value
+                                                     if r._dashboard is not None else ""),
+            "val_last": float(val.val_loss.iloc[-1]) if len(val) else nan,
+            "val_min": float(val.val_loss.min()) if len(val) else nan,
+            "val_min_step": int(val.step[val.val_loss.idxmin()]) if len(val) else None,
+            "tokens_per_sec": float(h.tokens_per_sec.median()) if len(h) else nan,
+            "anomaly": list(r.anomaly) if r.anomaly else None}}
 def __peak_rss_mb():
     try:
         with open("/proc/self/status") as __f:
@@ -36,11 +49,7 @@ def __peak_rss_mb():
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("LMWIDGET-REPORT " + __json.dumps({{
-    "runs": [{{"id": __r.id, "state": __r.state, "step": __r.step, "max_steps": __r.max_steps,
-              "error": repr(__r.error) if __r.error else None,
-              "dashboard_error": "dashboard error" in (__r._dashboard.notice.value
-                                                       if __r._dashboard is not None else "")}}
-             for __r in __lmw.runs()],
+    "runs": [__lmw_summary(__r) for __r in __lmw.runs()],
     "peak_rss_mb": round(__peak_rss_mb(), 1),
 }}))
 """

@@ -70,12 +70,13 @@ def test_the_lmwidget_loop_reports_its_dashboard_traffic():
 
 @pytest.mark.slow
 def test_the_benchmark_command_prints_its_report_and_holds_a_loose_ratio():
-    """B/A >= 0.9 on the best of several rounds: loose enough for a noisy 2-core machine.
+    """B/A >= 0.9 on the best of six rounds: loose enough for a noisy 2-core machine (a clean
+    CI run once saw 0.87 as the best of four, where a quiet 2-core machine sees 0.96 to 1.0).
 
     On the default GPT, whose rounds last ~2 s: with a tiny model a round lasts a fraction
     of a second and the ratio is noise (best rounds seen from 0.88 to 0.99).
     """
-    code = ("import json, lmwidget.bench as b; r = b.benchmark(rounds=4, steps=150, warmup=20); "
+    code = ("import json, lmwidget.bench as b; r = b.benchmark(rounds=6, steps=150, warmup=20); "
             "print(json.dumps(r))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -168,3 +168,47 @@ def test_a_fresh_environment_from_binder_runs_the_quickstart(tmp_path):
              "STEPS=60", cwd=work, timeout=600)
     report = json.loads(out)
     assert report["problems"] == [] and report["runs"][0]["state"] == "finished", report
+
+
+# What each notebook tells the learner, as numbers its runs must show when run as shipped
+# (seeded, on the CPU; the figures in the comments were measured on 2 cores).
+def lessons_01(runs):
+    (run,) = runs
+    assert run["val_last"] < 2.0, run  # "within a minute it falls below 2" (~1.5)
+
+
+def lessons_02(runs):
+    good, high, low, found, no_warmup, warmup = runs
+    assert good["val_last"] < 2.0, good                    # the reference (~1.77)
+    assert high["val_last"] > 3.0, high                    # "back up to about 3.3" (~3.34)
+    assert low["val_last"] > 3.5, low                      # "barely left its start" (~3.80)
+    assert found["val_last"] < 2.2, found                  # the range test's LR trains well
+    assert warmup["val_last"] < no_warmup["val_last"] - 0.3, (warmup, no_warmup)  # ~1.80 vs ~2.48
+
+
+def lessons_03(runs):
+    conv, hf = runs
+    assert conv["tokens_per_sec"] > 2 * hf["tokens_per_sec"], (conv, hf)  # "four times faster" (~4.1x)
+    assert conv["val_last"] < hf["val_last"], (conv, hf)   # "the convolution is ahead" (~1.90 vs ~2.07)
+
+
+def lessons_04(runs):
+    run, no_clip, clipped, overfit, early, resumed = runs
+    assert no_clip["state"] == "stopped" and no_clip["anomaly"] == [12, "grad norm is inf"], no_clip
+    assert clipped["state"] == "finished" and clipped["val_last"] < 4.0, clipped
+    assert overfit["val_min_step"] <= 600 and overfit["val_last"] > overfit["val_min"] + 0.5, overfit
+    assert early["state"] == "stopped" and early["step"] < early["max_steps"], early
+    assert resumed["state"] == "finished" and resumed["step"] == run["step"] + run["max_steps"] // 3
+
+
+LESSONS = {"01_quickstart.ipynb": lessons_01, "02_tune_the_learning_rate.ipynb": lessons_02,
+           "03_bring_your_own_model.ipynb": lessons_03, "04_inside_training.ipynb": lessons_04}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
+def test_the_lessons_hold_when_run_as_shipped(path, tmp_path, offline_shakespeare):
+    _, report = execute(path, cwd=tmp_path)
+    record(f"{path.stem}-as-shipped", report)
+    assert report["problems"] == []
+    LESSONS[path.name](report["runs"])
