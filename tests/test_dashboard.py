@@ -337,11 +337,16 @@ def test_resources_are_sampled_about_once_a_second_and_drawn_against_time(tiny):
     assert "GPU %" not in d.resources.utilisation.marks  # a CPU run has no empty GPU lines
     assert d.resources.gpu_label.value == "<small>no GPU: the model trains on cpu</small>"
     # the pause is marked on the time axis too, at the time it happened
+    # (a rule is one step's events: the pause may share it with that step's evaluation,
+    # "step 300: eval 2.41 · pause", and the rule stands at the step's first event)
     rules = d.resources.utilisation.rules
-    wait_for(lambda: any(": pause" in label for label in rules.labels), timeout=3)
+    paused_at = re.compile(r"(: | · )pause\b")
+    wait_for(lambda: any(paused_at.search(label) for label in rules.labels), timeout=3)
     pause = run.events[run.events.kind == "pause"].iloc[0]
-    i = [k for k, label in enumerate(rules.labels) if ": pause" in label][0]
-    assert np.asarray(rules.x)[i].tolist() == pytest.approx([pause.time, pause.time], rel=1e-5)
+    first = run.events[run.events.step == pause.step].time.iloc[0]
+    i = [k for k, label in enumerate(rules.labels) if paused_at.search(label)][0]
+    assert rules.labels[i].startswith(f"step {pause.step}: ")
+    assert np.asarray(rules.x)[i].tolist() == pytest.approx([first, first], rel=1e-5)
 
 
 def test_resources_stop_being_sampled_once_the_run_ends(tiny):
