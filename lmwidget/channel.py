@@ -1,0 +1,222 @@
+"""Signed ZeroMQ messages between a training job and a notebook: metrics out, control in."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import zmq
+
+SCHEME = "hmac-sha256"
+MAX_AGE = 60.0  # s: a control message older than this (or from the future) is refused
+SEEN = 4096     # control message ids remembered: a replayed one is refused
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+def write_connection_file(path, info: dict) -> Path:
+    """Write `info` (ports, key) as JSON readable by its owner only (0600, as Jupyter's kernel
+    connection files), atomically: a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_connection_file(path) -> dict:
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read connection file {path}: {e}") from None
+    missing = [k for k in ("ip", "metrics_port", "control_port", "key", "signature_scheme") if k not in info]
+    if missing:
+        raise ValueError(f"connection file {path} lacks {', '.join(missing)}")
+    if info["signature_scheme"] != SCHEME:
+        raise ValueError(f"connection file {path} asks for signature scheme "
+                         f"{info['signature_scheme']!r}; supported: {SCHEME!r}")
+    return info
+
+
+class Signer:
+    """HMAC-SHA256 over a message's frames; compared in constant time."""
+
+    def __init__(self, key: str):
+        if not key:
+            raise ValueError("an empty key would sign nothing: pass the connection file's key")
+        self._key = key.encode()
+
+    def sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
+
+    def verify(self, signature: bytes, payload: bytes) -> bool:
+        return hmac.compare_digest(self.sign(payload), signature)
+
+
+def _message(kind: str, body, re: str | None = None) -> tuple[str, bytes]:
+    """(id, payload): JSON with a fresh id and a timestamp; `re` names the request answered."""
+    ident = uuid.uuid4().hex
+    message = {"id": ident, "time": time.time(), "kind": kind, "body": body}
+    if re is not None:
+        message["re"] = re
+    return ident, json.dumps(message, separators=(",", ":")).encode()
+
+
+class JobEndpoint:
+    """The job's side: publishes metrics, takes signed control requests. Binds 127.0.0.1
+    unless another address is asked for."""
+
+    def __init__(self, key: str, ip: str = "127.0.0.1", metrics_port: int = 0, control_port: int = 0):
+        self.signer = Signer(key)
+        self.ip = ip
+        self._context = zmq.Context()
+        self._pub = self._context.socket(zmq.PUB)
+        self._router = self._context.socket(zmq.ROUTER)
+        for sock in (self._pub, self._router):
+            sock.setsockopt(zmq.LINGER, 0)
+        self.metrics_port = self._bind(self._pub, metrics_port)
+        self.control_port = self._bind(self._router, control_port)
+        self.rejected = collections.Counter()  # why -> count of dropped control messages
+        self._seen: collections.deque = collections.deque(maxlen=SEEN)
+        # ZeroMQ sockets are not thread-safe: one lock per socket
+        self._pub_lock, self._router_lock = threading.Lock(), threading.Lock()
+
+    def _bind(self, sock, port: int) -> int:
+        if port:
+            sock.bind(f"tcp://{self.ip}:{port}")
+            return port
+        return sock.bind_to_random_port(f"tcp://{self.ip}")
+
+    def connection_info(self, key: str) -> dict:
+        return {"transport": "tcp", "ip": self.ip, "metrics_port": self.metrics_port,
+                "control_port": self.control_port, "key": key, "signature_scheme": SCHEME}
+
+    def publish(self, kind: str, body) -> None:
+        _, payload = _message(kind, body)
+        with self._pub_lock:
+            self._pub.send_multipart([self.signer.sign(payload), payload])
+
+    def requests(self, timeout: float = 0.0) -> list[tuple[bytes, dict]]:
+        """Verified control requests that arrived, as (peer, message); waits up to `timeout` s
+        for the first. Unsigned, wrongly signed, malformed, stale and replayed messages are
+        dropped and counted in `rejected`, never returned."""
+        out = []
+        with self._router_lock:
+            if not self._router.poll(int(timeout * 1000)):
+                return out
+            while self._router.poll(0):
+                frames = self._router.recv_multipart()
+                message = self._check(frames)
+                if message is not None:
+                    out.append((frames[0], message))
+        return out
+
+    def _check(self, frames: list[bytes]) -> dict | None:
+        if len(frames) != 3:
+            self.rejected["unsigned or malformed"] += 1
+            return None
+        _, signature, payload = frames
+        if not self.signer.verify(signature, payload):
+            self.rejected["bad signature"] += 1
+            return None
+        try:
+            message = json.loads(payload)
+            stamp, ident = float(message["time"]), str(message["id"])
+            message["kind"]
+        except (ValueError, KeyError, TypeError):
+            self.rejected["unsigned or malformed"] += 1
+            return None
+        if abs(time.time() - stamp) > MAX_AGE:
+            self.rejected["stale"] += 1
+            return None
+        if ident in self._seen:
+            self.rejected["replayed"] += 1
+            return None
+        self._seen.append(ident)
+        return message
+
+    def reply(self, peer: bytes, request: dict, body) -> None:
+        """Answer `request` (a message from requests()) with a signed `body`."""
+        _, payload = _message("reply", body, re=request["id"])
+        with self._router_lock:
+            self._router.send_multipart([peer, self.signer.sign(payload), payload])
+
+    def close(self) -> None:
+        with self._pub_lock, self._router_lock:
+            self._pub.close()
+            self._router.close()
+            self._context.term()
+
+
+class ClientEndpoint:
+    """The notebook's side: receives the job's metrics, sends it signed control requests.
+    Messages the job did not sign with the shared key are dropped and counted."""
+
+    def __init__(self, info: dict):
+        self.signer = Signer(info["key"])
+        self._context = zmq.Context()
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._dealer = self._context.socket(zmq.DEALER)
+        for sock in (self._sub, self._dealer):
+            sock.setsockopt(zmq.LINGER, 0)
+        self._sub.connect(f"tcp://{info['ip']}:{info['metrics_port']}")
+        self._dealer.connect(f"tcp://{info['ip']}:{info['control_port']}")
+        self.rejected = 0
+        self._lock = threading.Lock()
+
+    def _verified(self, frames: list[bytes]) -> dict | None:
+        if len(frames) != 2 or not self.signer.verify(frames[0], frames[1]):
+            self.rejected += 1
+            return None
+        return json.loads(frames[1])
+
+    def metrics(self, timeout: float = 0.0) -> list[dict]:
+        """The signed messages the job published since the last call (waits up to `timeout` s
+        for the first)."""
+        out = []
+        if not self._sub.poll(int(timeout * 1000)):
+            return out
+        while self._sub.poll(0):
+            message = self._verified(self._sub.recv_multipart())
+            if message is not None:
+                out.append(message)
+        return out
+
+    def request(self, kind: str, body=None, timeout: float = 5.0) -> dict:
+        """Send a signed control request and return the job's signed reply."""
+        ident, payload = _message(kind, body)
+        with self._lock:
+            self._dealer.send_multipart([self.signer.sign(payload), payload])
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._dealer.poll(int(left * 1000)):
+                    raise TimeoutError(f"no signed reply to {kind!r} within {timeout} s: is the "
+                                       f"job running, and is the connection file's key its key?")
+                reply = self._verified(self._dealer.recv_multipart())
+                if reply is not None and reply.get("re") == ident:  # not a late answer to another
+                    return reply
+
+    def close(self) -> None:
+        self._sub.close()
+        self._dealer.close()
+        self._context.term()

@@ -1,0 +1,133 @@
+"""The job-notebook channel: signed metrics and control over ZeroMQ on 127.0.0.1."""
+
+import json
+import os
+import stat
+import time
+
+import pytest
+import zmq
+
+from lmwidget import channel
+from lmwidget.channel import ClientEndpoint, JobEndpoint, Signer, new_key, read_connection_file, write_connection_file
+
+
+@pytest.fixture
+def job():
+    key = new_key()
+    endpoint = JobEndpoint(key)
+    yield endpoint, key
+    endpoint.close()
+
+
+def client_for(job_endpoint, key):
+    return ClientEndpoint(job_endpoint.connection_info(key))
+
+
+def answer_once(job_endpoint, timeout=5.0):
+    """The job's side of one exchange: take requests, reply to each; return them."""
+    got = job_endpoint.requests(timeout)
+    for peer, message in got:
+        job_endpoint.reply(peer, message, {"ok": True, "kind": message["kind"]})
+    return [m for _, m in got]
+
+
+def test_the_connection_file_is_its_owners_only_and_read_back(tmp_path, job):
+    endpoint, key = job
+    path = write_connection_file(tmp_path / "run" / "connection.json", endpoint.connection_info(key))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    info = read_connection_file(path)
+    assert info["ip"] == "127.0.0.1" and info["key"] == key and info["signature_scheme"] == "hmac-sha256"
+    assert [p.name for p in path.parent.iterdir()] == ["connection.json"]  # no temporary left
+    (tmp_path / "bad.json").write_text(json.dumps({**info, "signature_scheme": "none"}))
+    with pytest.raises(ValueError, match="asks for signature scheme 'none'; supported: 'hmac-sha256'"):
+        read_connection_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="cannot read connection file"):
+        read_connection_file(tmp_path / "missing.json")
+
+
+def test_it_binds_127_0_0_1_unless_asked(job):
+    endpoint, _ = job
+    for sock in (endpoint._pub, endpoint._router):
+        assert sock.getsockopt(zmq.LAST_ENDPOINT).decode().startswith("tcp://127.0.0.1:")
+    other = JobEndpoint(new_key(), ip="0.0.0.0")
+    try:
+        assert other._router.getsockopt(zmq.LAST_ENDPOINT).decode().startswith("tcp://0.0.0.0:")
+    finally:
+        other.close()
+
+
+def test_a_signed_request_is_answered_and_metrics_flow(job):
+    endpoint, key = job
+    client = client_for(endpoint, key)
+    try:
+        import threading
+
+        server = threading.Thread(target=answer_once, args=(endpoint,))
+        server.start()
+        reply = client.request("pause", None)
+        server.join(5)
+        assert reply["kind"] == "reply" and reply["body"] == {"ok": True, "kind": "pause"}
+        got = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:  # a SUB joins a moment after connecting
+            endpoint.publish("metrics", {"step": 1, "loss": 4.2})
+            got = client.metrics(0.1)
+        assert got and got[0]["body"] == {"step": 1, "loss": 4.2}
+        assert dict(endpoint.rejected) == {} and client.rejected == 0
+    finally:
+        client.close()
+
+
+def raw_dealer(endpoint):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{endpoint.control_port}")
+    return sock
+
+
+def test_unsigned_wrongly_signed_tampered_stale_and_replayed_requests_are_dropped_and_counted(job):
+    endpoint, key = job
+    sock = raw_dealer(endpoint)
+    good, wrong = Signer(key), Signer(new_key())
+    try:
+        _, pause = channel._message("pause", None)
+        sock.send_multipart([pause])                                  # unsigned
+        sock.send_multipart([wrong.sign(pause), pause])               # another key
+        tampered = pause.replace(b'"pause"', b'"stop"')
+        sock.send_multipart([good.sign(pause), tampered])             # edited after signing
+        old = json.dumps({"id": "x1", "time": time.time() - 3600, "kind": "stop", "body": None}).encode()
+        sock.send_multipart([good.sign(old), old])                    # signed, an hour old
+        sock.send_multipart([good.sign(pause), pause])                # the one good message
+        sock.send_multipart([good.sign(pause), pause])                # ... replayed
+        got = []
+        deadline = time.monotonic() + 5
+        while sum(endpoint.rejected.values()) + len(got) < 6 and time.monotonic() < deadline:
+            got += [m for _, m in endpoint.requests(0.2)]
+        assert [m["kind"] for m in got] == ["pause"]
+        assert dict(endpoint.rejected) == {"unsigned or malformed": 1, "bad signature": 2,
+                                           "stale": 1, "replayed": 1}
+    finally:
+        sock.close()
+
+
+def test_a_client_with_the_wrong_key_gets_no_answer_and_changes_nothing(job):
+    endpoint, key = job
+    intruder = ClientEndpoint({**endpoint.connection_info(key), "key": new_key()})
+    try:
+        with pytest.raises(TimeoutError, match="no signed reply to 'stop'"):
+            intruder.request("stop", None, timeout=0.5)
+        assert endpoint.requests(0.5) == []
+        assert endpoint.rejected["bad signature"] == 1
+        endpoint.publish("metrics", {"step": 2})
+        time.sleep(0.2)
+        assert intruder.metrics(0.5) == []  # the job's metrics fail the intruder's key
+        assert intruder.rejected >= 1
+    finally:
+        intruder.close()
+
+
+def test_an_empty_key_is_refused():
+    with pytest.raises(ValueError, match="an empty key would sign nothing"):
+        Signer("")
