@@ -8,9 +8,10 @@ from .data import CharTokenizer, Dataset
 from .lrfind import LRFinder, lr_find
 from .magics import load_ipython_extension
 from .models import GPT, LSTM
+from .remote import RemoteRun, attach
 from .run import LmwidgetWarning, Run, runs, train
 
 __version__ = "0.1.0"
-__all__ = ["train", "Run", "runs", "lr_find", "LRFinder", "compare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
+__all__ = ["train", "Run", "attach", "RemoteRun", "runs", "lr_find", "LRFinder", "compare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
            "Callback", "EarlyStopping", "ReduceLROnPlateau", "LmwidgetWarning", "CheckpointError",
            "load_ipython_extension"]

@@ -219,6 +219,7 @@ class Checkpointer:
         self._due: list[str] = []     # saves due at the next step boundary
         self._jobs: list[SaveJob] = []
         self._lock = threading.Lock()
+        self.writes = True  # False on a torchrun job's other ranks: rank 0 writes for them all
 
     def ask(self, job: SaveJob) -> SaveJob:
         with self._lock:
@@ -321,6 +322,8 @@ class Checkpointer:
     def save(self, kind: str, path=None) -> dict:
         """Write a checkpoint now; returns {"step", "kind", "path", "bytes", "seconds"}."""
         trainer = self.trainer
+        if not self.writes:
+            return {"step": trainer.step, "kind": kind, "path": None, "bytes": 0, "seconds": 0.0}
         target = self.path_for(kind, path)
         t0 = time.perf_counter()
         size = write(trainer.checkpoint(kind), target)

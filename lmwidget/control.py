@@ -105,7 +105,7 @@ class Control:
             requests, self._requests = self._requests, {}
         return requests
 
-    def wait_while_paused(self) -> None:
-        """Block (no busy loop) until resumed, stopped, or a request arrives."""
+    def wait_while_paused(self, timeout: float | None = None) -> None:
+        """Block (no busy loop) until resumed, stopped, a request arrives, or `timeout` s pass."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._paused or self._stop or self._requests)
+            self._cond.wait_for(lambda: not self._paused or self._stop or self._requests, timeout)

@@ -212,10 +212,17 @@ class Dataset:
         moved.train, moved.val = self.train.to(device), self.val.to(device)
         return moved
 
-    def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
-        """`batch_size` random contiguous blocks: inputs and the next-token targets."""
+    def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator,
+              shard: tuple[int, int] = (0, 1)):
+        """`batch_size` random contiguous blocks: inputs and the next-token targets.
+
+        `shard=(rank, world_size)`: every rank draws the blocks of all ranks from the same
+        generator and keeps its own, so the ranks see different data while their generators
+        stay equal (one saved state resumes them all)."""
         ids = self.train if split == "train" else self.val
         windows = ids.unfold(0, block_size + 1, 1)  # a view: (n_windows, block_size + 1)
-        ix = torch.randint(len(windows), (batch_size,), generator=generator)
+        rank, world = shard
+        ix = torch.randint(len(windows), (batch_size * world,), generator=generator)
+        ix = ix[rank * batch_size:(rank + 1) * batch_size]
         blocks = windows[ix.to(ids.device, non_blocking=True)]
         return blocks[:, :-1], blocks[:, 1:]

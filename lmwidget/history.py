@@ -98,6 +98,18 @@ class History:
                     listener(new)
             return k
 
+    def extend(self, columns: dict) -> int:
+        """Append rows already on the host ({column: values}, every stored column): a remote
+        job's rows, as an attached notebook receives them."""
+        k = len(columns["step"])
+        with self._drain_lock:
+            with self._lock:
+                self._reserve(self._n + k)
+                for name in _STORED:
+                    self._cols[name][self._n:self._n + k] = np.asarray(columns[name], dtype=_STORED[name])
+                self._n += k
+        return k
+
     def _reserve(self, size: int) -> None:
         capacity = len(self._cols["step"])
         if size <= capacity:

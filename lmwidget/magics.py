@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 
 import torch.nn as nn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+from .config import OPTIONS, add_options
 from .callbacks import EarlyStopping, ReduceLROnPlateau
 from .lrfind import lr_find
 from .run import active_runs, train
-
-# (flag, TrainConfig field, type, help); --steps is the one flag that is not the field's name
-_OPTIONS = [
-    ("--model", "model", str, "gpt, lstm, or the name of a variable holding an nn.Module"),
-    ("--data", "data", str, "builtin, shakespeare, or a path to a UTF-8 text file"),
-    ("--steps", "max_steps", int, "optimizer steps to train"),
-    ("--lr", "lr", float, "base learning rate"),
-    ("--batch-size", "batch_size", int, "sequences per micro-step"),
-    ("--block-size", "block_size", int, "context length in characters"),
-    ("--optimizer", "optimizer", str, "one of " + ", ".join(OPTIMIZERS)),
-    ("--weight-decay", "weight_decay", float, "weight decay"),
-    ("--momentum", "momentum", float, "SGD momentum"),
-    ("--schedule", "schedule", str, "one of " + ", ".join(SCHEDULES)),
-    ("--warmup-steps", "warmup_steps", int, "linear warmup steps"),
-    ("--min-lr-ratio", "min_lr_ratio", float, "final LR of cosine/exponential decay, as a fraction"),
-    ("--grad-clip", "grad_clip", float, "max gradient norm (0: no clipping)"),
-    ("--grad-accum", "grad_accum", int, "micro-steps per optimizer step"),
-    ("--eval-interval", "eval_interval", int, "steps between validation estimates"),
-    ("--eval-iters", "eval_iters", int, "batches per validation estimate"),
-    ("--val-fraction", "val_fraction", float, "fraction of the corpus held out"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
-    ("--threads", "threads", int, "CPU threads for training (0: one fewer than the CPUs)"),
-    ("--dtype", "dtype", str, "float32, or bfloat16 for bf16 autocast"),
-    ("--n-layer", "n_layer", int, "layers"),
-    ("--n-head", "n_head", int, "attention heads (GPT)"),
-    ("--n-embd", "n_embd", int, "embedding / hidden size"),
-    ("--dropout", "dropout", float, "dropout probability"),
-    ("--anomaly", "anomaly", str, "after a non-finite step: pause, or skip and train on"),
-    ("--spike-factor", "spike_factor", float, "mark grad-norm/loss spikes this many times the median (0: off)"),
-    ("--checkpoint-dir", "checkpoint_dir", str, "where checkpoints go (default: lmwidget-checkpoints/run-<time>-<id>)"),
-    ("--checkpoint-every", "checkpoint_every", int, "save every N steps and at the end (0: only when asked)"),
-    ("--keep-checkpoints", "keep_checkpoints", int, "periodic checkpoints kept, newest first (0: all)"),
-]
-
 
 class _Help(Exception):
     pass
@@ -63,29 +27,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     parser = _Parser(prog="%lmtrain", description="Train a language model in the background "
                      "with a live dashboard; returns the Run (run = %lmtrain ...).")
-    for flag, field, type_, help_ in _OPTIONS:
-        parser.add_argument(flag, dest=field, type=type_, default=argparse.SUPPRESS,
-                            help=f"{help_} (default: {defaults[field]})")
-    parser.add_argument("--compile", dest="compile", action="store_const", const=True,
-                        default=argparse.SUPPRESS, help="torch.compile the model")
-    parser.add_argument("--save-best", dest="save_best", action="store_const", const=True,
-                        default=argparse.SUPPRESS, help="keep best.pt, the lowest validation loss")
-    parser.add_argument("--resume", dest="resume", default=None, metavar="PATH",
-                        help="continue a checkpoint (a file, or a directory: its newest); other "
-                        "options override the saved ones")
+    add_options(parser, "gpt, lstm, or the name of a variable holding an nn.Module")
     parser.add_argument("--ghosts", dest="ghosts", type=int, default=0, metavar="N",
                         help="draw the loss of this kernel's N latest finished runs faintly")
     parser.add_argument("--concurrent", action="store_true",
                         help="start even if another run is still training")
-    parser.add_argument("--early-stopping", dest="early_stopping", type=int, default=None,
-                        metavar="PATIENCE", help="stop after PATIENCE evaluations without a better "
-                        "validation loss")
-    parser.add_argument("--reduce-lr-on-plateau", dest="reduce_lr", type=int, default=None,
-                        metavar="PATIENCE", help="halve the LR after PATIENCE evaluations without "
-                        "a better validation loss")
     parser.add_argument("--callbacks", dest="callbacks", default=None, metavar="NAME",
                         help="the name of a variable holding a Callback or a list of them")
     return parser
@@ -146,7 +94,7 @@ class LmMagics(Magics):
         parser = _Parser(prog="%lmfind", description="LR range test: train with an exponentially "
                          "growing LR, show the smoothed loss against it, suggest an LR; click a "
                          "point to choose one.")
-        for flag, field, type_, help_ in _OPTIONS:
+        for flag, field, type_, help_ in OPTIONS:
             if field not in ("max_steps", "lr", "schedule", "warmup_steps", "min_lr_ratio",
                              "eval_interval", "eval_iters", "anomaly", "spike_factor",
                              "checkpoint_dir", "checkpoint_every", "keep_checkpoints"):

@@ -104,13 +104,45 @@ def _describe_data(data) -> str:
     return f"(a str of {len(data)} characters)" if isinstance(data, str) and len(data) > 60 else repr(data)
 
 
-class Run:
+class ShowsDashboard:
+    """The dashboard of a run-like object (a Run, or an attached job's RemoteRun), made on
+    first use and shown once per cell. Needs `_lock`, `_dashboard` and `_shown_in`."""
+
+    @property
+    def dashboard(self):
+        """The dashboard widget (created on first use, on the calling thread)."""
+        with self._lock:
+            if self._dashboard is None:
+                from .dashboard import Dashboard
+
+                self._dashboard = Dashboard(self)
+        return self._dashboard
+
+    def _display_once(self) -> None:
+        """Display the dashboard in the running cell unless this cell already shows it."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):
+            return  # not in a notebook kernel: nothing to draw on
+        if self._shown_in == shell.execution_count:
+            return
+        self._shown_in = shell.execution_count
+        self.dashboard.show()
+
+    def _ipython_display_(self) -> None:
+        self._display_once()
+
+
+class Run(ShowsDashboard):
     """One training run. Every method is thread-safe and returns at once, except wait()."""
 
     def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
-                 dataset: Dataset | None = None, callbacks=None, restore: dict | None = None):
+                 dataset: Dataset | None = None, callbacks=None, restore: dict | None = None,
+                 sync=None):
         """Prepare a run (call start()); `model` and `dataset` override building them from
-        config; `restore` is a checkpoint (checkpoint.read) to continue."""
+        config; `restore` is a checkpoint (checkpoint.read) to continue; `sync` a RankSync
+        in a torchrun job (lmwidget.train's command line)."""
         self.id = next(_ids)
         default_dir = Path("lmwidget-checkpoints") / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
         self.checkpoint_dir = Path(config.checkpoint_dir or default_dir).expanduser().resolve()
@@ -127,7 +159,7 @@ class Run:
                 f"original data")
         dataset.check_block_size(config.block_size)
         if model is None and isinstance(config.model, torch.nn.Module):
-            device = resolve_device(config.device)
+            device = sync.device if sync is not None else resolve_device(config.device)
             model = config.model.to(device)
             check_user_model(model, dataset, config, device)
         elif model is None:
@@ -139,7 +171,7 @@ class Run:
         self._history = History()
         self._trainer = Trainer(config, model, dataset, self._control, self._history,
                                 callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
-                                restore=restore)
+                                restore=restore, sync=sync)
         self._sampler = None  # a ResourceSampler, made by the first observer that samples
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,
                                         name=f"lmwidget-run-{self.id}")
@@ -442,31 +474,6 @@ class Run:
 
         return to_html(self, path)
 
-    # -- display ----------------------------------------------------------------------------
-    @property
-    def dashboard(self):
-        """The dashboard widget (created on first use, on the calling thread)."""
-        with self._lock:
-            if self._dashboard is None:
-                from .dashboard import Dashboard
-
-                self._dashboard = Dashboard(self)
-        return self._dashboard
-
-    def _display_once(self) -> None:
-        """Display the dashboard in the running cell unless this cell already shows it."""
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is None or not hasattr(shell, "kernel"):
-            return  # not in a notebook kernel: nothing to draw on
-        if self._shown_in == shell.execution_count:
-            return
-        self._shown_in = shell.execution_count
-        self.dashboard.show()
-
-    def _ipython_display_(self) -> None:
-        self._display_once()
 
     def __repr__(self) -> str:
         model = self.config.summary()["model"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -17,6 +18,7 @@ from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, config_s
 from .config import TrainConfig
 from .control import Control
 from .data import Dataset
+from .distributed import PAUSED_HEARTBEAT
 from .hf import unwrap
 from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
@@ -79,17 +81,27 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, dataset: Dataset,
                  control: Control, history: History, callbacks: Callbacks | None = None,
-                 handle=None, checkpoint_dir=None, restore: dict | None = None):
+                 handle=None, checkpoint_dir=None, restore: dict | None = None, sync=None):
         """`handle` is what callbacks receive as `run` (the Run); the loop never touches it.
-        `restore`: a checkpoint (checkpoint.read) to continue from."""
+        `restore`: a checkpoint (checkpoint.read) to continue from. `sync`: this process's
+        RankSync in a torchrun job (DDP; rank 0's control decides for every rank)."""
         self.config = config
-        self.device = resolve_device(config.device)
+        self.sync = sync
+        self.device = sync.device if sync is not None else resolve_device(config.device)
         self.model = model.to(self.device)
         self.data = dataset.to(self.device)
         self.control = control
         self.history = history
         # the compiled module shares the model's parameters; generate() uses the plain model
         self.forward = torch.compile(self.model) if config.compile else self.model
+        self._local_forward = self.forward  # evaluation and histograms: no collective
+        self._shard = (0, 1)
+        self._decision = None  # under torchrun: rank 0's decision taken with the last step
+        if sync is not None:
+            ddp = sync.wrap(self.model)
+            self.forward = torch.compile(ddp) if config.compile else ddp
+            self._ddp = ddp
+            self._shard = (sync.rank, sync.world_size)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=config.dtype == "bfloat16")
         self.grad_norms = GradNorms(model.named_parameters())
@@ -113,13 +125,15 @@ class Trainer:
         self.error: BaseException | None = None
         self.samples: list[tuple[int, str]] = []
         self.started = self.ended = None  # time.time() stamps
-        self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        # tokens per optimizer step over all ranks; this rank trains on 1/world_size of them
+        self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum * self._shard[1]
         # torch threads adopt the last set_num_threads() lazily: fix the calling (user's)
         # thread's own count now, before run() sets the training thread's
         torch.get_num_threads()
         self._batch_gen = torch.Generator().manual_seed(config.seed)
         self._eval_gen = torch.Generator().manual_seed(config.seed + 1)
         self.checkpointer = Checkpointer(self, Path(checkpoint_dir or config.checkpoint_dir or "."))
+        self.checkpointer.writes = sync is None or sync.is_main  # the ranks' states are equal
         self.restored_from = None  # the checkpoint's path, for a resumed run
         self._clock0 = 0.0         # where the run's clock starts (a resumed run's goes on)
         self._rng = None           # the global RNG states the loop starts from (None: seed them)
@@ -266,9 +280,11 @@ class Trainer:
             group["lr"] = lr
         t0 = time.perf_counter()
         loss_sum = None  # the step's mean loss over its micro-batches
-        for _ in range(cfg.grad_accum):
-            x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self._batch_gen)
-            with self.autocast:
+        for micro in range(cfg.grad_accum):
+            x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self._batch_gen, self._shard)
+            # under DDP the gradients are averaged across ranks once, in the last micro-step
+            quiet = self.sync is not None and micro < cfg.grad_accum - 1
+            with self.autocast, (self._ddp.no_sync() if quiet else contextlib.nullcontext()):
                 _, loss = self.forward(x, y)
             if cfg.grad_accum > 1:
                 loss = loss / cfg.grad_accum
@@ -282,13 +298,18 @@ class Trainer:
             self._take_histograms(step)
         if self.grad_clip > 0:
             clip_grads_with_norm_(self.params, self.grad_clip, grad_norm)
+        if self.sync is not None:  # the mean over ranks: every rank skips or steps alike
+            loss_sum, grad_norm = self.sync.reduce(loss_sum, grad_norm)
         if self.guard.check(step, loss_sum, grad_norm):  # a non-finite step is skipped
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
+        tokens_per_sec = self.tokens_per_step / dt
+        if self.sync is not None:  # rank 0's decision for the boundary, and the ranks' summed rate
+            *self._decision, tokens_per_sec = self._exchange(tokens_per_sec / self._shard[1])
         val_loss = self.evaluate() if self._eval_due(step) else None
         pending = self.history.push(step, step * self.tokens_per_step, self.history.clock(), lr,
-                                    self.tokens_per_step / dt, dt, loss_sum, grad_norm, val_loss)
+                                    tokens_per_sec, dt, loss_sum, grad_norm, val_loss)
         self.step = step  # after the row: run.step never runs ahead of the history
         if val_loss is not None:
             self.history.record_event(step, "eval", val_loss)
@@ -336,7 +357,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, gen)
             with self.autocast:
-                _, loss = self.forward(x, y)
+                _, loss = self._local_forward(x, y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [g.flatten() for g in grads if g is not None]
         self.histograms.append({
@@ -354,7 +375,7 @@ class Trainer:
         cfg = self.config
         self.model.eval()
         with self.autocast:
-            losses = [self.forward(*self.data.batch("val", cfg.batch_size, cfg.block_size,
+            losses = [self._local_forward(*self.data.batch("val", cfg.batch_size, cfg.block_size,
                                                     self._eval_gen))[1]
                       for _ in range(cfg.eval_iters)]
         self.model.train()
@@ -363,13 +384,21 @@ class Trainer:
     def _obey_control(self) -> bool:
         """Apply pending requests; wait while paused. False when the loop must stop."""
         while True:
-            for kind, (value, note) in self.control.take().items():
-                self.apply(kind, value, note)
+            control = self.control
+            if self._decision is not None:  # taken at the end of the step just done
+                (requests, paused, stop, note), self._decision = self._decision, None
+            elif self.sync is not None:
+                requests, paused, stop, note, _ = self._exchange()
+            else:
+                requests, paused, stop, note = (control.take(), control.paused, control.stop_requested,
+                                                control.stop_note)
+            for kind, (value, request_note) in requests.items():
+                self.apply(kind, value, request_note)
             self.checkpointer.write_due()  # the last step's saves, with its requests applied
-            if self.control.stop_requested:
-                self.history.record_event(self.step, "stop", None, self.control.stop_note)
+            if stop:
+                self.history.record_event(self.step, "stop", None, note)
                 return False
-            if not self.control.paused:
+            if not paused:
                 self.self_paused = False  # resumed, even before the loop got to pause
                 if self._pending_rng is not None:
                     _set_global_rng(self._pending_rng, self.device)
@@ -384,7 +413,16 @@ class Trainer:
                 self.history.record_event(self.step, "pause")
                 self.history.drain()  # so every reader sees the run up to where it paused
                 self.state = "paused"
-            self.control.wait_while_paused()
+            if self.sync is None:
+                control.wait_while_paused()
+            elif self.sync.is_main:  # the others wait in the next exchange
+                control.wait_while_paused(timeout=PAUSED_HEARTBEAT)
+
+    def _exchange(self, rate: float = 0.0):
+        """Rank 0 decides; every rank acts on the same decision at the same step boundary."""
+        control = self.control
+        return self.sync.exchange(control.take(), control.paused, control.stop_requested,
+                                  control.stop_note, rate)
 
     def apply(self, kind: str, value, note: str = "") -> None:
         """Carry out one request (the loop's thread, or any thread once the loop has ended)."""

@@ -372,3 +372,15 @@ def test_corpus_names_and_home_paths_are_understood(tmp_path, monkeypatch):
 def test_ids_outside_the_vocabulary_decode_as_the_replacement_character():
     tok = CharTokenizer.from_text("ab")
     assert tok.decode([0, 1, 2, -1, 99]) == "ab\ufffd\ufffd\ufffd"
+
+
+def test_ranks_draw_different_blocks_from_generators_that_stay_equal():
+    ds = Dataset(load_text("builtin"), 0.1)
+    gens = [torch.Generator().manual_seed(5) for _ in range(3)]
+    shards = [ds.batch("train", 4, 16, g, shard=(rank, 2)) for rank, g in zip((0, 1), gens)]
+    alone = ds.batch("train", 8, 16, gens[2])  # one process with both ranks' batch
+    assert not torch.equal(shards[0][0], shards[1][0])
+    assert torch.equal(torch.cat([shards[0][0], shards[1][0]]), alone[0])
+    assert all(torch.equal(g.get_state(), gens[0].get_state()) for g in gens)
+    one = ds.batch("train", 4, 16, torch.Generator().manual_seed(5))  # world size 1: as before
+    assert torch.equal(one[0], ds.batch("train", 4, 16, torch.Generator().manual_seed(5), shard=(0, 1))[0])

@@ -1,0 +1,400 @@
+"""attach(): a job run by `python -m lmwidget.train` (or torchrun), seen from a notebook as
+a run, with the same dashboard and controls."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .channel import ClientEndpoint, read_connection_file
+from .config import check_grad_clip, check_lr
+from .control import ENDED, Control
+from .history import History
+from .job import CONNECTION, RECORDS
+from .run import ShowsDashboard
+
+REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
+
+
+def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) -> "RemoteRun":
+    """Watch and steer a job started with `python -m lmwidget.train` (or under torchrun).
+
+    `target`: its run directory, or the connection file in it (copy that file, 0600, to
+    attach from another machine; the job must bind an address that machine reaches,
+    `--ip`). The whole history so far is replayed from the run directory's metrics.jsonl
+    (or, when that is not readable here, from the job), then followed live. A job that has
+    ended is shown from its record. Detaching (`detach()`), or a kernel restart, leaves the
+    job training: attach again to pick it up with its full history.
+    """
+    run = RemoteRun(target, timeout=timeout)
+    if display:
+        run._display_once()
+    return run
+
+
+class _Save:
+    """A save asked of the job: `wait()` returns its result, as Run.request_save's."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._result = self._error = None
+
+    def wait(self, timeout: float | None = 60.0) -> dict:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the job wrote no checkpoint within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class RemoteRun(ShowsDashboard):
+    """A job's run as a notebook sees it. The dashboard reads it as it reads a Run; its
+    controls send signed requests that the job carries out at its next step boundary."""
+
+    def __init__(self, target, timeout: float = REQUEST_TIMEOUT):
+        from .run import _ids  # one numbering with the kernel's own runs
+
+        path = Path(target).expanduser()
+        self.connection_file = path / CONNECTION if path.is_dir() else path
+        if not self.connection_file.exists():
+            raise FileNotFoundError(
+                f"no connection file at {self.connection_file}: pass the run directory a "
+                f"`python -m lmwidget.train` job printed, or its {CONNECTION}")
+        info = read_connection_file(self.connection_file)
+        self.id = next(_ids)
+        self.address = f"tcp://{info['ip']}:{info['control_port']}"
+        self.run_dir = Path(info.get("run_dir", self.connection_file.parent))
+        self._history = History()
+        self._control = Control()  # mirrors the job's pause, so the button reads right at once
+        self._trainer = types.SimpleNamespace(
+            samples=[], histograms=[], layer_grad_norms=None, device=torch.device("cpu"),
+            checkpointer=types.SimpleNamespace(last=None))
+        self._status = {"state": "running", "lr": float("nan"), "grad_clip": 0.0, "paused": False,
+                        "anomaly": None, "error": None, "checkpoint": None}
+        self._live = {"step": 0, "elapsed": 0.0, "ranks": [], "rejected": {}}
+        self._seq = 0   # the next record to apply
+        self._info = None
+        self._dashboard = None
+        self._shown_in = None
+        self._records_lock = threading.Lock()  # records are applied one at a time, in order
+        self._lock = threading.Lock()  # the dashboard, made once
+        self._closed = threading.Event()
+        self._client = ClientEndpoint(info)  # subscribed first: nothing published from now is missed
+        try:
+            self.connected = True
+            records = self._request("attach", timeout=timeout)["records"]
+        except TimeoutError:
+            self.connected, records = False, None
+        self._replay(records)
+        if self._info is None:
+            self.detach()
+            raise ConnectionError(f"no signed answer from the job at {self.address} and no record "
+                                  f"in {self.run_dir / RECORDS}: is it running, and is "
+                                  f"{self.connection_file} its connection file (its key)?")
+        if not self.connected:
+            if self.state not in ENDED:
+                self.detach()
+                raise ConnectionError(
+                    f"no signed answer from the job at {self.address} within {timeout} s, and its "
+                    f"record says it is still {self.state} at step {self.step}: if it runs, is "
+                    f"{self.connection_file} its connection file (its key)? If it was killed, "
+                    f"read its record with lmwidget.attach(...) after it ends, or its checkpoints")
+            self.detach()  # an ended job: its record is the whole story
+            return
+        self._thread = threading.Thread(target=self._receive, daemon=True, name=f"lmwidget-attach-{self.id}")
+        self._thread.start()
+
+    # -- receiving ----------------------------------------------------------------------------
+    def _request(self, kind: str, body=None, timeout: float = REQUEST_TIMEOUT) -> dict:
+        reply = self._client.request(kind, body, timeout)["body"]
+        if not reply.get("ok"):
+            raise ValueError(f"the job refused {kind!r}: {reply.get('error')}")
+        return reply
+
+    def _replay(self, records_path) -> None:
+        """Apply the record so far: from the run directory's file when this machine reads it,
+        else from the job (what the file holds, in pages)."""
+        path = Path(records_path) if records_path else self.run_dir / RECORDS
+        if path.is_file():
+            with open(path, "rb") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        break  # a line being written: the stream brings it
+                    self._apply(record)
+            if self.connected:
+                self._catch_up()
+        elif self.connected:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Records the job has that this side has not seen (a gap in the stream)."""
+        while True:
+            records = self._request("replay", {"since": self._seq})["records"]
+            for record in records:
+                self._apply(record)
+            if not records:
+                return
+
+    def _receive(self) -> None:
+        while not self._closed.is_set():
+            try:
+                messages = self._client.metrics(timeout=0.2)
+            except Exception:  # the sockets were closed by detach()
+                return
+            for message in messages:
+                body = message["body"]
+                if message["kind"] == "record":
+                    if body["seq"] > self._seq:  # one was missed: fetch it first
+                        try:
+                            self._catch_up()
+                        except (TimeoutError, ValueError):
+                            continue
+                    self._apply(body)
+                elif message["kind"] == "live":
+                    if body.get("seq", 0) > self._seq:  # a record was lost on the way
+                        try:
+                            self._catch_up()
+                        except (TimeoutError, ValueError):
+                            pass
+                    self._on_live(body)
+
+    def _on_live(self, body: dict) -> None:
+        self._live = body
+        norms = body.get("layer_grad_norms")
+        if norms is not None and (self._trainer.layer_grad_norms is None
+                                  or self._trainer.layer_grad_norms[0] != norms[0]):
+            self._trainer.layer_grad_norms = (norms[0], torch.tensor(norms[1]))
+
+    def _apply(self, record: dict) -> None:
+        """One record, in order; one seen already is skipped."""
+        with self._records_lock:
+            if record["seq"] != self._seq:
+                return
+            self._seq += 1
+            kind, body, h = record["type"], record["body"], self._history
+            if kind == "info":
+                self._info = body
+                self._trainer.device = torch.device(body["device"])
+                self._status["lr"] = body["config"]["lr"]
+                self._status["grad_clip"] = body["config"]["grad_clip"]
+            elif kind == "rows":
+                h.extend(body)
+            elif kind == "events":
+                for step, t, what, value, detail in body:
+                    h.record_event(step, what, value, detail, time=t)
+            elif kind == "samples":
+                self._trainer.samples.extend((s, text) for s, text in body)
+            elif kind == "resources":
+                for t, s, sample in body:
+                    h.record_resources(t, s, sample)
+            elif kind == "histograms":
+                self._trainer.histograms.extend(_histogram(x) for x in body)
+            elif kind == "status":
+                self._on_status(body)
+
+    def _on_status(self, status: dict) -> None:
+        before, self._status = self._status, status
+        if status["checkpoint"] != before.get("checkpoint"):
+            self._trainer.checkpointer.last = None if status["checkpoint"] is None else tuple(status["checkpoint"])
+        if status["paused"] != self._control.paused:
+            (self._control.pause if status["paused"] else self._control.resume)()
+        if status["state"] != before["state"]:
+            self._control.announce()  # the dashboard redraws the state at once
+
+    # -- what the run is doing ----------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._status["state"]
+
+    @property
+    def step(self) -> int:
+        return max(int(self._live["step"]), int(self._history.last("step", 0)))
+
+    @property
+    def max_steps(self) -> int:
+        return int(self._info["max_steps"])
+
+    @property
+    def config(self):
+        """The job's options (a read-only view: `max_steps`, `lr`, ..., and `summary()`)."""
+        options = dict(self._info["config"])
+        return types.SimpleNamespace(**options, summary=lambda: dict(options))
+
+    @property
+    def world_size(self) -> int:
+        return int(self._info["world_size"])
+
+    @property
+    def ranks(self) -> list[dict]:
+        """Each rank's loss, grad norm and tokens/s at the latest step (empty for one process)."""
+        return list(self._live.get("ranks", []))
+
+    @property
+    def rejected(self) -> dict:
+        """Control messages the job dropped (bad signature, unsigned, stale, replayed), by why."""
+        return dict(self._live.get("rejected", {}))
+
+    @property
+    def lr(self) -> float:
+        return float(self._status["lr"])
+
+    @property
+    def grad_clip(self) -> float:
+        return float(self._status["grad_clip"])
+
+    @property
+    def anomaly(self):
+        return tuple(self._status["anomaly"]) if self._status["anomaly"] else None
+
+    @property
+    def error(self):
+        return None if self._status["error"] is None else RuntimeError(f"the job failed: {self._status['error']}")
+
+    @property
+    def elapsed(self) -> float:
+        return float(self._live["elapsed"])
+
+    @property
+    def started(self) -> bool:
+        return True
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._info["layers"])
+
+    @property
+    def gpu_status(self) -> str:
+        return f"the job's rank 0 ({self._info['device']}), sampled there"
+
+    @property
+    def history(self):
+        return self._history.frame()
+
+    @property
+    def events(self):
+        return self._history.events_frame()
+
+    @property
+    def resources(self):
+        return self._history.resources_frame()
+
+    @property
+    def samples(self) -> list[tuple[int, str]]:
+        return list(self._trainer.samples)
+
+    @property
+    def histograms(self) -> list[dict]:
+        return list(self._trainer.histograms)
+
+    def sample_resources(self) -> dict:
+        """The job samples its own resources; nothing is measured here."""
+        return {}
+
+    # -- steering ---------------------------------------------------------------------------
+    def _send(self, kind: str, body=None) -> dict:
+        if not self.connected:
+            why = "it has ended" if self.state in ENDED else "detached: lmwidget.attach() again"
+            raise ConnectionError(f"not connected to the job at {self.address} ({why})")
+        return self._request(kind, body)
+
+    def pause(self) -> None:
+        self._control.pause()
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._control.resume()
+        self._send("resume")
+
+    def stop(self, note: str = "") -> None:
+        self._send("stop", {"note": str(note)})
+
+    def set_lr(self, lr, note: str = "") -> None:
+        self._send("lr", {"value": check_lr(lr), "note": str(note)})
+
+    def set_grad_clip(self, grad_clip) -> None:
+        self._send("grad_clip", {"value": check_grad_clip(grad_clip)})
+
+    def request_sample(self) -> None:
+        self._send("sample")
+
+    def sample(self, timeout: float = 30.0) -> str:
+        before = len(self._trainer.samples)
+        self.request_sample()
+        deadline = time.monotonic() + timeout
+        while len(self._trainer.samples) == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no sample from the job within {timeout} s")
+            time.sleep(0.02)
+        return self._trainer.samples[before][1]
+
+    def request_histogram(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise ValueError(f"unknown layer {layer!r}; this model's layers: {', '.join(self.layers)}")
+        self._send("histogram", {"layer": layer})
+
+    def request_save(self, path=None) -> _Save:
+        """Ask the job for a checkpoint (written by its rank 0, on its machine)."""
+        save = _Save()
+        body = {"path": None if path is None else str(path)}
+
+        def ask():
+            try:
+                reply = self._client.request("save", body, timeout=600)["body"]
+                if reply.get("ok"):
+                    save._result = reply
+                else:
+                    save._error = RuntimeError(f"the job could not save: {reply.get('error')}")
+            except Exception as e:
+                save._error = e
+            save._done.set()
+
+        self._send("status")  # connected, or why not
+        threading.Thread(target=ask, daemon=True, name="lmwidget-attach-save").start()
+        return save
+
+    def save(self, path=None, timeout: float | None = 60.0) -> Path:
+        """A checkpoint of the job's current step, written on the job's machine; its path."""
+        return Path(self.request_save(path).wait(timeout)["path"])
+
+    def status(self) -> dict:
+        """Ask the job now: state, step, LR, and the control messages it rejected."""
+        return self._send("status")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job's run has ended (True), or `timeout` s pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state not in ENDED:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def detach(self) -> None:
+        """Stop following the job; it goes on training. attach() again picks it up."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.connected = False
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return (f"<lmwidget.RemoteRun {self.id}: job {self.address} ({self.world_size} rank(s)), "
+                f"{self.state}, step {self.step}/{self.max_steps}, lr={self.lr:.3g}>")
+
+
+def _histogram(h: dict) -> dict:
+    def part(p):
+        return None if p is None else {"counts": np.asarray(p["counts"]), "edges": np.asarray(p["edges"]),
+                                       "nonfinite": p["nonfinite"]}
+    return {**h, "weights": part(h["weights"]), "grads": part(h["grads"])}
