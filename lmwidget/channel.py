@@ -18,6 +18,8 @@ import zmq
 SCHEME = "hmac-sha256"
 MAX_AGE = 60.0  # s: a control message older than this (or from the future) is refused
 SEEN = 4096     # control message ids remembered: a replayed one is refused
+MAX_MESSAGE = 1 << 20  # bytes: a control message larger than this is dropped by ZeroMQ itself
+PER_CALL = 256  # messages read per requests() call: a flood cannot keep the job from its work
 
 
 def new_key() -> str:
@@ -90,8 +92,9 @@ class JobEndpoint:
         self._context = zmq.Context()
         self._pub = self._context.socket(zmq.PUB)
         self._router = self._context.socket(zmq.ROUTER)
-        for sock in (self._pub, self._router):
-            sock.setsockopt(zmq.LINGER, 0)
+        self._pub.setsockopt(zmq.LINGER, 1000)  # the last records still go out as the job ends
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.metrics_port = self._bind(self._pub, metrics_port)
         self.control_port = self._bind(self._router, control_port)
         self.rejected = collections.Counter()  # why -> count of dropped control messages
@@ -122,7 +125,9 @@ class JobEndpoint:
         with self._router_lock:
             if not self._router.poll(int(timeout * 1000)):
                 return out
-            while self._router.poll(0):
+            for _ in range(PER_CALL):
+                if not self._router.poll(0):
+                    break
                 frames = self._router.recv_multipart()
                 message = self._check(frames)
                 if message is not None:
@@ -144,7 +149,7 @@ class JobEndpoint:
         except (ValueError, KeyError, TypeError):
             self.rejected["unsigned or malformed"] += 1
             return None
-        if abs(time.time() - stamp) > MAX_AGE:
+        if not abs(time.time() - stamp) <= MAX_AGE:  # NaN too
             self.rejected["stale"] += 1
             return None
         if ident in self._seen:
@@ -170,15 +175,18 @@ class ClientEndpoint:
     """The notebook's side: receives the job's metrics, sends it signed control requests.
     Messages the job did not sign with the shared key are dropped and counted."""
 
-    def __init__(self, info: dict):
+    def __init__(self, info: dict, subscribe: bool = True):
+        """`subscribe=False`: requests only (no metrics socket)."""
         self.signer = Signer(info["key"])
         self._context = zmq.Context()
-        self._sub = self._context.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub = None
+        if subscribe:
+            self._sub = self._context.socket(zmq.SUB)
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self._sub.setsockopt(zmq.LINGER, 0)
+            self._sub.connect(f"tcp://{info['ip']}:{info['metrics_port']}")
         self._dealer = self._context.socket(zmq.DEALER)
-        for sock in (self._sub, self._dealer):
-            sock.setsockopt(zmq.LINGER, 0)
-        self._sub.connect(f"tcp://{info['ip']}:{info['metrics_port']}")
+        self._dealer.setsockopt(zmq.LINGER, 0)
         self._dealer.connect(f"tcp://{info['ip']}:{info['control_port']}")
         self.rejected = 0
         self._lock = threading.Lock()
@@ -217,6 +225,9 @@ class ClientEndpoint:
                     return reply
 
     def close(self) -> None:
-        self._sub.close()
-        self._dealer.close()
-        self._context.term()
+        """Close the sockets (call once no other thread reads metrics)."""
+        with self._lock:  # not while a request waits for its reply
+            if self._sub is not None:
+                self._sub.close()
+            self._dealer.close()
+            self._context.term()

@@ -97,6 +97,19 @@ def build_run(options: dict, sync=None):
     return Run(config, callbacks=callbacks, restore=restore, sync=sync)
 
 
+def _stop_on_signals(run) -> None:
+    """SIGTERM, and a first Ctrl-C (SIGINT, which torchrun passes on to every rank), stop
+    the run at the next step boundary; a second Ctrl-C interrupts at once."""
+    def stop(signum, _frame):
+        name = signal.Signals(signum).name
+        run.stop(name)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main(argv=None) -> int:
     p = parser()
     options = vars(p.parse_args(argv))
@@ -106,8 +119,10 @@ def main(argv=None) -> int:
     try:
         if launched():
             sync = RankSync(options.get("device", "auto"))
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            options.setdefault("threads", max(1, usable_cpus() // local_world))
+        # the process's main thread only serves: the training thread may use every CPU
+        # this process's share of the machine has
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        options.setdefault("threads", max(1, usable_cpus() // local_world))
         run_dir = _run_dir(job_options["run_dir"], sync)
         options.setdefault("checkpoint_dir", str(run_dir))
         try:
@@ -126,11 +141,15 @@ def main(argv=None) -> int:
             print(f"lmwidget job: {run.config.summary()['model']} on {job.info['device']}"
                   f" x{job.info['world_size']}; run dir {run_dir}\n"
                   f"  attach from a notebook: lmwidget.attach({str(run_dir)!r})", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: run.stop("SIGTERM"))
+        _stop_on_signals(run)
         run.start()
         if job is not None:
             try:
                 job.serve()
+            except BaseException as e:  # the serving side broke: end the run cleanly first
+                run.stop(f"the job's server failed: {type(e).__name__}: {e}")
+                run._thread.join()
+                raise
             finally:
                 job.close()
         else:

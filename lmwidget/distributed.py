@@ -12,8 +12,11 @@ import torch.distributed as dist
 
 # requests every rank carries out; the rest (save, sample, histogram) are rank 0's alone
 SHARED = ("lr", "grad_clip")
-PAUSED_HEARTBEAT = 5.0  # s: while paused, rank 0 re-sends its decision this often, so the
-#                         other ranks' collectives never time out however long the pause
+# s: how long a rank waits in a control collective for the others (torch's default)
+TIMEOUT = float(os.environ.get("LMWIDGET_CONTROL_TIMEOUT", "1800"))
+# while paused, rank 0 re-sends its decision this often, so the other ranks' waits never
+# time out however long the pause
+PAUSED_HEARTBEAT = min(5.0, TIMEOUT / 4)
 
 
 def launched() -> bool:
@@ -26,11 +29,11 @@ class RankSync:
     """This process's place in a torchrun job, and the collectives the training loop uses.
 
     Every collective is issued by the training thread only, in the same order on every rank:
-    the gradient all-reduce (DDP), `reduce` and `exchange` once per step, and `exchange`
-    again at each further pass of a step boundary (a pause).
+    the gradient all-reduce (DDP) and `reduce` in each step, `exchange` at each pass of a
+    step boundary (once per step; again every PAUSED_HEARTBEAT seconds while paused).
     """
 
-    def __init__(self, device_name: str = "auto", timeout: float = 1800.0):
+    def __init__(self, device_name: str = "auto"):
         for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:
                 raise RuntimeError(f"environment variable {name} is not set: start a distributed "
@@ -48,13 +51,11 @@ class RankSync:
             self.device = torch.device("cpu")
         self.backend = "nccl" if cuda else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(self.backend, timeout=datetime.timedelta(seconds=timeout),
-                                    **({"device_id": self.device} if cuda else {}))
-        # control decisions and throughput are host values: they travel over gloo, so reading
-        # them never waits for the GPU
-        self.cpu_group = dist.new_group(backend="gloo") if self.backend != "gloo" else None
-        self._stats = None  # each rank's [loss, grad_norm] at the latest step, on the device
-        self._rates = None  # each rank's tokens/s at the latest step
+            dist.init_process_group(self.backend, **({"device_id": self.device} if cuda else {}))
+        # control decisions are host values: they travel over gloo, so reading them never
+        # waits for the GPU
+        self.cpu_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=TIMEOUT))
+        self._latest = None  # (step, each rank's [loss, grad_norm, tokens/s] on the device)
 
     @property
     def is_main(self) -> bool:
@@ -71,47 +72,45 @@ class RankSync:
         quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         return DistributedDataParallel(model, device_ids=ids, **quiet)
 
-    def reduce(self, loss: torch.Tensor, grad_norm: torch.Tensor):
-        """The step's mean loss and grad norm over all ranks, as device tensors (nothing is
-        read back to the host). Each rank's own values are kept for `per_rank`."""
-        stats = torch.zeros(self.world_size, 2, device=loss.device, dtype=torch.float32)
+    def reduce(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, tokens_per_sec: float):
+        """The step's mean loss and grad norm and summed tokens/s over all ranks, as device
+        tensors: one all-reduce, and nothing is read back to the host (a host float goes
+        to the device as a kernel argument, not a copy). Each rank's own values are kept
+        for `per_rank`."""
+        stats = torch.zeros(self.world_size, 3, device=loss.device, dtype=torch.float32)
         stats[self.rank, 0] = loss.detach().float()
         stats[self.rank, 1] = grad_norm.detach().float()
+        stats[self.rank, 2] = tokens_per_sec
         dist.all_reduce(stats)
-        self._stats = stats
-        mean = stats.mean(dim=0)
-        return mean[0], mean[1]
+        self._latest = (step, stats)
+        return stats[:, 0].mean(), stats[:, 1].mean(), stats[:, 2].sum()
 
     def per_rank(self) -> list[dict]:
         """Each rank's loss, grad norm and tokens/s at the latest step (an observer reads it)."""
-        stats, rates = self._stats, self._rates
-        if stats is None or rates is None:
+        if self._latest is None:
             return []
+        step, stats = self._latest
         stats = stats.double().cpu().tolist()
-        return [{"rank": r, "loss": stats[r][0], "grad_norm": stats[r][1], "tokens_per_sec": float(rates[r])}
-                for r in range(self.world_size)]
+        return [{"rank": r, "step": step, "loss": stats[r][0], "grad_norm": stats[r][1],
+                 "tokens_per_sec": stats[r][2]} for r in range(self.world_size)]
 
-    def exchange(self, requests: dict, paused: bool, stop: bool, note: str, rate: float = 0.0):
-        """Rank 0's decision for this step boundary, on every rank, and the sum of the ranks'
-        tokens/s: (requests, paused, stop, note, rate). Rank 0 passes what its control holds;
-        the others' control arguments are ignored. One all-reduce of host values (gloo)."""
-        w = self.world_size
-        values = torch.zeros(3 + w, dtype=torch.float64)
-        values[3 + self.rank] = rate
+    def exchange(self, requests: dict, paused: bool, stop: bool, note: str):
+        """Rank 0's decision for this step boundary, on every rank: (requests, paused, stop,
+        note). Rank 0 passes what its control holds; the others' arguments are ignored. A
+        broadcast of three integers (gloo), and of the new values when there are any."""
+        flags = torch.zeros(3, dtype=torch.int64)
         if self.is_main:
             shared = {k: v for k, v in requests.items() if k in SHARED}
-            values[:3] = torch.tensor([paused, stop, bool(shared) or bool(note and stop)], dtype=torch.float64)
-        dist.all_reduce(values, group=self.cpu_group)  # only rank 0 sets the first three
-        paused, stop, more = (bool(v) for v in values[:3].tolist())
-        if rate:
-            self._rates = values[3:]
+            flags[:] = torch.tensor([int(paused), int(stop), int(bool(shared) or bool(note and stop))])
+        dist.broadcast(flags, src=0, group=self.cpu_group)
+        paused, stop, more = (bool(v) for v in flags.tolist())
         if more:  # rare: a new LR or clip norm (and its note), or a stop's note
             box = [shared, note] if self.is_main else [None, None]
             dist.broadcast_object_list(box, src=0, group=self.cpu_group)
             shared, note = box
         elif not self.is_main:
             shared, note = {}, ""
-        return (requests if self.is_main else shared), paused, stop, note, float(values[3:].sum())
+        return (requests if self.is_main else shared), paused, stop, note
 
     def close(self) -> None:
         if dist.is_initialized():

@@ -19,6 +19,7 @@ _STORED = {"step": np.int64, "tokens": np.int64, "time": np.float64, "loss": np.
 EVENT_COLUMNS = ("step", "time", "kind", "value", "detail")
 DRAIN_EVERY = 256  # the loop reads its pending device scalars itself at most this rarely
 _DEVICE = (6, 7, 8)  # the pushed row's fields that may be device tensors: loss, grad_norm, val_loss
+#                     (and tokens_per_sec, in a torchrun job: the sum over its ranks)
 
 
 class History:
@@ -83,9 +84,12 @@ class History:
             evals = [i for i, r in enumerate(rows) if r[val] is not None]
             if evals:
                 vals[evals] = torch.stack([torch.as_tensor(rows[i][val]) for i in evals]).double().cpu().numpy()
+            rates = [r[4] for r in rows]
+            if any(torch.is_tensor(r) for r in rates):  # summed over a torchrun job's ranks
+                rates = torch.stack([torch.as_tensor(r) for r in rates]).double().cpu().numpy()
             new = {"step": [r[0] for r in rows], "tokens": [r[1] for r in rows],
                    "time": [r[2] for r in rows], "lr": [r[3] for r in rows],
-                   "tokens_per_sec": [r[4] for r in rows], "step_time": [r[5] for r in rows],
+                   "tokens_per_sec": rates, "step_time": [r[5] for r in rows],
                    "loss": scalars[:k], "grad_norm": scalars[k:], "val_loss": vals}
             with self._lock:
                 self._reserve(self._n + k)

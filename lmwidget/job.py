@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ CONNECTION = "connection.json"  # ports and key, 0600: what attach() needs
 TICK = 0.25          # s between two publications (and the longest a request waits)
 RESOURCE_EVERY = 1.0  # s between resource samples
 REPLAY_LIMIT = 2000  # records per replay answer
+REPLAY_BYTES = 4 << 20  # and about this many bytes at most
 
 
 def rank_file(run_dir: Path, rank: int) -> Path:
@@ -31,7 +33,8 @@ class RankLog:
     """Appends a rank's events (pause, resume, lr, stop, ...) to its rank file as they happen."""
 
     def __init__(self, run, run_dir: Path, rank: int):
-        self.run, self._n = run, 0
+        self.run = run
+        self._n = len(run._history.events_since(0))  # a resumed run's earlier events: not again
         self.path = rank_file(run_dir, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
@@ -40,8 +43,8 @@ class RankLog:
         events = self.run._history.events_since(self._n)
         self._n += len(events)
         for step, t, kind, value, detail in events:
-            self._file.write(json.dumps({"step": step, "time": t, "kind": kind, "value": _plain(value),
-                                         "detail": detail}) + "\n")
+            self._file.write(_dumps({"step": step, "time": t, "kind": kind, "value": _plain(value),
+                                     "detail": detail}) + "\n")
         if events:
             self._file.flush()
 
@@ -80,16 +83,18 @@ class Job:
                      "world_size": 1 if sync is None else sync.world_size,
                      "backend": None if sync is None else sync.backend}
         self._record("info", self.info)
-        self.connection_file = write_connection_file(
-            self.run_dir / CONNECTION, {**self.endpoint.connection_info(self.key),
-                                        "run_dir": str(self.run_dir), "pid": os.getpid()})
+        info = self.endpoint.connection_info(self.key)
+        if info["ip"] in ("0.0.0.0", "*", "::"):  # bound everywhere: name this machine
+            info["ip"] = socket.gethostname()
+        self._connection = {**info, "run_dir": str(self.run_dir), "pid": os.getpid()}
+        self.connection_file = write_connection_file(self.run_dir / CONNECTION, self._connection)
 
     # -- records -------------------------------------------------------------------------
     def _record(self, kind: str, body) -> None:
         """Append one record to the file and publish it (with its sequence number)."""
         with self._lock:
-            record = {"seq": self._seq, "type": kind, "body": body}
-            line = (json.dumps(record, default=_plain, allow_nan=True) + "\n").encode()
+            record = {"seq": self._seq, "type": kind, "body": _json_ready(body)}
+            line = (_dumps(record) + "\n").encode()
             self._records.seek(0, os.SEEK_END)
             self._offsets.append(self._records.tell())
             self._records.write(line)
@@ -104,7 +109,12 @@ class Job:
             if start >= self._seq:
                 return []
             self._records.seek(self._offsets[start])
-            lines = [self._records.readline() for _ in range(min(limit, self._seq - start))]
+            lines, size = [], 0
+            for _ in range(min(limit, self._seq - start)):
+                lines.append(self._records.readline())
+                size += len(lines[-1])
+                if size > REPLAY_BYTES:  # a page that travels in well under a second
+                    break
         return [json.loads(line) for line in lines]
 
     def publish_new(self) -> None:
@@ -143,11 +153,11 @@ class Job:
             self._status = status
             self._record("status", status)
         latest = run.layer_grad_norms
-        self.endpoint.publish("live", {
+        self.endpoint.publish("live", _json_ready({
             "step": run.step, "elapsed": run.elapsed, "seq": self._seq,
             "ranks": self.sync.per_rank() if self.sync is not None else [],
             "layer_grad_norms": None if latest is None else [int(latest.name), latest.tolist()],
-            "rejected": dict(self.endpoint.rejected)})
+            "rejected": dict(self.endpoint.rejected)}))
         self.rank_log.flush()
 
     def status(self) -> dict:
@@ -163,9 +173,11 @@ class Job:
         """Carry out one verified request and answer it; a bad value is answered with why."""
         kind, body = message["kind"], message.get("body") or {}
         try:
+            if not isinstance(body, dict):
+                raise TypeError(f"a request's body must be an object; got {type(body).__name__}")
             reply = self._carry_out(peer, message, kind, body)
-        except (ValueError, TypeError, KeyError) as e:
-            reply = {"ok": False, "error": str(e)}
+        except Exception as e:  # a signed but bad request never takes the job down
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)}
         if reply is not None:
             self.endpoint.reply(peer, message, reply)
 
@@ -243,6 +255,8 @@ class Job:
         self._progress.flush()
 
     def close(self) -> None:
+        """The job is over: its connection file says so (attach reads the record at once)."""
+        write_connection_file(self.connection_file, {**self._connection, "ended": True})
         self.rank_log.close()
         self._records.close()
         self.endpoint.close()
@@ -277,14 +291,30 @@ def _finite(x) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
+def _json_ready(obj):
+    """`obj` with every non-finite float as None: standard JSON (jq, JavaScript read it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
+def _dumps(obj) -> str:
+    return json.dumps(_json_ready(obj), default=_plain, allow_nan=False)
+
+
 def _plain(value):
     """A JSON-ready value: numbers, strings, None (a tensor or numpy scalar as a float)."""
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     try:
-        return float(value)
+        value = float(value)
     except (TypeError, ValueError):
         return str(value)
+    return value if math.isfinite(value) else None
 
 
 def _plain_histogram(h: dict) -> dict:

@@ -20,6 +20,8 @@ from .job import CONNECTION, RECORDS
 from .run import ShowsDashboard
 
 REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
+REPLAY_TIMEOUT = 30.0  # s: a page of the record (up to about 4 MB) from a distant job
+SILENT = 10.0  # s without a message from a job that has not ended: it is gone (killed)
 
 
 def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) -> "RemoteRun":
@@ -66,7 +68,7 @@ class RemoteRun(ShowsDashboard):
             raise FileNotFoundError(
                 f"no connection file at {self.connection_file}: pass the run directory a "
                 f"`python -m lmwidget.train` job printed, or its {CONNECTION}")
-        info = read_connection_file(self.connection_file)
+        info = self._connection_info = read_connection_file(self.connection_file)
         self.id = next(_ids)
         self.address = f"tcp://{info['ip']}:{info['control_port']}"
         self.run_dir = Path(info.get("run_dir", self.connection_file.parent))
@@ -85,13 +87,24 @@ class RemoteRun(ShowsDashboard):
         self._records_lock = threading.Lock()  # records are applied one at a time, in order
         self._lock = threading.Lock()  # the dashboard, made once
         self._closed = threading.Event()
+        self._save_client = None  # saves wait for their file: on a socket of their own
+        self._heard = time.monotonic()  # when the job was last heard from
+        self.receive_error = None  # what broke the receiver, if anything did
         self._client = ClientEndpoint(info)  # subscribed first: nothing published from now is missed
         try:
-            self.connected = True
-            records = self._request("attach", timeout=timeout)["records"]
-        except TimeoutError:
-            self.connected, records = False, None
-        self._replay(records)
+            self._connect(info, timeout)
+        except BaseException:
+            self.detach()
+            raise
+
+    def _connect(self, info: dict, timeout: float) -> None:
+        self.connected = not info.get("ended", False)  # an ended job's file says so
+        if self.connected:
+            try:
+                self._request("attach", timeout=timeout)
+            except TimeoutError:
+                self.connected = False
+        self._replay()
         if self._info is None:
             self.detach()
             raise ConnectionError(f"no signed answer from the job at {self.address} and no record "
@@ -117,10 +130,10 @@ class RemoteRun(ShowsDashboard):
             raise ValueError(f"the job refused {kind!r}: {reply.get('error')}")
         return reply
 
-    def _replay(self, records_path) -> None:
+    def _replay(self) -> None:
         """Apply the record so far: from the run directory's file when this machine reads it,
         else from the job (what the file holds, in pages)."""
-        path = Path(records_path) if records_path else self.run_dir / RECORDS
+        path = self.run_dir / RECORDS
         if path.is_file():
             with open(path, "rb") as f:
                 for line in f:
@@ -137,7 +150,7 @@ class RemoteRun(ShowsDashboard):
     def _catch_up(self) -> None:
         """Records the job has that this side has not seen (a gap in the stream)."""
         while True:
-            records = self._request("replay", {"since": self._seq})["records"]
+            records = self._request("replay", {"since": self._seq}, timeout=REPLAY_TIMEOUT)["records"]
             for record in records:
                 self._apply(record)
             if not records:
@@ -147,24 +160,25 @@ class RemoteRun(ShowsDashboard):
         while not self._closed.is_set():
             try:
                 messages = self._client.metrics(timeout=0.2)
-            except Exception:  # the sockets were closed by detach()
-                return
-            for message in messages:
-                body = message["body"]
-                if message["kind"] == "record":
-                    if body["seq"] > self._seq:  # one was missed: fetch it first
-                        try:
-                            self._catch_up()
-                        except (TimeoutError, ValueError):
-                            continue
-                    self._apply(body)
-                elif message["kind"] == "live":
-                    if body.get("seq", 0) > self._seq:  # a record was lost on the way
-                        try:
-                            self._catch_up()
-                        except (TimeoutError, ValueError):
-                            pass
-                    self._on_live(body)
+                if messages:
+                    self._heard = time.monotonic()
+                for message in messages:
+                    self._take(message)
+            except Exception as e:  # kept for the user (receive_error); the stream goes on
+                self.receive_error = e
+                time.sleep(0.2)
+
+    def _take(self, message: dict) -> None:
+        """One message of the stream: a record (fetching any missed before it), or the live
+        state (whose sequence number also reveals a record lost on the way)."""
+        body = message["body"]
+        newest = body["seq"] if message["kind"] == "record" else body.get("seq", 0)
+        if newest > self._seq:
+            self._catch_up()  # a timeout here is kept in receive_error; the next message retries
+        if message["kind"] == "record":
+            self._apply(body)
+        elif message["kind"] == "live":
+            self._on_live(body)
 
     def _on_live(self, body: dict) -> None:
         self._live = body
@@ -193,8 +207,8 @@ class RemoteRun(ShowsDashboard):
             elif kind == "samples":
                 self._trainer.samples.extend((s, text) for s, text in body)
             elif kind == "resources":
-                for t, s, sample in body:
-                    h.record_resources(t, s, sample)
+                for t, s, sample in body:  # a value not measured came as null
+                    h.record_resources(t, s, {k: np.nan if v is None else v for k, v in sample.items()})
             elif kind == "histograms":
                 self._trainer.histograms.extend(_histogram(x) for x in body)
             elif kind == "status":
@@ -347,7 +361,11 @@ class RemoteRun(ShowsDashboard):
 
         def ask():
             try:
-                reply = self._client.request("save", body, timeout=600)["body"]
+                with self._lock:
+                    if self._save_client is None:
+                        self._save_client = ClientEndpoint(self._connection_info, subscribe=False)
+                    client = self._save_client
+                reply = client.request("save", body, timeout=600)["body"]
                 if reply.get("ok"):
                     save._result = reply
                 else:
@@ -368,10 +386,20 @@ class RemoteRun(ShowsDashboard):
         """Ask the job now: state, step, LR, and the control messages it rejected."""
         return self._send("status")
 
+    @property
+    def alive(self) -> bool:
+        """True while the job is heard from (it sends a message four times a second)."""
+        return self.connected and time.monotonic() - self._heard < SILENT
+
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job's run has ended (True), or `timeout` s pass (False)."""
+        """Block until the job's run has ended (True), or `timeout` s pass (False). Raises
+        ConnectionError if the job goes silent (killed) or this side detached."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.state not in ENDED:
+            if not self.alive:
+                raise ConnectionError(
+                    f"the job at {self.address} is not heard from ({'detached' if self._closed.is_set() else f'silent for over {SILENT:.0f} s: killed?'}); "
+                    f"its run was {self.state} at step {self.step}")
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -385,8 +413,10 @@ class RemoteRun(ShowsDashboard):
         self.connected = False
         thread = getattr(self, "_thread", None)
         if thread is not None and thread is not threading.current_thread():
-            thread.join(2.0)
-        self._client.close()
+            thread.join(REPLAY_TIMEOUT + 1)  # it checks for this every 0.2 s, or after a catch-up
+        self._client.close()  # waits for a request in flight (up to its timeout)
+        if self._save_client is not None:
+            self._save_client.close()
 
     def __repr__(self) -> str:
         return (f"<lmwidget.RemoteRun {self.id}: job {self.address} ({self.world_size} rank(s)), "

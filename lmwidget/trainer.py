@@ -96,7 +96,6 @@ class Trainer:
         self.forward = torch.compile(self.model) if config.compile else self.model
         self._local_forward = self.forward  # evaluation and histograms: no collective
         self._shard = (0, 1)
-        self._decision = None  # under torchrun: rank 0's decision taken with the last step
         if sync is not None:
             ddp = sync.wrap(self.model)
             self.forward = torch.compile(ddp) if config.compile else ddp
@@ -298,15 +297,16 @@ class Trainer:
             self._take_histograms(step)
         if self.grad_clip > 0:
             clip_grads_with_norm_(self.params, self.grad_clip, grad_norm)
-        if self.sync is not None:  # the mean over ranks: every rank skips or steps alike
-            loss_sum, grad_norm = self.sync.reduce(loss_sum, grad_norm)
+        if self.sync is not None:  # means over the ranks: every rank skips or steps alike
+            # (the rate of this rank's forward and backward: its optimizer step comes after)
+            rate = self.tokens_per_step / self._shard[1] / (time.perf_counter() - t0)
+            loss_sum, grad_norm, tokens_per_sec = self.sync.reduce(step, loss_sum, grad_norm, rate)
         if self.guard.check(step, loss_sum, grad_norm):  # a non-finite step is skipped
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        tokens_per_sec = self.tokens_per_step / dt
-        if self.sync is not None:  # rank 0's decision for the boundary, and the ranks' summed rate
-            *self._decision, tokens_per_sec = self._exchange(tokens_per_sec / self._shard[1])
+        if self.sync is None:
+            tokens_per_sec = self.tokens_per_step / dt
         val_loss = self.evaluate() if self._eval_due(step) else None
         pending = self.history.push(step, step * self.tokens_per_step, self.history.clock(), lr,
                                     tokens_per_sec, dt, loss_sum, grad_norm, val_loss)
@@ -385,13 +385,10 @@ class Trainer:
         """Apply pending requests; wait while paused. False when the loop must stop."""
         while True:
             control = self.control
-            if self._decision is not None:  # taken at the end of the step just done
-                (requests, paused, stop, note), self._decision = self._decision, None
-            elif self.sync is not None:
-                requests, paused, stop, note, _ = self._exchange()
-            else:
-                requests, paused, stop, note = (control.take(), control.paused, control.stop_requested,
-                                                control.stop_note)
+            requests, paused, stop, note = (control.take(), control.paused, control.stop_requested,
+                                            control.stop_note)
+            if self.sync is not None:  # rank 0 decides; every rank acts at this same step
+                requests, paused, stop, note = self.sync.exchange(requests, paused, stop, note)
             for kind, (value, request_note) in requests.items():
                 self.apply(kind, value, request_note)
             self.checkpointer.write_due()  # the last step's saves, with its requests applied
@@ -417,12 +414,6 @@ class Trainer:
                 control.wait_while_paused()
             elif self.sync.is_main:  # the others wait in the next exchange
                 control.wait_while_paused(timeout=PAUSED_HEARTBEAT)
-
-    def _exchange(self, rate: float = 0.0):
-        """Rank 0 decides; every rank acts on the same decision at the same step boundary."""
-        control = self.control
-        return self.sync.exchange(control.take(), control.paused, control.stop_requested,
-                                  control.stop_note, rate)
 
     def apply(self, kind: str, value, note: str = "") -> None:
         """Carry out one request (the loop's thread, or any thread once the loop has ended)."""

@@ -96,3 +96,20 @@ class LocalServer:
             self.httpd.shutdown()
             self.thread.join(5)
         self.httpd.server_close()
+
+
+@pytest.fixture
+def start_job():
+    """Start `python -m lmwidget.train` jobs (tests.jobs.Job); every one, and every process
+    it started, is killed when the test ends, whatever happened."""
+    from tests.jobs import Job
+
+    started = []
+
+    def start(*args, **options):
+        started.append(Job(*args, **options))
+        return started[-1]
+
+    yield start
+    for job in started:
+        job.kill()

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8"]
 
 
@@ -28,12 +30,22 @@ class Job:
     def connection_file(self) -> Path:
         return self.run_dir / "connection.json"
 
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
     def wait_ready(self, timeout=90.0) -> "Job":
         deadline = time.monotonic() + timeout
-        while not self.connection_file.exists():
-            assert self.proc.poll() is None, f"the job exited {self.proc.returncode}:\n{self.output()}"
-            assert time.monotonic() < deadline, f"no connection file within {timeout} s:\n{self.output()}"
-            time.sleep(0.05)
+        try:
+            while not self.connection_file.exists():
+                assert self.proc.poll() is None, f"the job exited {self.proc.returncode}:\n{self.output()}"
+                assert time.monotonic() < deadline, f"no connection file within {timeout} s:\n{self.output()}"
+                time.sleep(0.05)
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def wait(self, timeout=60.0) -> int:
@@ -55,7 +67,18 @@ class Job:
         return [(e["step"], e["kind"], e["value"]) for e in events if kinds is None or e["kind"] in kinds]
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(10)
+        """The job and every process it started: torchrun's workers run in sessions of
+        their own, so killing torchrun alone would leave them training."""
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.proc.poll()
         self.log.close()

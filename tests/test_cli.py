@@ -12,7 +12,7 @@ import pytest
 from lmwidget import cli
 from lmwidget.magics import _parser as lmtrain_parser
 from tests.conftest import wait_for
-from tests.jobs import TINY, Job
+from tests.jobs import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,10 @@ def run_cli(*args, cwd, env=None, timeout=120):
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def refuse(constant):
+    raise AssertionError(f"{constant} is not standard JSON")
+
+
 def test_it_trains_prints_a_progress_line_and_leaves_its_record(tmp_path):
     done = run_cli("--steps", "60", *TINY, "--eval-interval", "30", "--progress-interval", "0.1",
                    "--run-dir", "r", "--checkpoint-every", "60", cwd=tmp_path)
@@ -44,8 +48,10 @@ def test_it_trains_prints_a_progress_line_and_leaves_its_record(tmp_path):
     run_dir = tmp_path / "r"
     assert sorted(p.name for p in run_dir.iterdir()) == ["connection.json", "metrics.jsonl", "rank-0.jsonl",
                                                           "step-0000060.pt"]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(len(records)))
+    vals = [v for r in records if r["type"] == "rows" for v in r["body"]["val_loss"]]
+    assert vals.count(None) == 58 and all(isinstance(v, float) for v in vals if v is not None)
     steps = [s for r in records if r["type"] == "rows" for s in r["body"]["step"]]
     assert steps == list(range(1, 61))
     assert records[-1] == {"seq": len(records) - 1, "type": "status", "body": {
@@ -103,16 +109,17 @@ def test_a_failed_run_exits_1_naming_the_error(tmp_path):
     assert "the run failed at step" in done.stderr and "RuntimeError: the model broke" in done.stderr
 
 
-def test_sigterm_stops_the_run_at_a_step_boundary_and_exits_0(tmp_path):
-    job = Job(tmp_path / "r", "--steps", "1000000", *TINY, "--quiet").wait_ready()
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_run_at_a_step_boundary_and_exits_0(tmp_path, start_job, signum):
+    job = start_job(tmp_path / "r", "--steps", "1000000", *TINY, "--quiet").wait_ready()
     try:
         wait_for(lambda: (tmp_path / "r" / "metrics.jsonl").stat().st_size > 2000, timeout=30)
-        job.proc.send_signal(signal.SIGTERM)
+        job.proc.send_signal(signum)
         assert job.wait(30) == 0, job.output()
         (stop,) = [e for e in job.rank_events(0) if e[1] == "stop"]
         records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
         assert records[-1]["body"]["state"] == "stopped"
-        assert [e for r in records if r["type"] == "events" for e in r["body"] if e[2] == "stop"][0][4] == "SIGTERM"
+        assert [e for r in records if r["type"] == "events" for e in r["body"] if e[2] == "stop"][0][4] == signum.name
         assert stop[0] == max(s for r in records if r["type"] == "rows" for s in r["body"]["step"])
     finally:
         job.kill()

@@ -2,21 +2,24 @@
 restarts."""
 
 import json
+import time
 
 import pytest
 
 import lmwidget
 from tests.conftest import wait_for
-from tests.jobs import TINY, Job
+from tests.jobs import TINY
 from tests.test_magics import Kernel
 
 pytestmark = pytest.mark.slow
 
 
-def test_an_ended_job_is_shown_from_its_record(tmp_path):
-    job = Job(tmp_path / "r", "--steps", "80", *TINY, "--eval-interval", "40", "--quiet")
+def test_an_ended_job_is_shown_from_its_record(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "80", *TINY, "--eval-interval", "40", "--quiet")
     assert job.wait(60) == 0, job.output()
+    t0 = time.monotonic()
     run = lmwidget.attach(job.run_dir, display=False)
+    assert time.monotonic() - t0 < 2  # its connection file says it ended: no waiting for it
     assert (run.state, run.step, run.max_steps, run.connected) == ("finished", 80, 80, False)
     assert list(run.history.step) == list(range(1, 81)) and run.history.val_loss.notna().sum() == 2
     assert list(run.events.kind) == ["eval", "eval"] and len(run.resources) >= 1
@@ -29,10 +32,10 @@ def test_an_ended_job_is_shown_from_its_record(tmp_path):
         lmwidget.attach(tmp_path / "nowhere", display=False)
 
 
-def test_a_job_resumed_into_its_run_directory_keeps_the_earlier_record(tmp_path):
-    first = Job(tmp_path / "r", "--steps", "30", *TINY, "--checkpoint-every", "30", "--quiet")
+def test_a_job_resumed_into_its_run_directory_keeps_the_earlier_record(tmp_path, start_job):
+    first = start_job(tmp_path / "r", "--steps", "30", *TINY, "--checkpoint-every", "30", "--quiet")
     assert first.wait(60) == 0, first.output()
-    again = Job(tmp_path / "r", "--resume", str(tmp_path / "r"), "--steps", "50", "--quiet")
+    again = start_job(tmp_path / "r", "--resume", str(tmp_path / "r"), "--steps", "50", "--quiet")
     assert again.wait(60) == 0, again.output()
     assert (tmp_path / "r" / "metrics-1.jsonl").exists()  # the first job's, kept
     run = lmwidget.attach(tmp_path / "r", display=False)
@@ -40,8 +43,8 @@ def test_a_job_resumed_into_its_run_directory_keeps_the_earlier_record(tmp_path)
     assert "restore" in set(run.events.kind)
 
 
-def test_a_job_started_paused_waits_for_the_notebook(tmp_path):
-    job = Job(tmp_path / "r", "--steps", "40", *TINY, "--start-paused", "--quiet").wait_ready()
+def test_a_job_started_paused_waits_for_the_notebook(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "40", *TINY, "--start-paused", "--quiet").wait_ready()
     try:
         run = lmwidget.attach(job.run_dir, display=False)
         wait_for(lambda: run.state == "paused", timeout=10)
@@ -55,8 +58,8 @@ def test_a_job_started_paused_waits_for_the_notebook(tmp_path):
         job.kill()
 
 
-def test_a_kernel_restart_leaves_the_job_training_and_a_new_kernel_picks_it_up(tmp_path):
-    job = Job(tmp_path / "r", "--steps", "1000000", *TINY, "--eval-interval", "50", "--quiet").wait_ready()
+def test_a_kernel_restart_leaves_the_job_training_and_a_new_kernel_picks_it_up(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "1000000", *TINY, "--eval-interval", "50", "--quiet").wait_ready()
     kernel = Kernel(tmp_path)
     try:
         _, _, error, displays = kernel.execute(f"import lmwidget\nrun = lmwidget.attach({str(job.run_dir)!r})")
@@ -72,7 +75,7 @@ def test_a_kernel_restart_leaves_the_job_training_and_a_new_kernel_picks_it_up(t
         _, _, error, _ = kernel.execute(f"import lmwidget\nrun = lmwidget.attach({str(job.run_dir)!r})")
         assert error is None, error
         assert kernel.value("run.step") > step
-        assert kernel.value("list(run.history.step) == list(range(1, len(run.history) + 1))")
+        assert kernel.value("(lambda h: list(h.step) == list(range(1, len(h) + 1)))(run.history)")
         assert kernel.value("run.lr") == 1e-3 and kernel.value("'lr' in set(run.events.kind)")
         kernel.execute("run.stop()")
         assert job.wait(30) == 0, job.output()
@@ -82,8 +85,8 @@ def test_a_kernel_restart_leaves_the_job_training_and_a_new_kernel_picks_it_up(t
         job.kill()
 
 
-def test_a_record_lost_on_the_way_is_fetched_from_the_job(tmp_path):
-    job = Job(tmp_path / "r", "--steps", "1000000", *TINY, "--quiet").wait_ready()
+def test_a_record_lost_on_the_way_is_fetched_from_the_job(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "1000000", *TINY, "--quiet").wait_ready()
     run = lmwidget.attach(job.run_dir, display=False)
     try:
         apply, lost = run._apply, []
@@ -104,3 +107,40 @@ def test_a_record_lost_on_the_way_is_fetched_from_the_job(tmp_path):
     finally:
         run.detach()
         job.kill()
+
+
+def test_away_from_the_run_directory_the_record_comes_from_the_job(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "1000000", *TINY, "--eval-interval", "50", "--quiet").wait_ready()
+    wait_for(lambda: (job.run_dir / "metrics.jsonl").stat().st_size > 20000, timeout=30)
+    elsewhere = tmp_path / "laptop"  # as if copied to another machine: no run directory here
+    elsewhere.mkdir()
+    info = json.loads(job.connection_file.read_text())
+    (elsewhere / "connection.json").write_text(json.dumps({**info, "run_dir": str(tmp_path / "not-here")}))
+    run = lmwidget.attach(elsewhere / "connection.json", display=False)
+    try:
+        assert not (tmp_path / "not-here").exists()
+        h = run.history
+        assert len(h) > 100 and list(h.step) == list(range(1, len(h) + 1))
+        assert "eval" in set(run.events.kind)
+        step = run.step
+        wait_for(lambda: run.step > step + 20, timeout=10)
+        run.stop()
+        assert job.wait(30) == 0
+    finally:
+        run.detach()
+
+
+def test_waiting_on_a_job_that_was_killed_raises_instead_of_hanging(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "1000000", *TINY, "--quiet").wait_ready()
+    run = lmwidget.attach(job.run_dir, display=False)
+    try:
+        wait_for(lambda: run.step > 10, timeout=20)
+        assert run.alive
+        job.kill()  # SIGKILL: no last word from the job
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"is not heard from \(silent for over 10 s: killed\?\); "
+                                                  r"its run was running at step \d+"):
+            run.wait()
+        assert 9 < time.monotonic() - t0 < 15 and not run.alive
+    finally:
+        run.detach()
