@@ -93,8 +93,8 @@ class Job:
     def _record(self, kind: str, body) -> None:
         """Append one record to the file and publish it (with its sequence number)."""
         with self._lock:
-            record = {"seq": self._seq, "type": kind, "body": _json_ready(body)}
-            line = (_dumps(record) + "\n").encode()
+            record = _json_ready({"seq": self._seq, "type": kind, "body": body})
+            line = (json.dumps(record, default=_plain, allow_nan=False) + "\n").encode()
             self._records.seek(0, os.SEEK_END)
             self._offsets.append(self._records.tell())
             self._records.write(line)
@@ -184,7 +184,7 @@ class Job:
     def _carry_out(self, peer, message, kind: str, body: dict):
         run = self.run
         if kind == "attach":
-            return {"ok": True, "info": self.info, "seq": self._seq, "records": str(self.records_path)}
+            return {"ok": True, "info": self.info, "seq": self._seq}
         if kind == "replay":
             return {"ok": True, "records": self.replay(int(body.get("since", 0)))}
         if kind == "status":
@@ -279,16 +279,12 @@ def progress_line(run, val: float = float("nan")) -> str:
     n = len(str(run.max_steps))
     loss, norm, rate = (float(h.last(k)) for k in ("loss", "grad_norm", "tokens_per_sec"))
     parts = [f"step {run.step:>{n}}/{run.max_steps}", f"loss {loss:.4f}" if len(h) else "loss -",
-             f"val {val:.4f}" if _finite(val) else "val -",
+             f"val {val:.4f}" if math.isfinite(val) else "val -",
              f"grad_norm {norm:.3g}" if len(h) else "grad_norm -", f"lr {run.lr:.2e}",
              f"{rate / 1e3:.1f}k tok/s" if len(h) else "- tok/s", run.state, f"{run.elapsed:.0f} s"]
     if run.error is not None:
         parts.append(f"error: {type(run.error).__name__}: {run.error}")
     return " | ".join(parts)
-
-
-def _finite(x) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
 
 
 def _json_ready(obj):

@@ -94,7 +94,7 @@ class RemoteRun(ShowsDashboard):
         try:
             self._connect(info, timeout)
         except BaseException:
-            self.detach()
+            self.detach()  # no sockets left open by a failed attach
             raise
 
     def _connect(self, info: dict, timeout: float) -> None:
@@ -106,13 +106,11 @@ class RemoteRun(ShowsDashboard):
                 self.connected = False
         self._replay()
         if self._info is None:
-            self.detach()
             raise ConnectionError(f"no signed answer from the job at {self.address} and no record "
                                   f"in {self.run_dir / RECORDS}: is it running, and is "
                                   f"{self.connection_file} its connection file (its key)?")
         if not self.connected:
             if self.state not in ENDED:
-                self.detach()
                 raise ConnectionError(
                     f"no signed answer from the job at {self.address} within {timeout} s, and its "
                     f"record says it is still {self.state} at step {self.step}: if it runs, is "
@@ -142,9 +140,7 @@ class RemoteRun(ShowsDashboard):
                     except ValueError:
                         break  # a line being written: the stream brings it
                     self._apply(record)
-            if self.connected:
-                self._catch_up()
-        elif self.connected:
+        if self.connected:
             self._catch_up()
 
     def _catch_up(self) -> None:
