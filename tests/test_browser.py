@@ -639,8 +639,11 @@ def test_long_run_pause_latency_and_heap(opened):
             time.sleep(1.0)
         res["heap_after_run"] = samples
         record(nb, res)
-        growth = samples[-1] - samples[0]
-        assert growth < 1_000_000 or samples[-1] <= max(samples[:-1]), f"heap grows after the run: {samples}"
+        # the first sample may come before the run's last redraw and summary land (a one-time
+        # step of a few MB); after it the heap must stay flat: a garbage-collected heap
+        # wanders by tens of KB, a leak grows on (over 256 KB in 4 s fails)
+        growth, settled = samples[-1] - samples[0], samples[-1] - samples[1]
+        assert growth < 1_000_000 or settled < 256_000, f"heap grows after the run: {samples}"
         assert samples[-1] - res["heap_start"] < 64_000_000, res
         errs = widget_errors(nb)
         assert not errs, "console errors:\n" + "\n".join(e["text"] for e in errs)
