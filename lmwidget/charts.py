@@ -8,7 +8,7 @@ from ipywidgets import Layout
 
 from .downsample import MinMaxSeries
 
-MAX_POINTS = 2000   # per series, whatever the run length
+MAX_POINTS = 1000   # per series, whatever the run length
 MAX_RULES = 200     # the most recent events drawn as vertical rules
 EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr": "#6a1b9a",
                 "grad_clip": "#00838f", "sample": "#9e9e9e", "anomaly": "#c62828",

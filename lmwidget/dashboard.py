@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import html
 import math
+import statistics
 import threading
 import time
 import traceback
@@ -16,7 +18,7 @@ import ipywidgets as w
 from .charts import Chart
 from .compare import labels_for
 from .control import ENDED
-from .frontends import prepare
+from .frontends import cell_running, prepare, track_cells
 from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 from .summary import summary_html
 
@@ -24,6 +26,8 @@ UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 SUMMARY_QUIET = 1.0     # s with nothing redrawn before the static summary joins the cell
 GHOST_COLOR = "#9e9e9e"
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
+ACK_TIMEOUT = 10.0  # s: the longest the charts wait for a front end to handle the last redraw
+BROWSER_SHARE = 1 / 3  # of the page's time spent drawing charts, at most: it stays free for clicks
 STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
                 "finished": "#1565c0", "failed": "#c62828"}
 BAR_STYLES = {"running": "", "paused": "warning", "stopped": "info", "finished": "success",
@@ -68,6 +72,13 @@ class Dashboard(w.VBox):
         self.save_button = w.Button(description="Save", icon="save",
                                     tooltip="write a checkpoint of this step (run.save())")
         self.save_status = w.HTML()
+        # flow control: the updater numbers each redraw in `_drawn`; a front end copies the
+        # number into `_acked` (jsdlink, in the page) once it has handled every message
+        # before it, and sends it back. Charts wait for that, so a browser slower than the
+        # kernel never builds a queue in which a click's effect would wait its turn
+        self._drawn, self._acked = w.IntText(0), w.IntText(0)
+        self._ack_link = w.jsdlink((self._drawn, "value"), (self._acked, "value"))
+        self._acked.observe(self._on_ack, names="value")
         self.notice = w.HTML()
         self.sample_text = w.HTML()
         for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
@@ -126,6 +137,8 @@ class Dashboard(w.VBox):
         self.add_class("lmwidget-dashboard")
 
         self._rows = 0           # history rows already fed to the charts
+        self._undrawn = {}       # chart -> the series fed but not yet sent
+        self._held = False       # the last refresh held the charts back for the page
         self._x0 = None          # the first step drawn
         self._sent = 0           # chart bytes sent by the last refresh
         self._drawn_lr, self._drawn_clip = cfg.lr, cfg.grad_clip  # as the controls show them
@@ -145,6 +158,11 @@ class Dashboard(w.VBox):
         self._wake = threading.Event()  # set by a click, or the run's state changing: redraw now
         run._control.watch(self._wake)
         self._urgent_until = -math.inf
+        self._ack_seen = False   # a front end has acknowledged a redraw: it takes part
+        self._ack_on_main = False  # acknowledgements come through the kernel's main thread
+        self._sent_at = None     # when the last redraw was sent, until acknowledged
+        self._charts_at = -math.inf  # the page's share: no chart redraw before this (monotonic s)
+        self._page_times = collections.deque(maxlen=5)  # s a front end took per redraw, latest
         self._kick()
 
     # -- callbacks: any thread (a subshell included); they only touch Control -------------------
@@ -175,6 +193,31 @@ class Dashboard(w.VBox):
         if not self._echo() and change["new"] != self._run.grad_clip:
             self._run.set_grad_clip(change["new"])
 
+    def _on_ack(self, change) -> None:
+        """A front end has handled everything up to redraw `change["new"]` (any thread)."""
+        self._ack_seen = True
+        # over the main thread (no comms over subshells), no acknowledgement arrives while a
+        # cell runs: then the charts go on by time alone
+        self._ack_on_main = threading.current_thread() is threading.main_thread()
+        sent = self._sent_at
+        if change["new"] != self._drawn.value or sent is None:
+            return
+        now = time.monotonic()
+        self._page_times.append(now - sent)
+        self._charts_at = now + statistics.median(self._page_times) * (1 / BROWSER_SHARE - 1)
+        self._sent_at = None
+        self._wake.set()
+
+    def _charts_held(self) -> float:
+        """Seconds until the charts may be redrawn: while a front end still works through the
+        last redraw (or rests after it, so that it keeps time for clicks); 0 when free."""
+        if not self._ack_seen or (self._ack_on_main and cell_running()):
+            return 0.0
+        now, sent = time.monotonic(), self._sent_at
+        if sent is not None and now < sent + ACK_TIMEOUT:
+            return sent + ACK_TIMEOUT - now  # the acknowledgement wakes the updater sooner
+        return max(0.0, self._charts_at - now)
+
     def _echo(self) -> bool:
         """True inside the updater's own write of a control: that is no request."""
         return threading.current_thread() is self._updater
@@ -188,6 +231,7 @@ class Dashboard(w.VBox):
         from IPython import get_ipython
 
         prepare()
+        track_cells()  # whether a redraw's acknowledgement can reach this kernel now
         pub = getattr(get_ipython(), "display_pub", None)
         display_id = f"lmwidget-{self._run.id}-{uuid.uuid4().hex[:12]}"
         display(self._bundle(), raw=True, display_id=display_id)
@@ -270,15 +314,19 @@ class Dashboard(w.VBox):
             except Exception:  # never let a drawing bug kill the view silently
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
             with self._updater_lock:  # Run.start() kicks under this lock: no lost start
-                drawn = (self._n_samples == len(self._run._trainer.samples)
+                drawn = (not self._held and self._n_samples == len(self._run._trainer.samples)
                          and not self.histograms.pending(self._run)
                          and (self._run.state not in ENDED
                               or all(i in self._summarized for i, _ in self._displays)))
                 if idle and self._idle() and drawn:
                     self._updater = None
                     return
-            urgent = time.monotonic() < self._urgent_until  # a click: its effect shows at once
-            self._wake.wait(UPDATE_INTERVAL if urgent else redraw_interval(self._sent))
+            now = time.monotonic()
+            wait = UPDATE_INTERVAL if now < self._urgent_until else redraw_interval(self._sent)
+            held = self._charts_held()  # the page is busy: the charts wait, the status goes on
+            if held:
+                wait = min(max(wait, UPDATE_INTERVAL), held)
+            self._wake.wait(wait)  # a click or a change of state wakes it at once
             self._wake.clear()
 
     def refresh(self) -> None:
@@ -299,12 +347,12 @@ class Dashboard(w.VBox):
         if changed:
             self._draw_status(run, *shown)
             self._shown = shown
-        fed = {}
+        fed = self._undrawn  # series fed since they were last sent
         if self._ghosts:  # once: their curves are drawn whole
             for ghost, label in zip(self._ghosts, self._ghost_labels):
                 h = ghost._history.since(0)
                 self.charts["loss"].extend(label, h["step"], h["loss"])
-            fed["loss"] = list(self._ghost_labels)
+            fed.setdefault("loss", set()).update(self._ghost_labels)
             self._ghosts = []
         with np.errstate(over="ignore"):
             ppl, val_ppl = np.exp(new["loss"]), np.exp(new["val_loss"])
@@ -312,17 +360,25 @@ class Dashboard(w.VBox):
                                     ("grad_norm", "grad_norm", new["grad_norm"]), ("lr", "lr", new["lr"]),
                                     ("throughput", "tokens_per_sec", new["tokens_per_sec"])):
             if self.charts[chart].extend(name, steps, values):
-                fed.setdefault(chart, []).append(name)
+                fed.setdefault(chart, set()).add(name)
         evals = ~np.isnan(new["val_loss"])
         for chart, values in (("loss", new["val_loss"][evals]), ("perplexity", val_ppl[evals])):
             if self.charts[chart].extend("val", steps[evals], values):
-                fed.setdefault(chart, []).append("val")
-        self._sent = sum(self.charts[chart].draw(names) for chart, names in fed.items())
-        self._sent += self.layers.refresh(run)
+                fed.setdefault(chart, set()).add("val")
         now = time.monotonic()
         if now - self._sampled >= SAMPLE_INTERVAL and run.state not in ENDED:
             self._sampled = now
             run.sample_resources()
+        self._held = bool(self._charts_held())
+        if self._held:  # the page has not caught up: the charts wait, the status went
+            if changed:
+                self._drawn_at = now
+            return
+        self._undrawn = {}
+        if self._x0 is not None and "grad_norm" in fed:  # the clip threshold, up to this step
+            self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), run.grad_clip)
+        self._sent = sum(self.charts[chart].draw(sorted(names)) for chart, names in fed.items())
+        self._sent += self.layers.refresh(run)
         self._sent += self.resources.refresh(run)
         self._sent += self.histograms.refresh(run)
 
@@ -333,6 +389,9 @@ class Dashboard(w.VBox):
             self._n_events = len(events)
             for chart in self.timelines:
                 chart.draw_events(events)
+        if changed:  # numbered: a front end acknowledges it once it has handled all of it
+            self._sent_at = time.monotonic()
+            self._drawn.value += 1
         self._draw_samples(run)
         self._draw_save(run)
         if changed:
@@ -370,8 +429,6 @@ class Dashboard(w.VBox):
         if clip != self._drawn_clip:
             self._drawn_clip = clip
             self.clip_input.value = clip
-        if self._x0 is not None:
-            self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), clip)
 
         tps = run._history.last("tokens_per_sec")
         self.speed.value = f"{tps:,.0f} tokens/s" if math.isfinite(tps) else ""

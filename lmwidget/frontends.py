@@ -1,4 +1,4 @@
-"""Notebook frontends that need a word before they draw third-party widgets (Colab)."""
+"""What the notebook front end and kernel allow: Colab's widget manager, and whether a cell runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import warnings
 
 _lock = threading.Lock()
 _prepared = False
+_tracking = False
+_cell_running = threading.Event()  # a cell is executing on the kernel's main thread
 
 
 def in_colab() -> bool:
@@ -34,3 +36,26 @@ def prepare() -> None:
                           f"may not draw. Run `from google.colab import output; "
                           f"output.enable_custom_widget_manager()` yourself", LmwidgetWarning,
                           stacklevel=3)
+
+
+def cell_running() -> bool:
+    """True while a cell executes on the kernel's main thread, which then reads no widget
+    message unless comms run over subshells (see track_cells)."""
+    return _cell_running.is_set()
+
+
+def track_cells() -> None:
+    """Once per kernel: follow when cells start and end (IPython's pre/post_run_cell).
+    Called from a cell on the main thread, that cell is running now."""
+    global _tracking
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    with _lock:
+        if _tracking or shell is None or not hasattr(shell, "events"):
+            return
+        _tracking = True
+    shell.events.register("pre_run_cell", lambda *_: _cell_running.set())
+    shell.events.register("post_run_cell", lambda *_: _cell_running.clear())
+    if threading.current_thread() is threading.main_thread():
+        _cell_running.set()

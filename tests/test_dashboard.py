@@ -10,6 +10,7 @@ import pytest
 import torch.nn as nn
 
 import lmwidget
+from lmwidget.charts import MAX_POINTS
 from lmwidget.dashboard import BYTES_PER_SEC, UPDATE_INTERVAL, Dashboard, redraw_interval
 
 from .conftest import kinds, wait_for
@@ -64,7 +65,7 @@ def test_charts_show_the_whole_run_downsampled(tiny):
     settle(d, run)
     h = run.history
     loss = d.charts["loss"].marks["train"]
-    assert 1000 < len(loss.x) <= 2000
+    assert MAX_POINTS // 2 < len(loss.x) <= MAX_POINTS
     assert loss.x[0] == 1 and loss.x[-1] == 2500
     assert loss.y.min() == pytest.approx(h.loss.min()) and loss.y.max() == pytest.approx(h.loss.max())
     ppl = d.charts["perplexity"].marks["train"]
@@ -74,7 +75,7 @@ def test_charts_show_the_whole_run_downsampled(tiny):
     np.testing.assert_allclose(val.y, h.val_loss.dropna(), rtol=1e-6)
     for name, column in (("grad_norm", "grad_norm"), ("lr", "lr"), ("throughput", "tokens_per_sec")):
         mark = next(iter(d.charts[name].marks.values()))
-        assert 0 < len(mark.x) <= 2000 and mark.y.max() == pytest.approx(h[column].max())
+        assert 0 < len(mark.x) <= MAX_POINTS and mark.y.max() == pytest.approx(h[column].max())
     clip = d.charts["grad_norm"].extra["clip"]
     assert list(clip.y) == [0.5, 0.5] and list(clip.x) == [1, 2500]
     assert text_of(d.status) == "finished"
@@ -223,12 +224,13 @@ def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
     wait_for(lambda: run.state == "paused", timeout=2)
     time.sleep(2 * UPDATE_INTERVAL)
     resources = {id(m) for c in d.resources.charts for m in c.marks.values()}
+    resources.add(id(d._drawn))  # each redraw's number, for a front end to acknowledge
     before = len(sent)
     time.sleep(8 * UPDATE_INTERVAL)
     new = sent[before:]
     # paused: nothing changes, nothing is sent, but the resources sampled once a second
     assert [widget for widget, _, _ in new if id(widget) not in resources] == []
-    assert 1 <= len(new) <= 2 * 3 * len(resources)  # 2 s: at most 3 samples per series
+    assert 1 <= len(new) <= 2 * 3 * len(resources)  # 2 s: at most 3 samples per series (and number)
 
 
 def test_a_redraw_sends_each_series_once(tiny, sent):
@@ -281,7 +283,7 @@ def test_a_state_change_redraws_at_once(tiny, monkeypatch):
 def test_traffic_is_bounded_on_long_runs():
     assert redraw_interval(0) == UPDATE_INTERVAL
     assert redraw_interval(10_000) == UPDATE_INTERVAL  # early in a run: 4 Hz
-    full = 7 * 2000 * 2 * 4  # every series at its 2,000-point cap, float32 x and y
+    full = 7 * MAX_POINTS * 2 * 4  # every series at its point cap, float32 x and y
     assert redraw_interval(full) == pytest.approx(full / BYTES_PER_SEC)
     assert full / redraw_interval(full) <= BYTES_PER_SEC
 
@@ -517,3 +519,51 @@ def test_an_ended_run_leaves_its_summary_in_the_cell(tiny, monkeypatch):
     wait_for(lambda: len(pub.published) == 2, timeout=5)
     data, transient, _, parent = pub.published[1]
     assert transient == {"display_id": shown[1][1]["display_id"]} and parent == {"msg_id": "cell-2"}
+
+
+def test_a_page_that_falls_behind_holds_the_charts_but_never_the_status(tiny, sent):
+    """Flow control: once a front end acknowledges redraws (its jsdlink copies the redraw
+    number back), the charts wait for it to finish the last one; the status does not."""
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    marks = {id(m) for c in d.charts.values() for m in c.marks.values()}
+    wait_for(lambda: d._drawn.value >= 2)
+    d._acked.value = d._drawn.value  # the page has handled every redraw so far
+    wait_for(lambda: d._drawn.value > d._acked.value)  # a new redraw went out, unacknowledged
+    before = len(sent)
+    time.sleep(6 * UPDATE_INTERVAL)
+    held = sent[before:]
+    assert [widget for widget, _, _ in held if id(widget) in marks] == [], "charts sent to a busy page"
+    assert any(widget is d.step_label for widget, _, _ in held), "the status must go on"
+    run.pause()  # a click's effect shows at once, even while the charts wait
+    wait_for(lambda: "paused" in d.status.value, timeout=1)
+    d._acked.value = d._drawn.value  # the page caught up: the charts follow
+    wait_for(lambda: any(id(widget) in marks for widget, _, _ in sent[before + len(held):]), timeout=5)
+    assert len(d._page_times) == 2
+
+
+def test_charts_go_on_by_time_when_acknowledgements_cannot_arrive(tiny, monkeypatch):
+    """Comms over the kernel's main thread are read only between cells: while a cell runs,
+    the charts do not wait for acknowledgements that cannot come."""
+    import lmwidget.dashboard as dashboard
+
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    wait_for(lambda: d._drawn.value >= 2)
+    done = threading.Event()
+
+    def acknowledge():  # as the kernel's main thread handles a comm message
+        d._acked.value = d._drawn.value
+        done.set()
+
+    assert threading.current_thread() is threading.main_thread()
+    acknowledge()
+    assert d._ack_on_main
+    monkeypatch.setattr(dashboard, "cell_running", lambda: True)
+    drawn = d._drawn.value
+    wait_for(lambda: d._drawn.value >= drawn + 3, timeout=5)  # no acknowledgement, still drawing
+    monkeypatch.setattr(dashboard, "cell_running", lambda: False)
+    time.sleep(4 * UPDATE_INTERVAL)
+    held = d._drawn.value
+    time.sleep(4 * UPDATE_INTERVAL)
+    assert d._drawn.value - held <= 1  # between cells the page's acknowledgement is awaited
