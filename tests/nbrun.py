@@ -27,7 +27,10 @@ import lmwidget as __lmw
 __deadline = __time.monotonic() + {wait}
 for __r in __lmw.runs():
     if __r.state in ("running", "paused") and not __r._control.paused:
-        __r.wait(max(0.0, __deadline - __time.monotonic()))
+        try:  # a run that fails while waited for re-raises: its state and error say so below
+            __r.wait(max(0.0, __deadline - __time.monotonic()))
+        except Exception:
+            pass
 def __lmw_summary(r):
     h = r.history
     val = h.dropna(subset=["val_loss"])

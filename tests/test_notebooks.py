@@ -84,9 +84,11 @@ def test_the_notebook_runs_top_to_bottom(path, tmp_path, offline_shakespeare):
     assert report["peak_rss_mb"] < MEMORY_MB
     code = [c for c in executed.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code), "a cell did not run"
-    if path.name.startswith("04"):  # the lesson on clipping: SGD without it blows up, seeded
+    if path.name.startswith("04"):  # the lesson on clipping: SGD without it blows up
         text = "".join(o.get("text", "") for c in code for o in c.outputs)
-        assert "finished: False; state: paused; anomaly: (12, 'grad norm is inf')" in text, text
+        assert "finished: False; state: paused" in text, text
+        found = re.search(r"the update of step (\d+) was not finite \((.*?)\)", text)
+        assert found and int(found.group(1)) <= BLOWS_UP_BY and NON_FINITE.search(found.group(2)), text
     if path.name.startswith("03"):
         assert offline_shakespeare.requests == 1  # downloaded once, then read from the cache
         text = "".join(o.get("text", "") for c in code for o in c.outputs)
@@ -112,8 +114,17 @@ def test_the_runner_reports_errors_and_runs_that_failed_in_the_background(tmp_pa
 import sys
 sys.path.insert(0, {str(REPO)!r})
 import lmwidget
+import time
 from tests.test_run import Boom  # raises at its 5th forward call: in the training thread
-run = lmwidget.train(model=Boom(200, fail_at=5), max_steps=STEPS, block_size=8)
+
+
+class SlowBoom(Boom):  # fails after the report has started to wait for it
+    def forward(self, idx, targets=None):
+        time.sleep(0.2)
+        return super().forward(idx, targets)
+
+
+run = lmwidget.train(model=SlowBoom(200, fail_at=5), max_steps=STEPS, block_size=8)
 """)
     _, report = execute(path, cwd=tmp_path)
     assert any("failed" in p and "boom at call 5" in p for p in report["problems"]), report
@@ -170,8 +181,16 @@ def test_a_fresh_environment_from_binder_runs_the_quickstart(tmp_path):
     assert report["problems"] == [] and report["runs"][0]["state"] == "finished", report
 
 
-# What each notebook tells the learner, as numbers its runs must show when run as shipped
-# (seeded, on the CPU; the figures in the comments were measured on 2 cores).
+# What each notebook tells the learner, as its runs must show when run as shipped. Diverging
+# runs are chaotic: another CPU's kernels round differently, so a blow-up comes a step
+# earlier or later, as NaN rather than inf, and a run that climbs back up ends elsewhere.
+# The lessons are orderings, margins and windows, never one machine's digits (the figures
+# in the comments were measured on 2 cores, on two CPUs).
+BLOWS_UP_BY = 50  # "within its first few dozen steps" (steps 12 and 13 seen)
+NON_FINITE = re.compile(r"\b(inf|nan)\b")
+MARGIN = 0.5      # "far above": a gap no rounding difference closes
+
+
 def lessons_01(runs):
     (run,) = runs
     assert run["val_last"] < 2.0, run  # "within a minute it falls below 2" (~1.5)
@@ -179,24 +198,26 @@ def lessons_01(runs):
 
 def lessons_02(runs):
     good, high, low, found, no_warmup, warmup = runs
-    assert good["val_last"] < 2.0, good                    # the reference (~1.77)
-    assert high["val_last"] > 3.0, high                    # "back up to about 3.3" (~3.34)
-    assert low["val_last"] > 3.5, low                      # "barely left its start" (~3.80)
-    assert found["val_last"] < 2.2, found                  # the range test's LR trains well
-    assert warmup["val_last"] < no_warmup["val_last"] - 0.3, (warmup, no_warmup)  # ~1.80 vs ~2.48
+    assert good["val_last"] < 2.0, good                                # the reference (~1.77)
+    assert high["val_last"] > good["val_last"] + MARGIN, (high, good)  # "far above the good run's" (~3.34, ~2.93)
+    assert low["val_last"] > good["val_last"] + MARGIN, (low, good)    # "barely left its start" (~3.80)
+    assert found["val_last"] < good["val_last"] + 0.3, (found, good)   # the range test's LR trains well (~1.78)
+    assert warmup["val_last"] < no_warmup["val_last"] - 0.3, (warmup, no_warmup)  # "far below" (~1.80 vs ~2.48)
+    assert warmup["val_last"] < good["val_last"] + 0.3, (warmup, good)  # "close to the default LR"
 
 
 def lessons_03(runs):
     conv, hf = runs
-    assert conv["tokens_per_sec"] > 2 * hf["tokens_per_sec"], (conv, hf)  # "four times faster" (~4.1x)
-    assert conv["val_last"] < hf["val_last"], (conv, hf)   # "the convolution is ahead" (~1.90 vs ~2.07)
+    assert conv["tokens_per_sec"] > 1.5 * hf["tokens_per_sec"], (conv, hf)  # "several times faster" (~2.7x, ~4.1x)
+    assert conv["val_last"] < hf["val_last"], (conv, hf)   # "the convolution is ahead" (~1.92 vs ~2.07)
 
 
 def lessons_04(runs):
     run, no_clip, clipped, overfit, early, resumed = runs
-    assert no_clip["state"] == "stopped" and no_clip["anomaly"] == [12, "grad norm is inf"], no_clip
+    step, cause = no_clip["anomaly"]  # "blows up within its first few dozen steps, and pauses"
+    assert no_clip["state"] == "stopped" and step <= BLOWS_UP_BY and NON_FINITE.search(cause), no_clip
     assert clipped["state"] == "finished" and clipped["val_last"] < 4.0, clipped
-    assert overfit["val_min_step"] <= 600 and overfit["val_last"] > overfit["val_min"] + 0.5, overfit
+    assert overfit["val_min_step"] <= 600 and overfit["val_last"] > overfit["val_min"] + MARGIN, overfit
     assert early["state"] == "stopped" and early["step"] < early["max_steps"], early
     assert resumed["state"] == "finished" and resumed["step"] == run["step"] + run["max_steps"] // 3
 
