@@ -9,11 +9,18 @@ import pytest
 import lmwidget
 from lmwidget.run import active_runs
 
+from .pace import scaled, slowdown
+
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 # ~1 ms per step on 2 CPU cores, still a real GPT
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=50,
             eval_iters=2)
+
+
+def pytest_report_header(config):
+    return (f"lmwidget: this machine trains the tiny test model {slowdown():.2f}x as slow as the "
+            f"reference; every deadline is scaled by that")
 
 
 @pytest.fixture
@@ -22,13 +29,15 @@ def tiny():
 
 
 def wait_for(predicate, timeout=10.0, interval=0.005):
-    """Poll until predicate() is true; fail the test (not hang) after `timeout` s."""
+    """Poll until predicate() is true; fail the test (not hang) after `timeout` s on the
+    reference machine, scaled to this one's speed (tests/pace.py)."""
     import time
 
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {timeout:.1f} s")
         time.sleep(interval)
 
 
@@ -37,7 +46,8 @@ def run_python(code: str, timeout: float = 120):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=scaled(timeout))
     assert done.returncode == 0, done.stderr
     return done
 

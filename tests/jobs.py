@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.pace import scaled
+
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8"]
 
 
@@ -37,6 +39,7 @@ class Job:
         self.kill()
 
     def wait_ready(self, timeout=90.0) -> "Job":
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         try:
             while not self.connection_file.exists():
@@ -50,7 +53,7 @@ class Job:
 
     def wait(self, timeout=60.0) -> int:
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(scaled(timeout))
         finally:
             self.log.flush()
 

@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .pace import scaled
+
 CHROMIUM = os.environ.get("LMWIDGET_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -86,6 +88,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1
              message: str | Callable[[], str] = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; return that value.
     ``message`` (a string, or a callable evaluated on timeout) describes what was awaited."""
+    timeout = scaled(timeout)  # set on the reference machine: as long as it must be here
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:

@@ -9,6 +9,8 @@ import pytest
 
 from lmwidget.control import ENDED, STATES, Control
 
+from .pace import scaled
+
 GUARD_S = 2.0  # a wait that should end promptly must end well within this
 
 
@@ -37,7 +39,7 @@ def assert_still_waiting(thread, returned, for_s: float = 0.15):
 
 def assert_returns(thread, returned):
     t0 = time.monotonic()
-    thread.join(GUARD_S)
+    thread.join(scaled(GUARD_S))
     assert not thread.is_alive(), "wait_while_paused did not return (hung)"
     assert returned.is_set()
     return time.monotonic() - t0
@@ -128,7 +130,7 @@ def test_wait_while_paused_returns_immediately_when_not_paused():
     c = Control()
     t0 = time.monotonic()
     c.wait_while_paused()
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < scaled(0.5)
     # also after a pause/resume cycle
     c.pause()
     c.resume()
@@ -152,7 +154,7 @@ def test_wait_while_paused_returns_promptly_on_resume():
     thread, returned = start_waiter(c)
     assert_still_waiting(thread, returned)
     c.resume()
-    assert assert_returns(thread, returned) < 1.0
+    assert assert_returns(thread, returned) < scaled(1.0)
     assert c.paused is False
 
 
@@ -162,7 +164,7 @@ def test_wait_while_paused_returns_promptly_on_stop():
     thread, returned = start_waiter(c)
     assert_still_waiting(thread, returned)
     c.stop()
-    assert assert_returns(thread, returned) < 1.0
+    assert assert_returns(thread, returned) < scaled(1.0)
     assert c.paused is True and c.stop_requested is True
 
 
@@ -172,7 +174,7 @@ def test_wait_while_paused_returns_promptly_on_a_request():
     thread, returned = start_waiter(c)
     assert_still_waiting(thread, returned)
     c.request("sample")
-    assert assert_returns(thread, returned) < 1.0
+    assert assert_returns(thread, returned) < scaled(1.0)
     assert c.paused is True  # a request does not unpause
     assert c.take() == {"sample": (None, "")}
     # and with nothing pending and still paused, it waits again

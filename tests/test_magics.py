@@ -6,6 +6,8 @@ import time
 import pytest
 from jupyter_client import KernelManager
 
+from .pace import scaled
+
 pytestmark = pytest.mark.slow
 
 TINY = "--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8"
@@ -19,7 +21,7 @@ class Kernel:
         self.km.start_kernel(cwd=str(cwd))  # its default checkpoint directory lands there
         self.kc = self.km.client()
         self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
+        self.kc.wait_for_ready(timeout=scaled(60))
         self.comm_updates = 0  # widget state updates the kernel sent (the dashboard redrawing)
         self.log = []          # every iopub message read, whichever cell it belongs to
         self.last_msg_id = None
@@ -28,6 +30,7 @@ class Kernel:
         """Run a cell; return (stdout, stderr, error text, display data)."""
         msg_id = self.last_msg_id = self.kc.execute(code)
         out, err, error, displays = [], [], None, []
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -56,7 +59,7 @@ class Kernel:
         return eval(out)
 
     def wait_for(self, expression, expected, timeout=10):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while (got := self.value(expression)) != expected:
             assert time.monotonic() < deadline, f"{expression} is {got!r}, not {expected!r}"
             time.sleep(0.05)
@@ -90,7 +93,7 @@ def test_lmtrain_in_a_kernel_obeys_the_browser(kernel):
     t0 = time.monotonic()
     _, err, error, displays = kernel.execute(f"run = %lmtrain --model gpt --steps 1000000 --lr 3e-3 {TINY}")
     assert error is None, error
-    assert time.monotonic() - t0 < 10, "the cell must return at once"
+    assert time.monotonic() - t0 < scaled(10), "the cell must return at once"
     assert any("application/vnd.jupyter.widget-view+json" in d for d in displays), "no dashboard shown"
     assert err == ""
     kernel.wait_for("run.state", "running")
