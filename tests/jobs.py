@@ -85,3 +85,17 @@ class Job:
         psutil.wait_procs(procs, timeout=10)
         self.proc.poll()
         self.log.close()
+
+
+def recorded_steps(path) -> int:
+    """How many steps a job's metrics.jsonl holds so far (bound by work, not by bytes)."""
+    steps = 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break  # a line being written
+            if record["type"] == "rows":
+                steps += len(record["body"]["step"])
+    return steps

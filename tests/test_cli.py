@@ -12,7 +12,7 @@ import pytest
 from lmwidget import cli
 from lmwidget.magics import _parser as lmtrain_parser
 from tests.conftest import wait_for
-from tests.jobs import TINY
+from tests.jobs import TINY, recorded_steps
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_a_failed_run_exits_1_naming_the_error(tmp_path):
 def test_sigterm_or_ctrl_c_stops_the_run_at_a_step_boundary_and_exits_0(tmp_path, start_job, signum):
     job = start_job(tmp_path / "r", "--steps", "1000000", *TINY, "--quiet").wait_ready()
     try:
-        wait_for(lambda: (tmp_path / "r" / "metrics.jsonl").stat().st_size > 2000, timeout=30)
+        wait_for(lambda: recorded_steps(tmp_path / "r" / "metrics.jsonl") > 5, timeout=30)
         job.proc.send_signal(signum)
         assert job.wait(30) == 0, job.output()
         (stop,) = [e for e in job.rank_events(0) if e[1] == "stop"]
