@@ -136,13 +136,13 @@ def lmwidget_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps
 
     dashboard.refresh = measured_refresh
     run.start()
-    while run.step < warmup and run._thread.is_alive():
+    while run.step < warmup and run.alive:
         time.sleep(0.002)
     t0, step0, cpu0 = time.perf_counter(), run.step, cpu[0]
-    run._thread.join()
-    _sync(run._trainer.device)
+    run.join()
+    _sync(run.device)
     elapsed = time.perf_counter() - t0
-    tokens_per_sec = (run.step - step0) * run._trainer.tokens_per_step / elapsed
+    tokens_per_sec = (run.step - step0) * config.batch_size * config.block_size * config.grad_accum / elapsed
     # the periodic redraws; the end's state change wakes one more at once
     sent = [t for t, before, after, training in draws if after > before and t >= t0 and training]
     rate = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0
@@ -178,7 +178,7 @@ def control_latency(config: TrainConfig, dataset: Dataset, init_state: dict, rep
         run.resume()
         lr = 1e-3 * (i + 2)
         out["set_lr_ms"].append(_latency(lambda: run.set_lr(lr), lambda: run.lr == lr))
-        out["stop_ms"].append(_latency(run.stop, lambda: not run._thread.is_alive()))
+        out["stop_ms"].append(_latency(run.stop, lambda: not run.alive))
     return {k: {"median": statistics.median(v), "max": max(v)} for k, v in out.items()}
 
 
@@ -239,7 +239,7 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) ->
         ui_rate.append(rate)
         update_bytes += sizes
         msg_bytes.append(sum(size for _, size in CountingComm.log) * 1000 / run.step)
-    history = run._history
+    history = run.record
     model = run.model
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

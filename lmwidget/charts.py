@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import bqplot as bq
 import numpy as np
 from ipywidgets import Layout
@@ -23,7 +25,7 @@ class Chart:
 
     def __init__(self, title: str, x_scale, series: dict, css_class: str, log: bool = False,
                  tick_format: str | None = None, x_label: str = "step", x_format: str = "d",
-                 event_x: int = STEP):
+                 event_x: int = STEP, y_label: str = ""):
         y_scale = bq.LogScale() if log else bq.LinearScale()
         self.series = {name: MinMaxSeries(MAX_POINTS) for name in series}
         self.marks = {}
@@ -45,7 +47,7 @@ class Chart:
             # bqplot cannot draw a log axis created empty with num_ticks, nor guess a tick
             # format for a one-step domain: so integer steps, and default ticks on log axes
             axes=[bq.Axis(scale=x_scale, label=x_label, side="bottom", tick_format=x_format, num_ticks=5),
-                  bq.Axis(scale=y_scale, side="left", tick_format=tick_format,
+                  bq.Axis(scale=y_scale, side="left", tick_format=tick_format, label=y_label,
                           num_ticks=None if log else 5)],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
             animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))
@@ -131,6 +133,16 @@ def event_label(event) -> str:
     return label + (f" ({detail})" if detail else "")
 
 
+def view_bundle(widget, text: str) -> dict:
+    """The display data that shows `widget` in a notebook (ipywidgets' own mimebundle)."""
+    return {"text/plain": text,
+            "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                         "model_id": widget.model_id}}
+
+
+_shown_in: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # widget -> cell it is shown in
+
+
 def show_in_notebook(widget) -> None:
     """Display `widget` in the running cell when there is a kernel to draw it, once per cell:
     returned as the cell's value too (`lmwidget.compare(a, b)` on its own line), it is not
@@ -141,12 +153,12 @@ def show_in_notebook(widget) -> None:
     if not hasattr(shell, "kernel"):
         return
     count = getattr(shell, "execution_count", None)
-    if getattr(widget, "_lmwidget_shown_in", None) == count:
+    if _shown_in.get(widget) == count:
         return
-    widget._lmwidget_shown_in = count
+    _shown_in[widget] = count
     from IPython.display import display
 
     from .frontends import prepare
 
     prepare()
-    display(widget._repr_mimebundle_(), raw=True)  # not display(widget): no _ipython_display_ loop
+    display(view_bundle(widget, repr(widget)), raw=True)  # not display(widget): no _ipython_display_ loop

@@ -171,6 +171,21 @@ def _feed(h, obj, where: str = "checkpoint") -> None:
                         f"{type(obj).__module__}.{type(obj).__name__}: {obj!r:.80}")
 
 
+def save_to(payload: dict, path, directory, name: str) -> dict:
+    """Write `payload` to `path` (a file, or a directory to save `name` into), or to
+    `directory`/`name` when `path` is None; returns {"path", "kind", "bytes", "seconds"}."""
+    if path is None:
+        target = Path(directory) / name
+    else:
+        trailing = os.fspath(path).endswith(("/", os.sep))
+        path = Path(path).expanduser()
+        target = path / name if trailing or path.is_dir() else path
+    t0 = time.perf_counter()
+    size = write(payload, target)
+    return {"path": str(target), "kind": payload.get("kind"), "bytes": size,
+            "seconds": time.perf_counter() - t0}
+
+
 class SaveJob:
     """One save asked for: where, and (once written) the outcome, for whoever waits on it."""
 
@@ -375,6 +390,9 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
     from .config import TrainConfig
 
     options = dict(options or {})
+    if payload.get("source", "run") != "run":
+        raise CheckpointError(f"checkpoint {payload['path']} was written by lmwidget.steer() (your own "
+                              f"loop): resume it with lmwidget.steer(model, optimizer, ..., resume=path)")
     path, saved, state = payload["path"], dict(payload["config"]), payload["trainer"]
     for name in FIXED:
         if name in options and options[name] != saved.get(name):
@@ -404,3 +422,18 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
         raise ValueError(f"checkpoint {path} is at step {state['step']}, and max_steps is "
                          f"{config.max_steps}: pass max_steps > {state['step']} (--steps) to train on")
     return config
+
+
+def check_fits(model: torch.nn.Module, saved: dict, path: str) -> None:
+    """Refuse saved weights that do not fit `model` exactly, naming what differs."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [f"{k}: saved {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in saved and saved[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                 f"different shapes ({'; '.join(shapes[:5])})" if shapes else ""]
+        raise CheckpointError(f"the weights in checkpoint {path} do not fit model "
+                              f"{type(model).__name__}: " + "; ".join(p for p in parts if p))

@@ -148,17 +148,16 @@ def main(argv=None) -> int:
                 job.serve()
             except BaseException as e:  # the serving side broke: end the run cleanly first
                 run.stop(f"the job's server failed: {type(e).__name__}: {e}")
-                run._thread.join()
+                run.join()
                 raise
             finally:
                 job.close()
         else:
             log = RankLog(run, run_dir, sync.rank)
-            while run._thread.is_alive():
-                run._thread.join(0.25)
+            while not run.join(0.25):
                 log.flush()
             log.close()
-        run._thread.join()
+        run.join()
         if run.error is not None:
             print(f"{PROG}: the run failed at step {run.step}: {type(run.error).__name__}: "
                   f"{run.error}", file=sys.stderr, flush=True)

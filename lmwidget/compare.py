@@ -13,6 +13,8 @@ import numpy as np
 
 from .charts import Chart, show_in_notebook
 from .control import ENDED
+from .schema import CHARTS, COLUMNS
+from .source import Source
 
 PALETTE = ("#1565c0", "#e65100", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#ad1457")
 UPDATE_INTERVAL = 0.25
@@ -30,7 +32,7 @@ def labels_for(runs) -> list[str]:
     differ between them, at most three."""
     rows = []
     for run in runs:
-        summary = run.config.summary()
+        summary = dict(run.options())
         summary["lr"] = run.lr  # as steered
         rows.append(summary)
     keys = [k for k in rows[0] if k not in SKIP and len({repr(r.get(k)) for r in rows}) > 1]
@@ -55,27 +57,27 @@ def stats(run) -> dict:
 class Compare(w.VBox):
     """Built on the caller's thread; one updater thread writes every trait while any run trains."""
 
-    CHARTS = (("loss", "loss", False, ".3g"), ("val_loss", "validation loss", False, ".3g"),
-              ("grad_norm", "grad norm (before clipping)", True, ".2g"), ("lr", "learning rate", True, ".1e"))
-
     def __init__(self, runs, labels=None):
         if not runs:
             raise ValueError("compare() needs at least one run")
-        bad = [r for r in runs if not hasattr(r, "_history")]
+        bad = [r for r in runs if not isinstance(r, Source)]
         if bad:
-            raise TypeError(f"compare() takes lmwidget Runs; got {type(bad[0]).__name__}")
+            raise TypeError(f"compare() takes lmwidget runs (a Run, Loop, RemoteRun, ...); got "
+                            f"{type(bad[0]).__name__}")
         self.runs = list(runs)
         self.labels = list(labels) if labels is not None else labels_for(self.runs)
         if len(self.labels) != len(self.runs):
             raise ValueError(f"{len(self.labels)} labels for {len(self.runs)} runs")
         colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(self.labels)}
         x = bq.LinearScale()
+        self.metrics = [m for m in COLUMNS if m.compare]
         self.charts = {}
-        for column, title, log, fmt in self.CHARTS:
-            marker = "circle" if column == "val_loss" else None
-            series = {label: (colors[label], marker) for label in self.labels}
-            css = f"lmwidget-compare-{column.replace('_', '-')}"
-            self.charts[column] = Chart(title, x, series, css, log=log, tick_format=fmt)
+        for m in self.metrics:
+            spec = CHARTS[m.chart]
+            series = {label: (colors[label], "circle" if m.sparse else None) for label in self.labels}
+            css = f"lmwidget-compare-{m.name.replace('_', '-')}"
+            self.charts[m.name] = Chart(m.title or spec.title, x, series, css, log=spec.log,
+                                        tick_format=spec.tick_format, y_label=spec.unit)
         self.table = w.HTML()
         self.table.add_class("lmwidget-compare-table")
         grid = w.GridBox([c.figure for c in self.charts.values()], layout=w.Layout(
@@ -110,16 +112,16 @@ class Compare(w.VBox):
     def refresh(self) -> None:
         fed = {}
         for i, (run, label) in enumerate(zip(self.runs, self.labels)):
-            run._history.drain()
-            new = run._history.since(self._rows[i])
+            run.record.drain()
+            new = run.record.since(self._rows[i])
             self._rows[i] += len(new["step"])
-            steps = new["step"]
-            for column in ("loss", "grad_norm", "lr"):
-                if self.charts[column].extend(label, steps, new[column]):
-                    fed.setdefault(column, []).append(label)
-            evals = ~np.isnan(new["val_loss"])
-            if self.charts["val_loss"].extend(label, steps[evals], new["val_loss"][evals]):
-                fed.setdefault("val_loss", []).append(label)
+            for m in self.metrics:
+                x, y = new["step"], new[m.name]
+                if m.sparse:
+                    keep = ~np.isnan(y)
+                    x, y = x[keep], y[keep]
+                if self.charts[m.name].extend(label, x, y):
+                    fed.setdefault(m.name, []).append(label)
         for column, labels in fed.items():
             self.charts[column].draw(labels)
         key = tuple((r.state, r.step) for r in self.runs)

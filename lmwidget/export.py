@@ -12,18 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .hf import unwrap
 from .summary import summary_html
-
-SCALARS = {  # history column -> TensorBoard tag
-    "loss": "loss/train", "val_loss": "loss/val", "perplexity": "perplexity/train",
-    "val_perplexity": "perplexity/val", "grad_norm": "grad_norm", "lr": "lr",
-    "tokens_per_sec": "throughput/tokens_per_sec", "step_time": "throughput/step_time",
-    "cpu_percent": "resources/cpu_percent", "rss_mb": "resources/rss_mb",
-    "gpu_util": "resources/gpu_util", "gpu_mem_mb": "resources/gpu_mem_mb",
-    "gpu_temp_c": "resources/gpu_temp_c", "gpu_power_w": "resources/gpu_power_w",
-}
-
 
 def has(module: str) -> bool:
     try:
@@ -45,13 +34,12 @@ def run_info(run) -> dict:
     from . import __version__
 
     return {
-        "config": {k: _json_value(v) for k, v in run.config.summary().items()},
-        "run": {"id": run.id, "state": run.state, "step": run.step, "max_steps": run.max_steps,
-                "lr": run.lr, "grad_clip": run.grad_clip, "elapsed_s": run.elapsed,
-                "restored_from": run.restored_from, "error": repr(run.error) if run.error else None,
-                "checkpoints": run.checkpoints, "model_class": type(unwrap(run.model)).__name__,
-                "parameters": sum(p.numel() for p in run.model.parameters()),
-                "vocab_size": run.tokenizer.vocab_size},
+        "config": {k: _json_value(v) for k, v in run.options().items()},
+        "run": {"id": run.id, "kind": type(run).__name__, "state": run.state, "step": run.step,
+                "max_steps": run.max_steps, "lr": run.lr, "grad_clip": run.grad_clip,
+                "elapsed_s": run.elapsed, "restored_from": run.restored_from,
+                "error": repr(run.error) if run.error else None, "checkpoints": run.checkpoints,
+                **{k: _json_value(v) for k, v in run.describe().items()}},
         "versions": {"lmwidget": __version__, "torch": str(torch.__version__),
                      "python": platform.python_version()},
     }
@@ -87,13 +75,15 @@ def write_tensorboard(run, frame, events, logdir: Path) -> Path:
     """TensorBoard event files: every scalar at every step, events and samples as text."""
     from torch.utils.tensorboard import SummaryWriter
 
-    start = (run._trainer.started or 0.0) - (frame["time"].iloc[0] if len(frame) else 0.0)
     steps = frame["step"].to_numpy()
-    walltimes = start + frame["time"].to_numpy()
+    walltimes = (run.start_time or 0.0) + frame["time"].to_numpy()
     writer = SummaryWriter(log_dir=str(logdir))
     try:
-        for column, tag in SCALARS.items():
-            values = frame[column].to_numpy(dtype=np.float64)
+        for metric in run.record.metrics():
+            if metric.tag is None:
+                continue
+            values = frame[metric.name].to_numpy(dtype=np.float64)
+            tag = metric.tag
             for step, value, wall in zip(steps, values, walltimes):
                 if not np.isnan(value):  # not evaluated, not sampled
                     writer.add_scalar(tag, value, int(step), walltime=float(wall))
@@ -156,7 +146,9 @@ def to_html(run, path) -> Path:
     event_table = ("<table><tr>" + "".join(f"<th>{c}</th>" for c in events.columns) + "</tr>"
                    + event_rows + "</table>")
     widgets = embed_snippet(views=[dashboard], state=dependency_state([dashboard], drop_defaults=True))
-    page = PAGE.format(title=html.escape(f"lmwidget run {run.id}: {info['model']} on {info['data']}"),
+    what = run.describe()
+    page = PAGE.format(title=html.escape(f"lmwidget {run.name}: " + " on ".join(
+                           str(what[k]) for k in ("model", "data") if k in what)),
                        summary=summary_html(run), config=config, events=event_table,
                        n_events=len(events), widgets=widgets)
     path.write_text(page, encoding="utf-8")

@@ -30,7 +30,7 @@ def prepare() -> None:
 
             output.enable_custom_widget_manager()
         except Exception as e:  # a run may already be training: never fail its display
-            from .run import LmwidgetWarning
+            from .source import LmwidgetWarning
 
             warnings.warn(f"could not enable Colab's custom widget manager ({e!r}): the charts "
                           f"may not draw. Run `from google.colab import output; "

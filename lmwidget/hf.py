@@ -6,7 +6,7 @@ import sys
 
 import torch.nn as nn
 
-from .models import _Generate, _loss
+from .models import GenerateMixin, lm_loss
 
 
 def is_hf_causal_lm(model) -> bool:
@@ -38,7 +38,7 @@ def unwrap(model):
     return model.model if isinstance(model, HFCausalLM) else model
 
 
-class HFCausalLM(_Generate, nn.Module):
+class HFCausalLM(GenerateMixin, nn.Module):
     """forward(idx, targets) -> (logits, loss) and generate() around a Hugging Face causal LM.
 
     The targets are the next tokens already (lmwidget's batches are shifted by one), so the
@@ -55,7 +55,7 @@ class HFCausalLM(_Generate, nn.Module):
 
     def forward(self, idx, targets=None):
         logits = self.model(input_ids=idx, use_cache=False).logits
-        return logits, _loss(logits, targets)
+        return logits, lm_loss(logits, targets)
 
     def extra_repr(self) -> str:
         return f"{type(self.model).__name__}, vocab_size={self.vocab_size}, block_size={self.block_size}"

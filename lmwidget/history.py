@@ -1,4 +1,4 @@
-"""Full-resolution columnar metrics and events, and min/max downsampling for charts."""
+"""History: a run's record (metrics by step, the user's metrics, events, resources, samples), read by any thread."""
 
 from __future__ import annotations
 
@@ -9,39 +9,37 @@ import numpy as np
 import pandas as pd
 import torch
 
-COLUMNS = ("step", "tokens", "time", "loss", "perplexity", "grad_norm", "lr", "tokens_per_sec",
-           "step_time", "val_loss", "val_perplexity")
-# sampled about once a second by an observer, shown at each step as the latest sample by then
-RESOURCE_COLUMNS = ("cpu_percent", "rss_mb", "gpu_util", "gpu_mem_mb", "gpu_temp_c", "gpu_power_w")
-_STORED = {"step": np.int64, "tokens": np.int64, "time": np.float64, "loss": np.float64,
-           "grad_norm": np.float64, "lr": np.float64, "tokens_per_sec": np.float64,
-           "step_time": np.float64, "val_loss": np.float64}
+from .schema import BY_NAME, COLUMNS, RESOURCES, STORED, check_user_name, filled, user_metric
+
 EVENT_COLUMNS = ("step", "time", "kind", "value", "detail")
 DRAIN_EVERY = 256  # the loop reads its pending device scalars itself at most this rarely
-_DEVICE = (6, 7, 8)  # the pushed row's fields that may be device tensors: loss, grad_norm, val_loss
-#                     (and tokens_per_sec, in a torchrun job: the sum over its ranks)
 
 
 class History:
-    """Metrics appended by the training loop, read by any thread.
+    """What a run recorded, appended by the training loop and read by any thread.
 
-    The loop `push`es a row per step whose loss, grad norm and validation loss are still
-    device tensors; nothing is read back to the host then. `drain` (called by the
-    dashboard before it draws, by readers, and by the loop every DRAIN_EVERY steps)
-    copies all pending scalars to the host in one transfer, appends them to the columns,
-    and hands the new rows to the listeners (the spike detector) in order.
-
-    Times are seconds since the run started (`clock()`); events carry one too.
+    The loop `push`es a row per step whose values (the schema's stored columns) may still be
+    device tensors: nothing is read back to the host then. `drain` (called by a view before
+    it draws, by readers, and by the loop every DRAIN_EVERY steps) copies every pending
+    tensor to the host in one transfer per device, appends the rows to the columns, and hands
+    them to the listeners (the spike detector) in order. `log` records the user's own
+    metrics the same way. Times are seconds since the run started (`clock()`).
     """
 
     def __init__(self, capacity: int = 1024):
-        self._lock = threading.Lock()        # guards _pending, the columns, _n, events, samples
+        self._lock = threading.Lock()        # guards the pending rows, columns, events, samples
         self._drain_lock = threading.Lock()  # one drain at a time, so rows stay in order
-        self._pending: list = []
-        self._cols = {k: np.empty(capacity, dtype=t) for k, t in _STORED.items()}
+        self._pending: list = []             # rows: {column: value}
+        self._pending_logged: list = []      # the user's: (step, name, value)
+        self._cols = {m.name: np.empty(capacity, dtype=m.dtype) for m in STORED}
         self._n = 0
+        self._logged: list = []              # (step, name, float), in the order logged
+        self._user: dict = {}                # name -> its Metric, in the order first logged
         self._events: list = []
-        self._samples: list = []   # (time, step, {resource: value})
+        self._resources: list = []           # (time, step, {resource: value})
+        self._samples: list = []             # (step, text)
+        self._histograms: list = []
+        self.layer_grad_norms = None         # (step, per-layer norms as a device tensor), newest
         self._listeners: list = []
         self._t0 = time.monotonic()
 
@@ -60,59 +58,87 @@ class History:
         """`listener(columns)` is called with every batch of drained rows (on the draining thread)."""
         self._listeners.append(listener)
 
-    def push(self, step, tokens, time, lr, tokens_per_sec, step_time, loss, grad_norm,
-             val_loss) -> int:
-        """Queue one step's row (called by the loop); returns how many rows are pending."""
+    def metrics(self) -> list:
+        """Every column's declaration: the schema's, then the user's in the order first logged."""
         with self._lock:
-            self._pending.append(
-                (step, tokens, time, lr, tokens_per_sec, step_time, loss, grad_norm, val_loss))
+            return [*COLUMNS, *self._user.values()]
+
+    # -- rows ----------------------------------------------------------------------------
+    def push(self, **values) -> int:
+        """Queue one step's row, {column: value} (called by the loop); a column left out takes
+        its default. Returns how many rows are pending."""
+        with self._lock:
+            self._pending.append(values)
             return len(self._pending)
 
+    def log(self, step: int, values: dict) -> None:
+        """The user's metrics at `step` ({name: number or 0-d tensor}), kept as they came."""
+        for name in values:
+            check_user_name(name)
+        with self._lock:
+            for name, value in values.items():
+                if name not in BY_NAME and name not in self._user:
+                    self._user[name] = user_metric(name, len(self._user))
+                self._pending_logged.append((step, name, value))
+
     def drain(self) -> int:
-        """Move pending rows into the columns; one host-device transfer for all of them."""
+        """Move pending rows into the columns; one host-device transfer per device for all of them."""
         with self._drain_lock:
             with self._lock:
                 rows, self._pending = self._pending, []
-            if not rows:
+                logged, self._pending_logged = self._pending_logged, []
+            if not rows and not logged:
                 return 0
+            new = {m.name: [row.get(m.name, m.default) for row in rows] for m in STORED}
+            values = [v for _, _, v in logged]
+            _to_host([*new.values(), values])  # the one sync point
+            logged = [(step, name, float(v)) for (step, name, _), v in zip(logged, values)]
+            new = {name: filled(name, col, 0) for name, col in new.items()}
             k = len(rows)
-            loss, norm, val = _DEVICE
-            scalars = torch.stack([torch.as_tensor(r[loss]) for r in rows]
-                                  + [torch.as_tensor(r[norm]) for r in rows])
-            scalars = scalars.detach().double().cpu().numpy()  # the one sync point
-            vals = np.full(k, np.nan)
-            evals = [i for i, r in enumerate(rows) if r[val] is not None]
-            if evals:
-                vals[evals] = torch.stack([torch.as_tensor(rows[i][val]) for i in evals]).double().cpu().numpy()
-            rates = [r[4] for r in rows]
-            if any(torch.is_tensor(r) for r in rates):  # summed over a torchrun job's ranks
-                rates = torch.stack([torch.as_tensor(r) for r in rates]).double().cpu().numpy()
-            new = {"step": [r[0] for r in rows], "tokens": [r[1] for r in rows],
-                   "time": [r[2] for r in rows], "lr": [r[3] for r in rows],
-                   "tokens_per_sec": rates, "step_time": [r[5] for r in rows],
-                   "loss": scalars[:k], "grad_norm": scalars[k:], "val_loss": vals}
             with self._lock:
                 self._reserve(self._n + k)
-                for name, values in new.items():
-                    self._cols[name][self._n:self._n + k] = values
+                for name, col in new.items():
+                    self._cols[name][self._n:self._n + k] = col
                 self._n += k
-            if self._listeners:
-                new = {name: np.asarray(values, dtype=_STORED[name]) for name, values in new.items()}
+                for step, name, value in logged:
+                    if name in self._user:
+                        self._logged.append((step, name, value))
+                    elif not self._set_at(step, name, value):  # a schema column, by the user
+                        self._pending_logged.append((step, name, value))  # its row comes later
+            if rows and self._listeners:
                 for listener in self._listeners:
                     listener(new)
             return k
 
+    def _set_at(self, step: int, name: str, value) -> bool:
+        """A schema column logged by the user (run.log(val_loss=...)): set at the row of
+        `step`; False while that row is still to come."""
+        steps = self._cols["step"][:self._n]
+        at = np.flatnonzero(steps == step)
+        if len(at):
+            self._cols[name][at[-1]] = value
+            return True
+        return self._n > 0 and step <= steps[-1]  # a step with no row of its own: dropped
+
     def extend(self, columns: dict) -> int:
-        """Append rows already on the host ({column: values}, every stored column): a remote
-        job's rows, as an attached notebook receives them."""
+        """Append rows already on the host ({column: values}): a remote job's rows as an
+        attached notebook receives them. A column the sender did not know takes its default."""
         k = len(columns["step"])
         with self._drain_lock:
             with self._lock:
                 self._reserve(self._n + k)
-                for name in _STORED:
-                    self._cols[name][self._n:self._n + k] = np.asarray(columns[name], dtype=_STORED[name])
+                for m in STORED:
+                    self._cols[m.name][self._n:self._n + k] = filled(m.name, columns.get(m.name), k)
                 self._n += k
         return k
+
+    def extend_logged(self, entries) -> None:
+        """Append the user's metrics already on the host: (step, name, value) entries."""
+        with self._lock:
+            for step, name, value in entries:
+                if name not in self._user:
+                    self._user[name] = user_metric(name, len(self._user))
+                self._logged.append((int(step), str(name), float("nan") if value is None else float(value)))
 
     def _reserve(self, size: int) -> None:
         capacity = len(self._cols["step"])
@@ -129,46 +155,80 @@ class History:
         with self._lock:
             return {k: c[start:self._n].copy() for k, c in self._cols.items()}
 
+    def logged_since(self, start: int) -> list:
+        """The user's metrics from entry `start` on: (step, name, value) tuples."""
+        with self._lock:
+            return self._logged[start:]
+
     def last(self, name: str, default=float("nan")):
         with self._lock:
             return self._cols[name][self._n - 1] if self._n else default
 
     def nbytes_per_step(self) -> int:
-        return sum(np.dtype(t).itemsize for t in _STORED.values())
+        return sum(np.dtype(m.dtype).itemsize for m in STORED)
 
     def frame(self) -> pd.DataFrame:
+        """Every step: the stored columns, the derived ones, the latest resource sample by its
+        time, and the user's metrics (a step the user logged at but the loop did not record
+        gets a row of its own)."""
         self.drain()
         cols = self.since(0)
-        with np.errstate(over="ignore"):  # a diverged loss has an infinite perplexity
-            cols["perplexity"] = np.exp(cols["loss"])
-            cols["val_perplexity"] = np.exp(cols["val_loss"])
-        frame = pd.DataFrame({k: cols[k] for k in COLUMNS})
+        for m in COLUMNS:
+            if m.derive is not None:
+                cols[m.name] = m.derive(cols)
         samples = self.resources_frame()
         # each step shows the latest sample taken by its time (NaN before the first one)
         at = np.searchsorted(samples["time"].to_numpy(), cols["time"], side="right") - 1
-        for name in RESOURCE_COLUMNS:
-            values = np.append(samples[name].to_numpy(dtype=np.float64), np.nan)
-            frame[name] = values[at]  # at == -1 picks the NaN
+        for m in RESOURCES:
+            values = np.append(samples[m.name].to_numpy(dtype=np.float64), np.nan)
+            cols[m.name] = values[at]  # at == -1 picks the NaN
+        frame = pd.DataFrame({m.name: cols[m.name] for m in COLUMNS})
+        logged = self.logged_since(0)
+        if logged:
+            user = pd.DataFrame(logged, columns=["step", "name", "value"]).pivot_table(
+                index="step", columns="name", values="value", aggfunc="last")
+            user = user[[n for n in self._user if n in user.columns]]
+            frame = frame.merge(user, how="outer", left_on="step", right_index=True, sort=True)
+            frame = frame.astype({"step": np.int64}).reset_index(drop=True)
         return frame
 
     # -- resources ---------------------------------------------------------------------------
     def record_resources(self, time: float, step: int, sample: dict) -> None:
         with self._lock:
-            self._samples.append((time, step, sample))
+            self._resources.append((time, step, sample))
 
     def resources_since(self, start: int) -> list:
         with self._lock:
-            return self._samples[start:]
+            return self._resources[start:]
 
     def resources_frame(self) -> pd.DataFrame:
         """Every resource sample: time, step and each resource (NaN where not measured)."""
         samples = self.resources_since(0)
-        names = list(RESOURCE_COLUMNS) + sorted({k for *_, s in samples for k in s} - set(RESOURCE_COLUMNS))
+        known = [m.name for m in RESOURCES]
+        names = known + sorted({k for *_, s in samples for k in s} - set(known))
         data = {"time": [t for t, _, _ in samples], "step": [s for _, s, _ in samples]}
         for name in names:
             data[name] = [float(s.get(name, np.nan)) for *_, s in samples]
         return pd.DataFrame(data, columns=["time", "step", *names]).astype(
             {"time": np.float64, "step": np.int64, **{n: np.float64 for n in names}})
+
+    # -- samples, histograms, per-layer norms --------------------------------------------------
+    def add_sample(self, step: int, text: str) -> None:
+        with self._lock:
+            self._samples.append((int(step), str(text)))
+
+    def samples_since(self, start: int) -> list:
+        """Text samples from index `start` on: (step, text)."""
+        with self._lock:
+            return self._samples[start:]
+
+    def add_histogram(self, histogram: dict) -> None:
+        with self._lock:
+            self._histograms.append(histogram)
+
+    def histograms_since(self, start: int) -> list:
+        with self._lock:
+            return self._histograms[start:]
 
     # -- events ------------------------------------------------------------------------------
     def record_event(self, step: int, kind: str, value=None, detail: str = "",
@@ -198,27 +258,48 @@ class History:
         with self._lock:
             n = self._n
             columns = {k: torch.from_numpy(c[:n].copy()) for k, c in self._cols.items()}
-        samples = self.resources_frame()
-        resources = {name: torch.from_numpy(samples[name].to_numpy().copy()) for name in samples}
+            logged = [[s, name, v] for s, name, v in self._logged]
+            samples = [[s, text] for s, text in self._samples]
+        frame = self.resources_frame()
+        resources = {name: torch.from_numpy(frame[name].to_numpy().copy()) for name in frame}
         events = [[int(step), float(t), str(kind), _plain(value), str(detail)]
                   for step, t, kind, value, detail in self.events_since(0)]
-        return {"columns": columns, "events": events, "resources": resources, "clock": self.clock()}
+        return {"columns": columns, "events": events, "resources": resources, "clock": self.clock(),
+                "logged": logged, "samples": samples}
 
     def load_state_dict(self, state: dict) -> None:
-        """Replace what is recorded with a checkpoint's (before the run starts)."""
+        """Replace what is recorded with a checkpoint's (before the run starts). A column the
+        checkpoint's lmwidget did not have takes its default."""
         columns = state["columns"]
         n = len(columns["step"])
         with self._lock:
             self._reserve(n)
-            for name in _STORED:
-                self._cols[name][:n] = columns[name].numpy()
+            for m in STORED:
+                saved = columns.get(m.name)
+                self._cols[m.name][:n] = filled(m.name, None if saved is None else saved.numpy(), n)
             self._n = n
             self._events = [list(e) for e in state["events"]]
             res = {k: v.tolist() for k, v in state["resources"].items()}
             names = [k for k in res if k not in ("time", "step")]
-            self._samples = [(t, int(s), {k: res[k][i] for k in names if not np.isnan(res[k][i])})
-                             for i, (t, s) in enumerate(zip(res["time"], res["step"]))]
+            self._resources = [(t, int(s), {k: res[k][i] for k in names if not np.isnan(res[k][i])})
+                               for i, (t, s) in enumerate(zip(res["time"], res["step"]))]
+            self._samples = [(int(s), str(t)) for s, t in state.get("samples", [])]
+        self.extend_logged(state.get("logged", []))
         self._t0 = time.monotonic() - float(state["clock"])
+
+
+def _to_host(lists: list) -> None:
+    """Replace, in place, every tensor in these lists by its value as a Python float: one
+    stack and one copy to the host per device, whatever the number of values."""
+    by_device: dict = {}
+    for values in lists:
+        for i, v in enumerate(values):
+            if torch.is_tensor(v):
+                by_device.setdefault(v.device, []).append((values, i, v))
+    for found in by_device.values():
+        host = torch.stack([v.detach().reshape(()).double() for _, _, v in found]).cpu().numpy().tolist()
+        for (values, i, _), value in zip(found, host):
+            values[i] = value
 
 
 def _plain(value):

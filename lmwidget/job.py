@@ -34,13 +34,13 @@ class RankLog:
 
     def __init__(self, run, run_dir: Path, rank: int):
         self.run = run
-        self._n = len(run._history.events_since(0))  # a resumed run's earlier events: not again
+        self._n = len(run.record.events_since(0))  # a resumed run's earlier events: not again
         self.path = rank_file(run_dir, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def flush(self) -> None:
-        events = self.run._history.events_since(self._n)
+        events = self.run.record.events_since(self._n)
         self._n += len(events)
         for step, t, kind, value, detail in events:
             self._file.write(_dumps({"step": step, "time": t, "kind": kind, "value": _plain(value),
@@ -71,7 +71,7 @@ class Job:
         self._offsets: list[int] = []  # where each record of this file starts, for replays
         self._seq = 0
         self.rank_log = RankLog(run, self.run_dir, 0 if sync is None else sync.rank)
-        self._rows = self._events = self._samples = self._resources = self._histograms = 0
+        self._rows = self._events = self._samples = self._resources = self._histograms = self._logged = 0
         self._status = None
         self._val = float("nan")  # the latest validation loss, for the progress line
         self._sampled = 0.0
@@ -79,7 +79,7 @@ class Job:
         self._lock = threading.Lock()  # the record file and seq: save replies come from threads
         self.info = {"run_dir": str(self.run_dir), "pid": os.getpid(), "max_steps": run.max_steps,
                      "config": config_state(run.config), "layers": run.layers,
-                     "device": str(run._trainer.device),
+                     "device": str(run.device), "describe": run.describe(),
                      "world_size": 1 if sync is None else sync.world_size,
                      "backend": None if sync is None else sync.backend}
         self._record("info", self.info)
@@ -120,7 +120,7 @@ class Job:
     def publish_new(self) -> None:
         """What happened since the last call: rows, events, samples, resources, histograms,
         and the status when it changed; plus a live message (step, per-rank metrics)."""
-        run, history = self.run, self.run._history
+        run, history = self.run, self.run.record
         now = time.monotonic()
         if now - self._sampled >= RESOURCE_EVERY and run.state not in ENDED:
             self._sampled = now
@@ -136,7 +136,11 @@ class Job:
             evals = [e for e in events if e[2] == "eval"]
             self._val = float(evals[-1][3]) if evals else self._val
             self._record("events", [[s, t, k, _plain(v), d] for s, t, k, v, d in events])
-        samples = run._trainer.samples[self._samples:]
+        logged = history.logged_since(self._logged)
+        if logged:
+            self._logged += len(logged)
+            self._record("logged", [[s, name, v] for s, name, v in logged])
+        samples = history.samples_since(self._samples)
         if samples:
             self._samples += len(samples)
             self._record("samples", [[s, text] for s, text in samples])
@@ -144,7 +148,7 @@ class Job:
         if resources:
             self._resources += len(resources)
             self._record("resources", [[t, s, sample] for t, s, sample in resources])
-        histograms = run._trainer.histograms[self._histograms:]
+        histograms = history.histograms_since(self._histograms)
         if histograms:
             self._histograms += len(histograms)
             self._record("histograms", [_plain_histogram(h) for h in histograms])
@@ -162,9 +166,9 @@ class Job:
 
     def status(self) -> dict:
         run = self.run
-        last = run._trainer.checkpointer.last
+        last = run.last_save
         return {"state": run.state, "lr": run.lr, "grad_clip": run.grad_clip,
-                "paused": run._control.paused, "anomaly": list(run.anomaly) if run.anomaly else None,
+                "paused": run.paused, "anomaly": list(run.anomaly) if run.anomaly else None,
                 "error": None if run.error is None else f"{type(run.error).__name__}: {run.error}",
                 "checkpoint": None if last is None else list(last)}
 
@@ -204,6 +208,8 @@ class Job:
             run.request_sample()
         elif kind == "histogram":
             run.request_histogram(body["layer"])
+        elif kind == "evaluate":
+            run.evaluate()
         elif kind == "save":
             save = run.request_save(body.get("path"))
             threading.Thread(target=self._answer_save, args=(peer, message, save),
@@ -211,7 +217,7 @@ class Job:
             return None  # answered once written
         else:
             raise ValueError(f"unknown request {kind!r}; known: attach, replay, status, pause, "
-                             f"resume, stop, lr, grad_clip, sample, histogram, save")
+                             f"resume, stop, lr, grad_clip, sample, histogram, evaluate, save")
         return {"ok": True, "state": run.state, "step": run.step}
 
     def _answer_save(self, peer, message, save) -> None:
@@ -228,7 +234,7 @@ class Job:
         the end, and answer requests a little longer so a watching notebook sees it."""
         next_tick = time.monotonic()
         while True:
-            ended = self.run.state in ENDED and not self.run._thread.is_alive()
+            ended = self.run.state in ENDED and not self.run.alive
             for peer, message in self.endpoint.requests(max(0.0, next_tick - time.monotonic())):
                 self.handle(peer, message)
             if ended or time.monotonic() >= next_tick:
@@ -275,7 +281,7 @@ def _keep_earlier(path: Path) -> None:
 
 def progress_line(run, val: float = float("nan")) -> str:
     """`step  120/1000 | loss 2.3140 | val 2.4012 | grad_norm 0.830 | lr 3.00e-03 | 25.3k tok/s | running | 12 s`"""
-    h = run._history
+    h = run.record
     n = len(str(run.max_steps))
     loss, norm, rate = (float(h.last(k)) for k in ("loss", "grad_norm", "tokens_per_sec"))
     parts = [f"step {run.step:>{n}}/{run.max_steps}", f"loss {loss:.4f}" if len(h) else "loss -",

@@ -26,7 +26,7 @@ def _stop_at_exit() -> None:
     """Stop the tests before the interpreter goes: torch work in a dying daemon thread aborts it."""
     for finder in list(_running):
         finder.stop()
-        finder._thread.join(5.0)
+        finder.join(5.0)
 
 
 def smooth(losses, beta: float = 0.95) -> np.ndarray:
@@ -146,6 +146,11 @@ class LRFinder:
     def stop(self) -> None:
         self._stop = True
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the test's thread to end; True once it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def wait(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -248,7 +253,7 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
     """
     config = TrainConfig.from_options(model=model, data=data, **options)
     if isinstance(config.model, torch.nn.Module):
-        from .run import active_runs
+        from .source import active_runs
 
         busy = [r for r in active_runs() if unwrap(r.model) is unwrap(config.model)]
         if busy:

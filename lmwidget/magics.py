@@ -119,8 +119,7 @@ class LmMagics(Magics):
         for run in running:
             run.stop()
         for run in running:
-            run._thread.join(5.0)
-            if run._thread.is_alive():
+            if not run.join(5.0):
                 print(f"run {run.id} was asked to stop; its step is still running (step {run.step})")
             else:
                 print(f"run {run.id} {run.state} at step {run.step}/{run.max_steps}")

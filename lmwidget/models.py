@@ -32,7 +32,7 @@ def sample_tokens(model, idx, max_new_tokens: int, block_size: int, temperature:
     return idx
 
 
-class _Generate:
+class GenerateMixin:
     """generate() for a model with a `block_size` (the longest context it takes)."""
 
     block_size: int
@@ -41,7 +41,7 @@ class _Generate:
         return sample_tokens(self, idx, max_new_tokens, self.block_size, temperature, top_k)
 
 
-def _loss(logits, targets):
+def lm_loss(logits, targets):
     if targets is None:
         return None
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
@@ -82,7 +82,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(_Generate, nn.Module):
+class GPT(GenerateMixin, nn.Module):
     """A decoder-only transformer with learned positions and tied input/output embeddings."""
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int = 2, n_head: int = 4,
@@ -121,10 +121,10 @@ class GPT(_Generate, nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
-        return logits, _loss(logits, targets)
+        return logits, lm_loss(logits, targets)
 
 
-class LSTM(_Generate, nn.Module):
+class LSTM(GenerateMixin, nn.Module):
     """A multi-layer LSTM language model; it sees at most `block_size` tokens of context."""
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int = 2, n_embd: int = 128,
@@ -142,7 +142,7 @@ class LSTM(_Generate, nn.Module):
     def forward(self, idx, targets=None):
         out, _ = self.lstm(self.embed(idx))
         logits = self.head(out)
-        return logits, _loss(logits, targets)
+        return logits, lm_loss(logits, targets)
 
 
 def build_model(name: str, vocab_size: int, block_size: int, n_layer: int, n_head: int,

@@ -10,6 +10,7 @@ import html
 import bqplot as bq
 import ipywidgets as w
 import numpy as np
+import torch
 
 from .charts import TIME, Chart
 
@@ -51,7 +52,7 @@ class ResourcesPanel:
         if status != self._gpu_status:  # said once, not per sample
             self._gpu_status = status
             self.gpu_label.value = f"<small>{html.escape(status)}</small>"
-        samples = run._history.resources_since(self._n)
+        samples = run.record.resources_since(self._n)
         if not samples:
             return 0
         self._n += len(samples)
@@ -86,12 +87,12 @@ class LayersPanel:
         self._step = None
 
     def refresh(self, run) -> int:
-        latest = run._trainer.layer_grad_norms
+        latest = run.record.layer_grad_norms
         if latest is None or latest[0] == self._step:
             return 0
         step, norms = latest
         self._step = step
-        y = norms.detach().float().cpu().numpy()  # a few floats, read by this thread, not the loop
+        y = torch.as_tensor(norms).detach().float().cpu().numpy()  # a few floats, read here, not by the loop
         bad = [name for name, v in zip(self.layers, y) if not np.isfinite(v)]
         y = np.where(np.isfinite(y), y, 0).astype(np.float32)  # a bar cannot stand at NaN
         with self.figure.hold_sync(), self.bars.hold_sync():
@@ -131,13 +132,13 @@ class HistogramPanel:
         self._n = 0
 
     def pending(self, run) -> bool:
-        return len(run._trainer.histograms) != self._n
+        return len(run.record.histograms_since(self._n)) > 0
 
     def refresh(self, run) -> int:
-        histograms = run._trainer.histograms
-        if len(histograms) == self._n:
+        histograms = run.record.histograms_since(self._n)
+        if not histograms:
             return 0
-        self._n = len(histograms)
+        self._n += len(histograms)
         h = histograms[-1]
         sent, notes = 0, []
         for fig, bars, what, key in zip(self.figures, self.bars, ("weights", "gradients"), ("weights", "grads")):

@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .channel import ClientEndpoint, read_connection_file
-from .config import check_grad_clip, check_lr
-from .control import ENDED, Control
-from .history import History
+from .checkpoint import SaveJob
+from .control import ENDED
 from .job import CONNECTION, RECORDS
-from .run import ShowsDashboard
+from .source import Source
 
 REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
 REPLAY_TIMEOUT = 30.0  # s: a page of the record (up to about 4 MB) from a distant job
@@ -36,32 +34,17 @@ def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) ->
     """
     run = RemoteRun(target, timeout=timeout)
     if display:
-        run._display_once()
+        run.show()
     return run
 
 
-class _Save:
-    """A save asked of the job: `wait()` returns its result, as Run.request_save's."""
-
-    def __init__(self):
-        self._done = threading.Event()
-        self._result = self._error = None
-
-    def wait(self, timeout: float | None = 60.0) -> dict:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"the job wrote no checkpoint within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-class RemoteRun(ShowsDashboard):
-    """A job's run as a notebook sees it. The dashboard reads it as it reads a Run; its
-    controls send signed requests that the job carries out at its next step boundary."""
+class RemoteRun(Source):
+    """A job's run as a notebook sees it: a source like any other, whose record is replayed
+    and followed from the job, and whose controls send signed requests that the job carries
+    out at its next step boundary."""
 
     def __init__(self, target, timeout: float = REQUEST_TIMEOUT):
-        from .run import _ids  # one numbering with the kernel's own runs
-
+        super().__init__()
         path = Path(target).expanduser()
         self.connection_file = path / CONNECTION if path.is_dir() else path
         if not self.connection_file.exists():
@@ -69,23 +52,18 @@ class RemoteRun(ShowsDashboard):
                 f"no connection file at {self.connection_file}: pass the run directory a "
                 f"`python -m lmwidget.train` job printed, or its {CONNECTION}")
         info = self._connection_info = read_connection_file(self.connection_file)
-        self.id = next(_ids)
         self.address = f"tcp://{info['ip']}:{info['control_port']}"
         self.run_dir = Path(info.get("run_dir", self.connection_file.parent))
-        self._history = History()
-        self._control = Control()  # mirrors the job's pause, so the button reads right at once
-        self._trainer = types.SimpleNamespace(
-            samples=[], histograms=[], layer_grad_norms=None, device=torch.device("cpu"),
-            checkpointer=types.SimpleNamespace(last=None))
+        if not (self.run_dir / RECORDS).is_file() and (self.connection_file.parent / RECORDS).is_file():
+            self.run_dir = self.connection_file.parent  # the directory was moved or copied here
+        self._device = torch.device("cpu")  # the job's, once its record says
+        self._last_save = None
         self._status = {"state": "running", "lr": float("nan"), "grad_clip": 0.0, "paused": False,
                         "anomaly": None, "error": None, "checkpoint": None}
         self._live = {"step": 0, "elapsed": 0.0, "ranks": [], "rejected": {}}
         self._seq = 0   # the next record to apply
         self._info = None
-        self._dashboard = None
-        self._shown_in = None
         self._records_lock = threading.Lock()  # records are applied one at a time, in order
-        self._lock = threading.Lock()  # the dashboard, made once
         self._closed = threading.Event()
         self._save_client = None  # saves wait for their file: on a socket of their own
         self._heard = time.monotonic()  # when the job was last heard from
@@ -101,7 +79,7 @@ class RemoteRun(ShowsDashboard):
         self.connected = not info.get("ended", False)  # an ended job's file says so
         if self.connected:
             try:
-                self._request("attach", timeout=timeout)
+                self._call("attach", timeout=timeout)
             except TimeoutError:
                 self.connected = False
         self._replay()
@@ -122,7 +100,7 @@ class RemoteRun(ShowsDashboard):
         self._thread.start()
 
     # -- receiving ----------------------------------------------------------------------------
-    def _request(self, kind: str, body=None, timeout: float = REQUEST_TIMEOUT) -> dict:
+    def _call(self, kind: str, body=None, timeout: float = REQUEST_TIMEOUT) -> dict:
         reply = self._client.request(kind, body, timeout)["body"]
         if not reply.get("ok"):
             raise ValueError(f"the job refused {kind!r}: {reply.get('error')}")
@@ -146,7 +124,7 @@ class RemoteRun(ShowsDashboard):
     def _catch_up(self) -> None:
         """Records the job has that this side has not seen (a gap in the stream)."""
         while True:
-            records = self._request("replay", {"since": self._seq}, timeout=REPLAY_TIMEOUT)["records"]
+            records = self._call("replay", {"since": self._seq}, timeout=REPLAY_TIMEOUT)["records"]
             for record in records:
                 self._apply(record)
             if not records:
@@ -178,10 +156,9 @@ class RemoteRun(ShowsDashboard):
 
     def _on_live(self, body: dict) -> None:
         self._live = body
-        norms = body.get("layer_grad_norms")
-        if norms is not None and (self._trainer.layer_grad_norms is None
-                                  or self._trainer.layer_grad_norms[0] != norms[0]):
-            self._trainer.layer_grad_norms = (norms[0], torch.tensor(norms[1]))
+        norms, latest = body.get("layer_grad_norms"), self.record.layer_grad_norms
+        if norms is not None and (latest is None or latest[0] != norms[0]):
+            self.record.layer_grad_norms = (norms[0], torch.tensor(norms[1]))
 
     def _apply(self, record: dict) -> None:
         """One record, in order; one seen already is skipped."""
@@ -189,10 +166,10 @@ class RemoteRun(ShowsDashboard):
             if record["seq"] != self._seq:
                 return
             self._seq += 1
-            kind, body, h = record["type"], record["body"], self._history
+            kind, body, h = record["type"], record["body"], self.record
             if kind == "info":
                 self._info = body
-                self._trainer.device = torch.device(body["device"])
+                self._device = torch.device(body["device"])
                 self._status["lr"] = body["config"]["lr"]
                 self._status["grad_clip"] = body["config"]["grad_clip"]
             elif kind == "rows":
@@ -201,23 +178,27 @@ class RemoteRun(ShowsDashboard):
                 for step, t, what, value, detail in body:
                     h.record_event(step, what, value, detail, time=t)
             elif kind == "samples":
-                self._trainer.samples.extend((s, text) for s, text in body)
+                for s, text in body:
+                    h.add_sample(s, text)
+            elif kind == "logged":
+                h.extend_logged(body)
             elif kind == "resources":
                 for t, s, sample in body:  # a value not measured came as null
                     h.record_resources(t, s, {k: np.nan if v is None else v for k, v in sample.items()})
             elif kind == "histograms":
-                self._trainer.histograms.extend(_histogram(x) for x in body)
+                for x in body:
+                    h.add_histogram(_histogram(x))
             elif kind == "status":
                 self._on_status(body)
 
     def _on_status(self, status: dict) -> None:
         before, self._status = self._status, status
         if status["checkpoint"] != before.get("checkpoint"):
-            self._trainer.checkpointer.last = None if status["checkpoint"] is None else tuple(status["checkpoint"])
-        if status["paused"] != self._control.paused:
-            (self._control.pause if status["paused"] else self._control.resume)()
+            self._last_save = None if status["checkpoint"] is None else tuple(status["checkpoint"])
+        if status["paused"] != self.control.paused:  # mirrored, so the button reads right at once
+            (self.control.pause if status["paused"] else self.control.resume)()
         if status["state"] != before["state"]:
-            self._control.announce()  # the dashboard redraws the state at once
+            self.control.announce()  # the dashboard redraws the state at once
 
     # -- what the run is doing ----------------------------------------------------------------
     @property
@@ -226,17 +207,32 @@ class RemoteRun(ShowsDashboard):
 
     @property
     def step(self) -> int:
-        return max(int(self._live["step"]), int(self._history.last("step", 0)))
+        return max(int(self._live["step"]), int(self.record.last("step", 0)))
 
     @property
     def max_steps(self) -> int:
         return int(self._info["max_steps"])
 
+    def options(self) -> dict:
+        """The job's options, as it started with them."""
+        return dict(self._info["config"])
+
+    def describe(self) -> dict:
+        saved = self._info.get("describe")  # written since lmwidget 0.2
+        return dict(saved) if saved else {"model": str(self._info["config"].get("model")),
+                                          "data": str(self._info["config"].get("data"))}
+
     @property
-    def config(self):
-        """The job's options (a read-only view: `max_steps`, `lr`, ..., and `summary()`)."""
-        options = dict(self._info["config"])
-        return types.SimpleNamespace(**options, summary=lambda: dict(options))
+    def name(self) -> str:
+        return f"job {self.run_dir.name}"
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def last_save(self):
+        return self._last_save
 
     @property
     def world_size(self) -> int:
@@ -284,26 +280,6 @@ class RemoteRun(ShowsDashboard):
     def gpu_status(self) -> str:
         return f"the job's rank 0 ({self._info['device']}), sampled there"
 
-    @property
-    def history(self):
-        return self._history.frame()
-
-    @property
-    def events(self):
-        return self._history.events_frame()
-
-    @property
-    def resources(self):
-        return self._history.resources_frame()
-
-    @property
-    def samples(self) -> list[tuple[int, str]]:
-        return list(self._trainer.samples)
-
-    @property
-    def histograms(self) -> list[dict]:
-        return list(self._trainer.histograms)
-
     def sample_resources(self) -> dict:
         """The job samples its own resources; nothing is measured here."""
         return {}
@@ -313,46 +289,29 @@ class RemoteRun(ShowsDashboard):
         if not self.connected:
             why = "it has ended" if self.state in ENDED else "detached: lmwidget.attach() again"
             raise ConnectionError(f"not connected to the job at {self.address} ({why})")
-        return self._request(kind, body)
+        return self._call(kind, body)
 
     def pause(self) -> None:
-        self._control.pause()
+        self.control.pause()
         self._send("pause")
 
     def resume(self) -> None:
-        self._control.resume()
+        self.control.resume()
         self._send("resume")
 
     def stop(self, note: str = "") -> None:
         self._send("stop", {"note": str(note)})
 
-    def set_lr(self, lr, note: str = "") -> None:
-        self._send("lr", {"value": check_lr(lr), "note": str(note)})
+    def _request(self, kind: str, value=None, note: str = "") -> None:
+        """set_lr, set_grad_clip, request_sample, request_histogram, evaluate: sent to the job."""
+        body = {"value": value, "note": str(note)}
+        if kind == "histogram":
+            body = {"layer": value}
+        self._send(kind, body)
 
-    def set_grad_clip(self, grad_clip) -> None:
-        self._send("grad_clip", {"value": check_grad_clip(grad_clip)})
-
-    def request_sample(self) -> None:
-        self._send("sample")
-
-    def sample(self, timeout: float = 30.0) -> str:
-        before = len(self._trainer.samples)
-        self.request_sample()
-        deadline = time.monotonic() + timeout
-        while len(self._trainer.samples) == before:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no sample from the job within {timeout} s")
-            time.sleep(0.02)
-        return self._trainer.samples[before][1]
-
-    def request_histogram(self, layer: str) -> None:
-        if layer not in self.layers:
-            raise ValueError(f"unknown layer {layer!r}; this model's layers: {', '.join(self.layers)}")
-        self._send("histogram", {"layer": layer})
-
-    def request_save(self, path=None) -> _Save:
+    def request_save(self, path=None) -> SaveJob:
         """Ask the job for a checkpoint (written by its rank 0, on its machine)."""
-        save = _Save()
+        save = SaveJob(path)
         body = {"path": None if path is None else str(path)}
 
         def ask():
@@ -363,20 +322,15 @@ class RemoteRun(ShowsDashboard):
                     client = self._save_client
                 reply = client.request("save", body, timeout=600)["body"]
                 if reply.get("ok"):
-                    save._result = reply
+                    save.finish(reply)
                 else:
-                    save._error = RuntimeError(f"the job could not save: {reply.get('error')}")
+                    save.finish(error=RuntimeError(f"the job could not save: {reply.get('error')}"))
             except Exception as e:
-                save._error = e
-            save._done.set()
+                save.finish(error=e)
 
         self._send("status")  # connected, or why not
         threading.Thread(target=ask, daemon=True, name="lmwidget-attach-save").start()
         return save
-
-    def save(self, path=None, timeout: float | None = 60.0) -> Path:
-        """A checkpoint of the job's current step, written on the job's machine; its path."""
-        return Path(self.request_save(path).wait(timeout)["path"])
 
     def status(self) -> dict:
         """Ask the job now: state, step, LR, and the control messages it rejected."""

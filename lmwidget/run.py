@@ -1,10 +1,8 @@
-"""Run: the handle on one training run (its thread, trainer and dashboard), and train()."""
+"""Run: the handle on one run of lmwidget's own loop (its thread, trainer and dashboard), and train()."""
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import itertools
 import threading
 import time
 import warnings
@@ -14,43 +12,12 @@ import torch
 
 from . import checkpoint
 from .callbacks import Callbacks
-from .config import TrainConfig, check_grad_clip, check_lr
-from .control import ENDED, Control
+from .config import TrainConfig
+from .control import ENDED
 from .data import CharTokenizer, Dataset, load_text
-from .history import History
 from .models import build_model, check_user_model
+from .source import LmwidgetWarning, Source, active_runs, register, runs
 from .trainer import Trainer, resolve_device
-
-_runs: list["Run"] = []  # every run of this process, oldest first
-_runs_lock = threading.Lock()
-_ids = itertools.count(1)
-
-
-class LmwidgetWarning(UserWarning):
-    """A warning from lmwidget that the user should act on."""
-
-
-# Python shows a warning once per call site by default; these must show every time.
-warnings.simplefilter("always", LmwidgetWarning)
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    """Stop runs before the interpreter goes: torch work in a dying daemon thread aborts it."""
-    for run in active_runs():
-        run.stop()
-    for run in runs():
-        run._thread.join(5.0)
-
-
-def runs() -> list["Run"]:
-    """Every run started in this process, oldest first."""
-    with _runs_lock:
-        return list(_runs)
-
-
-def active_runs() -> list["Run"]:
-    return [r for r in runs() if r.state not in ENDED]
 
 
 def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
@@ -81,7 +48,7 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
         config = TrainConfig.from_options(model="gpt" if model is None else model,
                                           data="builtin" if data is None else data, **options)
     callbacks = Callbacks(callbacks)
-    running = [r for r in active_runs() if not r._control.stop_requested]  # stopping ones are ending
+    running = [r for r in active_runs() if not r.control.stop_requested]  # stopping ones are ending
     if running and not concurrent:
         warnings.warn(
             f"run {running[-1].id} is still training (state {running[-1].state!r}, step "
@@ -93,10 +60,10 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
     else:
         run = Run(config, callbacks=callbacks.items, restore=restore)
         if ghosts:
-            run._ghosts = [r for r in runs() if r.state in ENDED and len(r._history)][-ghosts:]
+            run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
         run.start()
     if display:
-        run._display_once()
+        run.show()
     return run
 
 
@@ -104,38 +71,9 @@ def _describe_data(data) -> str:
     return f"(a str of {len(data)} characters)" if isinstance(data, str) and len(data) > 60 else repr(data)
 
 
-class ShowsDashboard:
-    """The dashboard of a run-like object (a Run, or an attached job's RemoteRun), made on
-    first use and shown once per cell. Needs `_lock`, `_dashboard` and `_shown_in`."""
-
-    @property
-    def dashboard(self):
-        """The dashboard widget (created on first use, on the calling thread)."""
-        with self._lock:
-            if self._dashboard is None:
-                from .dashboard import Dashboard
-
-                self._dashboard = Dashboard(self)
-        return self._dashboard
-
-    def _display_once(self) -> None:
-        """Display the dashboard in the running cell unless this cell already shows it."""
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is None or not hasattr(shell, "kernel"):
-            return  # not in a notebook kernel: nothing to draw on
-        if self._shown_in == shell.execution_count:
-            return
-        self._shown_in = shell.execution_count
-        self.dashboard.show()
-
-    def _ipython_display_(self) -> None:
-        self._display_once()
-
-
-class Run(ShowsDashboard):
-    """One training run. Every method is thread-safe and returns at once, except wait()."""
+class Run(Source):
+    """One run of lmwidget's own training loop. Every method is thread-safe and returns at
+    once, except wait(), sample() and save()."""
 
     def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
                  dataset: Dataset | None = None, callbacks=None, restore: dict | None = None,
@@ -143,7 +81,7 @@ class Run(ShowsDashboard):
         """Prepare a run (call start()); `model` and `dataset` override building them from
         config; `restore` is a checkpoint (checkpoint.read) to continue; `sync` a RankSync
         in a torchrun job (lmwidget.train's command line)."""
-        self.id = next(_ids)
+        super().__init__()
         default_dir = Path("lmwidget-checkpoints") / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
         self.checkpoint_dir = Path(config.checkpoint_dir or default_dir).expanduser().resolve()
         # the resolved directory is saved with the options: a resumed run keeps saving there
@@ -167,33 +105,56 @@ class Run(ShowsDashboard):
                 torch.manual_seed(config.seed)
                 model = build_model(config.model, dataset.vocab_size, config.block_size,
                                     config.n_layer, config.n_head, config.n_embd, config.dropout)
-        self._control = Control()
-        self._history = History()
-        self._trainer = Trainer(config, model, dataset, self._control, self._history,
+        self._trainer = Trainer(config, model, dataset, self.control, self.record,
                                 callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
                                 restore=restore, sync=sync)
-        self._sampler = None  # a ResourceSampler, made by the first observer that samples
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,
                                         name=f"lmwidget-run-{self.id}")
-        self._dashboard = None
-        self._ghosts = []  # earlier runs its dashboard draws faintly
-        self._shown_in = None  # the execution count of the cell that displayed the dashboard
-        self._lock = threading.Lock()
 
     def start(self) -> "Run":
-        with _runs_lock:
-            _runs.append(self)
+        register(self)
         with self._lock:  # a save of the unstarted run is written before or after, never during
             self._thread.start()
         if self._dashboard is not None:
-            self._dashboard._kick()  # its updater waits for a started run
+            self._dashboard.kick()  # a view made before the start follows it from now
         return self
 
     @property
     def started(self) -> bool:
         return self._thread.ident is not None
 
-    # -- what the run is doing ------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """The training thread is running (it ends once the run has ended and saved)."""
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the training thread to end; True once it has."""
+        if self.started:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- what the run is and does -----------------------------------------------------------
+    def describe(self) -> dict:
+        from .hf import unwrap
+        from .models import count_params
+
+        model = self.config.summary()["model"]
+        return {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
+                "tokenizer": f"characters ({self.tokenizer.vocab_size})",
+                "data": str(self.config.summary()["data"])}
+
+    def options(self) -> dict:
+        return self.config.summary()
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._trainer.grad_norms.names)
+
+    @property
+    def device(self) -> torch.device:
+        return self._trainer.device
+
     @property
     def state(self) -> str:
         """One of "running", "paused", "stopped", "finished", "failed"."""
@@ -225,51 +186,13 @@ class Run(ShowsDashboard):
         return self._trainer.data.tokenizer
 
     @property
-    def history(self):
-        """Per-step metrics as a pandas DataFrame (a fresh copy at each access)."""
-        return self._history.frame()
-
-    @property
-    def events(self):
-        """What happened, as a DataFrame: step, time, kind, value, detail. Kinds: pause,
-        resume, stop, lr, grad_clip, sample, eval, anomaly, and a callback's own."""
-        return self._history.events_frame()
-
-    @property
-    def resources(self):
-        """Every resource sample (about one a second while a dashboard shows the run)."""
-        return self._history.resources_frame()
-
-    @property
-    def layers(self) -> list[str]:
-        """The layer groups of the per-layer gradient norms, in model order."""
-        return list(self._trainer.grad_norms.names)
-
-    @property
-    def layer_grad_norms(self):
-        """The newest step's gradient norm of each layer group (before clipping), as a
-        pandas Series named by that step; None before the first step."""
-        latest = self._trainer.layer_grad_norms
-        if latest is None:
-            return None
-        import pandas as pd
-
-        step, norms = latest
-        return pd.Series(norms.double().cpu().numpy(), index=self.layers, name=step)
-
-    @property
-    def histograms(self) -> list[dict]:
-        """Histograms asked for with request_histogram(), oldest first."""
-        return list(self._trainer.histograms)
-
-    @property
     def anomaly(self):
         """The last non-finite step as (step, cause), or None."""
         return self._trainer.anomaly
 
     @property
-    def samples(self) -> list[tuple[int, str]]:
-        return list(self._trainer.samples)
+    def self_paused(self) -> bool:
+        return self._trainer.self_paused
 
     @property
     def error(self) -> BaseException | None:
@@ -280,79 +203,29 @@ class Run(ShowsDashboard):
         t = self._trainer
         return 0.0 if t.started is None else (t.ended or time.time()) - t.started
 
-    # -- steering -------------------------------------------------------------------------
-    def pause(self) -> None:
-        self._control.pause()
-
-    def resume(self) -> None:
-        self._control.resume()
-
-    def stop(self, note: str = "") -> None:
-        """Stop at the next step boundary; `note` (why) goes into the stop event."""
-        self._control.stop(note)
-
-    def set_lr(self, lr, note: str = "") -> None:
-        """Set the base learning rate, applied at the next step; the schedule still shapes it."""
-        self._request("lr", check_lr(lr), note)
-
-    def set_grad_clip(self, grad_clip) -> None:
-        """Set the max gradient norm (0 turns clipping off), applied at the next step."""
-        self._request("grad_clip", check_grad_clip(grad_clip))
-
-    def request_histogram(self, layer: str) -> None:
-        """Ask for histograms of a layer group's weights and gradients (see `layers`): taken
-        during the next step, or at once from one fresh batch while paused or ended. They
-        land in `histograms` (and the dashboard)."""
-        if layer not in self.layers:
-            raise ValueError(f"unknown layer {layer!r}; this model's layers: {', '.join(self.layers)}")
-        self._request("histogram", layer)
-
-    def log_event(self, kind: str, value=None, detail: str = "") -> None:
-        """Mark something at the current step: it joins `events` and the charts' markers."""
-        if not isinstance(kind, str) or not kind:
-            raise ValueError(f"kind must be a non-empty string; got {kind!r}")
-        self._history.record_event(self.step, kind, value, str(detail))
-
-    def sample_resources(self) -> dict:
-        """Sample CPU, memory and GPU now and record it (an observer calls this about once a
-        second; never the training loop)."""
-        sampler = self._resource_sampler()
-        with self._lock:
-            sample = sampler.sample()
-        self._history.record_resources(self._history.clock(), self.step, sample)
-        return sample
-
-    def _resource_sampler(self):
-        with self._lock:
-            if self._sampler is None:
-                from .system import ResourceSampler
-
-                self._sampler = ResourceSampler(self._trainer.device)
-            return self._sampler
+    @property
+    def start_time(self) -> float | None:
+        t = self._trainer
+        return None if t.started is None else t.started - t.clock0
 
     @property
-    def gpu_status(self) -> str:
-        """Which GPU the resource samples describe, or why there is none."""
-        return self._resource_sampler().gpu_status
+    def last_save(self):
+        return self._trainer.checkpointer.last
 
-    def request_sample(self) -> None:
-        """Ask for a text sample without waiting: it lands in `samples` (and the dashboard)."""
-        self._request("sample")
+    @property
+    def checkpoints(self) -> list[dict]:
+        """Every checkpoint this run wrote: step, kind, path, bytes, seconds."""
+        return list(self._trainer.checkpointer.saved)
 
-    def sample(self, timeout: float | None = 30.0) -> str:
-        """Text generated by the current model (taken between two training steps)."""
-        before = len(self._trainer.samples)
-        self._request("sample")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while len(self._trainer.samples) == before:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"no sample within {timeout} s; the training step may be slow")
-            time.sleep(0.01)
-        return self._trainer.samples[before][1]
+    @property
+    def restored_from(self) -> str | None:
+        """The checkpoint this run resumed from, if any."""
+        return self._trainer.restored_from
 
+    # -- steering -------------------------------------------------------------------------
     def _request(self, kind: str, value=None, note: str = "") -> None:
         """Queue a request for the loop; once the loop has ended, carry it out here."""
-        if not self._control.request(kind, value, note):
+        if not self.control.request(kind, value, note):
             with self._lock:
                 self._trainer.apply(kind, value, note)
 
@@ -370,7 +243,7 @@ class Run(ShowsDashboard):
         if not self.started:
             raise RuntimeError(f"run {self.id} has not started: call run.start() first")
         deadline = None if timeout is None else time.monotonic() + timeout
-        changed, control = threading.Event(), self._control
+        changed, control = threading.Event(), self.control
         control.watch(changed)  # set at every state change: no polling
         try:
             while self._thread.is_alive() and self.state not in ENDED:
@@ -391,7 +264,11 @@ class Run(ShowsDashboard):
             raise self.error
         return True
 
-    # -- checkpoints and exports ------------------------------------------------------------
+    # -- checkpoints ------------------------------------------------------------------------
+    def request_save(self, path=None) -> checkpoint.SaveJob:
+        """Ask for a checkpoint without waiting (the Save button); see save()."""
+        return self._ask(checkpoint.SaveJob(path))
+
     def save(self, path=None, timeout: float | None = 60.0) -> Path:
         """Write a checkpoint of this step and return its path; blocks until it is written.
 
@@ -400,12 +277,7 @@ class Run(ShowsDashboard):
         is paused or has ended. The file is written atomically; `lmwidget.train(resume=path)`
         continues the run from it. Raises what went wrong (a full disk, a bad path).
         """
-        job = self.request_save(path)
-        return Path(job.wait(timeout)["path"])
-
-    def request_save(self, path=None) -> checkpoint.SaveJob:
-        """Ask for a checkpoint without waiting (the Save button); see save()."""
-        return self._ask(checkpoint.SaveJob(path))
+        return super().save(path, timeout)
 
     def _ask(self, job: checkpoint.SaveJob) -> checkpoint.SaveJob:
         """Have the loop carry out `job` between two steps (or carry it out now, from a
@@ -437,43 +309,17 @@ class Run(ShowsDashboard):
         payload["path"] = f"run {self.id} at step {copied['step']}"
         config = checkpoint.resume_config(payload, copied["model"], None, options)
         child = Run(config, dataset=self._trainer.data, callbacks=callbacks, restore=payload)
-        self._history.record_event(copied["step"], "branch", None,
-                                   f"run {child.id} branched here" + "".join(
-                                       f", {k}={v!r}" for k, v in options.items()))
-        child._control.pause()  # paused at the branch step until resumed
+        self.record.record_event(copied["step"], "branch", None,
+                                 f"run {child.id} branched here" + "".join(
+                                     f", {k}={v!r}" for k, v in options.items()))
+        child.control.pause()  # paused at the branch step until resumed
         child.start()
         deadline = time.monotonic() + 30
         while child.state != "paused" and child.state not in ENDED and time.monotonic() < deadline:
             time.sleep(0.002)  # its thread restores the state, then stops at the pause
         if display:
-            child._display_once()
+            child.show()
         return child
-
-    @property
-    def checkpoints(self) -> list[dict]:
-        """Every checkpoint this run wrote: step, kind, path, bytes, seconds."""
-        return list(self._trainer.checkpointer.saved)
-
-    @property
-    def restored_from(self) -> str | None:
-        """The checkpoint this run resumed from, if any."""
-        return self._trainer.restored_from
-
-    def export(self, directory) -> dict:
-        """Write the run's record into `directory` and return {name: path}: history.csv
-        (and .parquet with pyarrow), events.csv, resources.csv, samples.json, config.json,
-        and TensorBoard event files under tensorboard/ when tensorboard is installed."""
-        from .export import export
-
-        return export(self, directory)
-
-    def to_html(self, path) -> Path:
-        """Write one standalone HTML page with the run's curves (drawn without a kernel or
-        network) and the dashboard's widget state; returns its path."""
-        from .export import to_html
-
-        return to_html(self, path)
-
 
     def __repr__(self) -> str:
         model = self.config.summary()["model"]

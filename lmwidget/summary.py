@@ -9,6 +9,7 @@ import numpy as np
 
 from .charts import EVENT_COLORS, event_label
 from .downsample import MinMaxSeries
+from .schema import CHARTS, user_chart
 
 WIDTH, HEIGHT = 340, 200
 MARGIN = dict(left=58, right=12, top=26, bottom=30)
@@ -113,8 +114,9 @@ def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label
 
 def headline(run, frame) -> str:
     """One line: where the run ended and how well it did."""
-    parts = [f"<b>lmwidget run {run.id}</b>", html.escape(str(run.config.summary()["model"])),
-             f"{run.state} at step {run.step}/{run.max_steps}"]
+    total = run.max_steps or "?"
+    parts = [f"<b>lmwidget {html.escape(run.name)}</b>", html.escape(str(run.describe()["model"])),
+             f"{run.state} at step {run.step}/{total}"]
     loss = frame["loss"].to_numpy()
     tail = loss[-50:][np.isfinite(loss[-50:])]
     if len(tail):
@@ -125,7 +127,7 @@ def headline(run, frame) -> str:
         parts.append(f"val loss {val['val_loss'].iloc[-1]:.4f}, best {best['val_loss']:.4f} "
                      f"at step {int(best['step'])}")
     tps = frame["tokens_per_sec"].to_numpy()
-    if len(tps):
+    if len(tps) and np.isfinite(tps).any():
         parts.append(f"{np.nanmedian(tps):,.0f} tokens/s")
     if len(frame):
         seconds = frame["time"].iloc[-1]
@@ -134,23 +136,23 @@ def headline(run, frame) -> str:
 
 
 def summary_html(run) -> str:
-    """The run's final curves (loss, grad norm, learning rate, throughput) and headline, as
-    HTML with inline SVG: it renders in any notebook viewer, with no kernel or script."""
+    """The run's final curves (every chart of the schema's summary metrics, and the user's
+    metrics) and headline, as HTML with inline SVG: it renders in any notebook viewer, with
+    no kernel or script."""
     frame = run.history
-    events = [e for e in run._history.events_since(0) if e[2] in STEERING]
+    events = [e for e in run.record.events_since(0) if e[2] in STEERING]
     step = frame["step"].to_numpy()
-    val = frame["val_loss"].notna().to_numpy()
-    charts = [
-        svg_chart("loss", [("train", step, frame["loss"], "#1565c0", False),
-                           ("val", step[val], frame["val_loss"][val], "#e65100", True)],
-                  events=events, css_class="lmwidget-summary-loss"),
-        svg_chart("grad norm (before clipping)", [("grad_norm", step, frame["grad_norm"], "#2e7d32", False)],
-                  log=True, events=events, css_class="lmwidget-summary-grad-norm"),
-        svg_chart("learning rate", [("lr", step, frame["lr"], "#6a1b9a", False)], log=True,
-                  events=events, css_class="lmwidget-summary-lr"),
-        svg_chart("tokens / s", [("tokens_per_sec", step, frame["tokens_per_sec"], "#37474f", False)],
-                  events=events, css_class="lmwidget-summary-throughput"),
-    ]
+    metrics = [m for m in run.record.metrics() if m.summary or m.user]
+    charts = []
+    for key in dict.fromkeys(m.chart for m in metrics):
+        spec = CHARTS[key] if key in CHARTS else user_chart(next(m for m in metrics if m.chart == key))
+        series = []
+        for m in (m for m in metrics if m.chart == key):
+            values = frame[m.name].to_numpy(dtype=np.float64)
+            keep = ~np.isnan(values) if (m.sparse or m.user) else slice(None)
+            series.append((m.label, step[keep], values[keep], m.color, m.sparse))
+        charts.append(svg_chart(spec.title, series, log=spec.log, events=events,
+                                css_class="lmwidget-summary-" + key.replace("_", "-").replace(":", "-")))
     return (f'<div class="lmwidget-summary" style="font-family:sans-serif">'
             f'<div style="margin:4px 0">{headline(run, frame)}</div>'
             f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(charts)}</div></div>')

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils import clip_grads_with_norm_
 
 from .callbacks import Callbacks
-from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, config_state
+from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, check_fits, config_state
 from .config import TrainConfig
 from .control import Control
 from .data import Dataset
@@ -22,7 +22,7 @@ from .distributed import PAUSED_HEARTBEAT
 from .hf import unwrap
 from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
-from .models import _Generate, sample_tokens
+from .models import GenerateMixin, sample_tokens
 from .system import usable_cpus
 
 SAMPLE_TOKENS = 200
@@ -112,8 +112,6 @@ class Trainer:
             history.add_listener(self.spikes)
         self.callbacks = callbacks or Callbacks()
         self.handle = handle
-        self.layer_grad_norms = None  # (step, per-group norms as a device tensor), newest
-        self.histograms: list[dict] = []  # weight and gradient histograms asked for
         self._histogram_of = None        # the layer group whose histograms the next step takes
         self.anomaly = None              # the last non-finite step: (step, cause)
         self.self_paused = False         # paused by that step, not by a request
@@ -122,7 +120,6 @@ class Trainer:
         self.step = 0          # optimizer steps completed
         self._state = "running"
         self.error: BaseException | None = None
-        self.samples: list[tuple[int, str]] = []
         self.started = self.ended = None  # time.time() stamps
         # tokens per optimizer step over all ranks; this rank trains on 1/world_size of them
         self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum * self._shard[1]
@@ -134,7 +131,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self, Path(checkpoint_dir or config.checkpoint_dir or "."))
         self.checkpointer.writes = sync is None or sync.is_main  # the ranks' states are equal
         self.restored_from = None  # the checkpoint's path, for a resumed run
-        self._clock0 = 0.0         # where the run's clock starts (a resumed run's goes on)
+        self.clock0 = 0.0          # where the run's clock starts (a resumed run's goes on)
         self._rng = None           # the global RNG states the loop starts from (None: seed them)
         self._callback_states = []  # a resumed run's saved callback states: [class name, state]
         self._pending_rng = None    # restored RNG states not yet set (the run started paused)
@@ -174,7 +171,6 @@ class Trainer:
                 "state": self.state, "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "rng": {**rng, "batch": self._batch_gen.get_state(), "eval": self._eval_gen.get_state()},
-                "samples": [[step, text] for step, text in self.samples],
                 "anomaly": list(self.anomaly) if self.anomaly else None,
                 "best_val_loss": self.checkpointer.best,
                 "callbacks": [[type(cb).__name__, cb.state_dict() if callable(getattr(cb, "state_dict", None))
@@ -188,7 +184,7 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state, path = payload["trainer"], payload["path"]
-        _check_fits(unwrap(self.model), state["model"], path)  # before anything is copied into it
+        check_fits(unwrap(self.model), state["model"], path)  # before anything is copied into it
         # the saved groups carry the old optimizer's implementation flags: keep this one's
         flags = [{k: g[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in g}
                  for g in self.optimizer.param_groups]
@@ -206,14 +202,16 @@ class Trainer:
         self._batch_gen.set_state(state["rng"]["batch"])
         self._eval_gen.set_state(state["rng"]["eval"])
         self._rng = {k: state["rng"][k] for k in ("torch", "cuda", "python", "numpy")}
-        self.samples = [(int(s), str(t)) for s, t in state["samples"]]
         self.anomaly = tuple(state["anomaly"]) if state["anomaly"] else None
         self.checkpointer.best = float(state["best_val_loss"])
         self._callback_states = state["callbacks"]
         self.history.load_state_dict(payload["history"])
+        if "samples" in state:  # lmwidget 0.1.0 kept them with the trainer
+            for step, text in state["samples"]:
+                self.history.add_sample(step, text)
         if self.spikes is not None:
             self.spikes.prime(self.history.since(0))
-        self._clock0 = float(payload["history"]["clock"])
+        self.clock0 = float(payload["history"]["clock"])
         self.restored_from = path
 
     def lr_at(self, step: int) -> float:
@@ -221,7 +219,7 @@ class Trainer:
 
     def run(self) -> None:
         self.started = time.time()
-        self.history.start_clock(self._clock0)
+        self.history.start_clock(self.clock0)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
         # dropout draws from torch's global RNG: seed it as the run starts, like nanoGPT
@@ -292,7 +290,7 @@ class Trainer:
         step = self.step + 1
         # the norms stay device tensors: reading them here would be a host-device sync
         grad_norm, layers = self.grad_norms()
-        self.layer_grad_norms = (step, layers)
+        self.history.layer_grad_norms = (step, layers)
         if self._histogram_of is not None:
             self._take_histograms(step)
         if self.grad_clip > 0:
@@ -308,8 +306,9 @@ class Trainer:
         if self.sync is None:
             tokens_per_sec = self.tokens_per_step / dt
         val_loss = self.evaluate() if self._eval_due(step) else None
-        pending = self.history.push(step, step * self.tokens_per_step, self.history.clock(), lr,
-                                    tokens_per_sec, dt, loss_sum, grad_norm, val_loss)
+        pending = self.history.push(step=step, tokens=step * self.tokens_per_step,
+                                    time=self.history.clock(), lr=lr, tokens_per_sec=tokens_per_sec,
+                                    step_time=dt, loss=loss_sum, grad_norm=grad_norm, val_loss=val_loss)
         self.step = step  # after the row: run.step never runs ahead of the history
         if val_loss is not None:
             self.history.record_event(step, "eval", val_loss)
@@ -342,7 +341,7 @@ class Trainer:
         group, self._histogram_of = self._histogram_of, None
         params = self.grad_norms.group_params(group)
         grads = [p.grad.flatten() for p in params if p.grad is not None]
-        self.histograms.append({
+        self.history.add_histogram({
             "step": step, "group": group, "source": "this training step (before clipping)",
             "weights": histogram(torch.cat([p.detach().flatten() for p in params])),
             "grads": histogram(torch.cat(grads)) if grads else None})
@@ -353,14 +352,14 @@ class Trainer:
         cfg = self.config
         params = self.grad_norms.group_params(group)
         devices = [self.device] if self.device.type == "cuda" else []
-        gen = torch.Generator().manual_seed(cfg.seed + 104729 + len(self.histograms))
+        gen = torch.Generator().manual_seed(cfg.seed + 104729 + len(self.history.histograms_since(0)))
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, gen)
             with self.autocast:
                 _, loss = self._local_forward(x, y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [g.flatten() for g in grads if g is not None]
-        self.histograms.append({
+        self.history.add_histogram({
             "step": self.step, "group": group, "source": "one fresh batch (taken between steps)",
             "weights": histogram(torch.cat([p.detach().flatten() for p in params])),
             "grads": histogram(torch.cat(grads)) if grads else None})
@@ -422,7 +421,11 @@ class Trainer:
         elif kind == "grad_clip" and value != self.grad_clip:
             self.grad_clip = value
         elif kind == "sample":
-            self.samples.append((self.step, self.generate_sample()))
+            self.history.add_sample(self.step, self.generate_sample())
+        elif kind == "evaluate":  # now, at this step: its row gets the validation loss
+            value = self.evaluate()
+            self.history.log(self.step, {"val_loss": value})
+            kind, note = "eval", note or "asked for"
         elif kind == "save":
             self.checkpointer.run_jobs()  # each save records its own event
             return
@@ -442,12 +445,12 @@ class Trainer:
         start = tokenizer.stoi.get("\n", 0)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            torch.manual_seed(self.config.seed + 7919 * self.step + len(self.samples))
+            torch.manual_seed(self.config.seed + 7919 * self.step + len(self.history.samples_since(0)))
             self.model.eval()
             try:
                 idx = torch.full((1, 1), start, dtype=torch.long, device=self.device)
                 own = getattr(self.model, "generate", None)
-                if callable(own) and not isinstance(self.model, _Generate):
+                if callable(own) and not isinstance(self.model, GenerateMixin):
                     out = own(idx, max_new_tokens)  # the user's model's own sampler
                 else:  # ours: a context no longer than the run trains on, and its tokens only
                     limit = getattr(self.model, "block_size", None) or self.config.block_size
@@ -480,18 +483,3 @@ def _set_global_rng(rng: dict, device: torch.device) -> None:
     np.random.set_state({"bit_generator": "MT19937",
                          "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
                          "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
-
-
-def _check_fits(model: torch.nn.Module, saved: dict, path: str) -> None:
-    """Refuse saved weights that do not fit `model` exactly, naming what differs."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    shapes = [f"{k}: saved {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in saved and saved[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
-                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
-                 f"different shapes ({'; '.join(shapes[:5])})" if shapes else ""]
-        raise CheckpointError(f"the weights in checkpoint {path} do not fit model "
-                              f"{type(model).__name__}: " + "; ".join(p for p in parts if p))

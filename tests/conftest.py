@@ -65,7 +65,7 @@ def _no_leftover_runs():
     for run in active_runs():
         run.stop()
     for run in lmwidget.runs():
-        run._thread.join(5)
+        run.join(5)
     leftovers = [t.name for t in threading.enumerate() if t.name.startswith("lmwidget-run")]
     assert not leftovers, f"training threads left running: {leftovers}"
 

@@ -26,7 +26,7 @@ import json as __json, re as __re, time as __time
 import lmwidget as __lmw
 __deadline = __time.monotonic() + {wait}
 for __r in __lmw.runs():
-    if __r.state in ("running", "paused") and not __r._control.paused:
+    if __r.state in ("running", "paused") and not __r.paused:
         try:  # a run that fails while waited for re-raises: its state and error say so below
             __r.wait(max(0.0, __deadline - __time.monotonic()))
         except Exception:

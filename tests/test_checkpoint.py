@@ -129,7 +129,7 @@ def test_checkpoint_holds_the_whole_run(tmp_path):
     assert len(state["optimizer"]["state"]) == len(list(run.model.parameters()))
     assert payload["vocab"] == run.tokenizer.chars
     assert payload["config"]["dropout"] == 0.1 and payload["config"]["checkpoint_dir"] == str(tmp_path)
-    assert state["samples"][0][0] == 20
+    assert payload["history"]["samples"][0][0] == 20  # with the history since 0.2 (0.1.0: the trainer)
     assert len(payload["history"]["columns"]["loss"]) == 20
     assert ["note", 1.5, "mine"] in [e[2:] for e in payload["history"]["events"]]
 

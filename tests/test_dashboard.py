@@ -224,7 +224,7 @@ def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
     wait_for(lambda: run.state == "paused", timeout=2)
     time.sleep(2 * UPDATE_INTERVAL)
     resources = {id(m) for c in d.resources.charts for m in c.marks.values()}
-    resources.add(id(d._drawn))  # each redraw's number, for a front end to acknowledge
+    resources.add(id(d.pacer.drawn))  # each redraw's number, for a front end to acknowledge
     before = len(sent)
     time.sleep(8 * UPDATE_INTERVAL)
     new = sent[before:]
@@ -511,7 +511,7 @@ def test_an_ended_run_leaves_its_summary_in_the_cell(tiny, monkeypatch):
     assert data["application/vnd.jupyter.widget-view+json"] == bundle["application/vnd.jupyter.widget-view+json"]
     assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 4
     assert data["text/plain"].startswith(f"lmwidget dashboard of run {run.id} (finished")
-    d._kick()
+    d.kick()
     wait_for(lambda: d._updater is None)
     assert len(pub.published) == 1  # nothing changed: not sent again
     pub.parent_header = {"msg_id": "cell-2"}
@@ -527,9 +527,9 @@ def test_a_page_that_falls_behind_holds_the_charts_but_never_the_status(tiny, se
     run = start(tiny, max_steps=LONG)
     d = run.dashboard
     marks = {id(m) for c in d.charts.values() for m in c.marks.values()}
-    wait_for(lambda: d._drawn.value >= 2)
-    d._acked.value = d._drawn.value  # the page has handled every redraw so far
-    wait_for(lambda: d._drawn.value > d._acked.value)  # a new redraw went out, unacknowledged
+    wait_for(lambda: d.pacer.drawn.value >= 2)
+    d.pacer.acked.value = d.pacer.drawn.value  # the page has handled every redraw so far
+    wait_for(lambda: d.pacer.drawn.value > d.pacer.acked.value)  # a new redraw went out, unacknowledged
     before = len(sent)
     time.sleep(6 * UPDATE_INTERVAL)
     held = sent[before:]
@@ -537,33 +537,33 @@ def test_a_page_that_falls_behind_holds_the_charts_but_never_the_status(tiny, se
     assert any(widget is d.step_label for widget, _, _ in held), "the status must go on"
     run.pause()  # a click's effect shows at once, even while the charts wait
     wait_for(lambda: "paused" in d.status.value, timeout=1)
-    d._acked.value = d._drawn.value  # the page caught up: the charts follow
+    d.pacer.acked.value = d.pacer.drawn.value  # the page caught up: the charts follow
     wait_for(lambda: any(id(widget) in marks for widget, _, _ in sent[before + len(held):]), timeout=5)
-    assert len(d._page_times) == 2
+    assert len(d.pacer.page_times) == 2
 
 
 def test_charts_go_on_by_time_when_acknowledgements_cannot_arrive(tiny, monkeypatch):
     """Comms over the kernel's main thread are read only between cells: while a cell runs,
     the charts do not wait for acknowledgements that cannot come."""
-    import lmwidget.dashboard as dashboard
+    import lmwidget.pacing as pacing
 
     run = start(tiny, max_steps=LONG)
     d = run.dashboard
-    wait_for(lambda: d._drawn.value >= 2)
+    wait_for(lambda: d.pacer.drawn.value >= 2)
     done = threading.Event()
 
     def acknowledge():  # as the kernel's main thread handles a comm message
-        d._acked.value = d._drawn.value
+        d.pacer.acked.value = d.pacer.drawn.value
         done.set()
 
     assert threading.current_thread() is threading.main_thread()
     acknowledge()
-    assert d._ack_on_main
-    monkeypatch.setattr(dashboard, "cell_running", lambda: True)
-    drawn = d._drawn.value
-    wait_for(lambda: d._drawn.value >= drawn + 3, timeout=5)  # no acknowledgement, still drawing
-    monkeypatch.setattr(dashboard, "cell_running", lambda: False)
+    assert d.pacer._on_main
+    monkeypatch.setattr(pacing, "cell_running", lambda: True)
+    drawn = d.pacer.drawn.value
+    wait_for(lambda: d.pacer.drawn.value >= drawn + 3, timeout=5)  # no acknowledgement, still drawing
+    monkeypatch.setattr(pacing, "cell_running", lambda: False)
     time.sleep(4 * UPDATE_INTERVAL)
-    held = d._drawn.value
+    held = d.pacer.drawn.value
     time.sleep(4 * UPDATE_INTERVAL)
-    assert d._drawn.value - held <= 1  # between cells the page's acknowledgement is awaited
+    assert d.pacer.drawn.value - held <= 1  # between cells the page's acknowledgement is awaited

@@ -40,14 +40,14 @@ def both(job, kind, times=1):
 
 
 def test_attached_it_sees_the_metrics_of_both_ranks(job, remote):
-    wait_for(lambda: len(remote.ranks) == 2 and len(remote._history) >= 50, timeout=30)
+    wait_for(lambda: len(remote.ranks) == 2 and len(remote.record) >= 50, timeout=30)
     assert remote.world_size == 2 and remote.state == "running"
     r0, r1 = remote.ranks
     assert (r0["rank"], r1["rank"]) == (0, 1) and r0["step"] == r1["step"]
     assert all(math.isfinite(r[k]) and r[k] > 0 for r in (r0, r1) for k in ("loss", "tokens_per_sec"))
     assert r0["loss"] != r1["loss"]  # each rank trains on its own blocks
     assert r0["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-6)  # of the averaged gradients
-    wait_for(lambda: len(remote._history) >= r0["step"], timeout=5)
+    wait_for(lambda: len(remote.record) >= r0["step"], timeout=5)
     h = remote.history
     assert h.step.iloc[0] == 1 and (np.diff(h.step) == 1).all()
     row = h[h.step == r0["step"]].iloc[0]  # what the charts draw: over both ranks
@@ -87,7 +87,7 @@ def test_pause_stops_both_ranks_at_the_same_step(job, remote):
     assert s0 == s1 == remote.step
     time.sleep(CONTROL_TIMEOUT + 2)  # longer than a rank waits for a decision: rank 0 repeats it
     assert job.proc.poll() is None and remote.status()["state"] == "paused", job.output()
-    assert remote.step == s0 and len(remote._history) == s0  # no rank goes on
+    assert remote.step == s0 and len(remote.record) == s0  # no rank goes on
 
 
 def test_the_lr_changes_on_both_ranks_at_the_same_step(job, remote):

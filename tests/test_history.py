@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lmwidget.history import COLUMNS, EVENT_COLUMNS, RESOURCE_COLUMNS, History
+from lmwidget.history import EVENT_COLUMNS, History
+from lmwidget.schema import COLUMNS
 
 EXPECTED_COLUMNS = ("step", "tokens", "time", "loss", "perplexity", "grad_norm", "lr",
                     "tokens_per_sec", "step_time", "val_loss", "val_perplexity", "cpu_percent",
@@ -46,7 +47,7 @@ def test_push_drain_frame_columns_and_values():
     assert len(h) == 10
     df = h.frame()
     assert isinstance(df, pd.DataFrame)
-    assert tuple(df.columns) == EXPECTED_COLUMNS == COLUMNS + RESOURCE_COLUMNS
+    assert tuple(df.columns) == EXPECTED_COLUMNS == tuple(m.name for m in COLUMNS)
     assert len(df) == 10
     expected = pd.DataFrame([row(i) for i in range(10)])
     assert df["step"].tolist() == list(range(1, 11))
@@ -207,8 +208,9 @@ def test_concurrent_push_and_drain_lose_no_row_and_keep_order():
             for i in range(n):
                 if i == n // 2:  # make sure the drainer really runs while rows are pushed
                     some_drained.wait(10)
-                h.push(i, i * 2, i * 0.01, 0.1, 1.0, 0.01, losses[i], norms[i],
-                       losses[i] if i % 100 == 0 else None)
+                h.push(step=i, tokens=i * 2, time=i * 0.01, lr=0.1, tokens_per_sec=1.0,
+                       step_time=0.01, loss=losses[i], grad_norm=norms[i],
+                       val_loss=losses[i] if i % 100 == 0 else None)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
         finally:
@@ -249,7 +251,8 @@ def test_a_diverged_loss_has_an_infinite_perplexity_without_warnings():
     import warnings
 
     h = History()
-    h.push(1, 10, 0.0, 1.0, 1.0, 0.1, torch.tensor(1000.0), torch.tensor(1.0), torch.tensor(900.0))
+    h.push(step=1, tokens=10, time=0.0, lr=1.0, tokens_per_sec=1.0, step_time=0.1,
+           loss=torch.tensor(1000.0), grad_norm=torch.tensor(1.0), val_loss=torch.tensor(900.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         frame = h.frame()

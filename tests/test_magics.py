@@ -1,83 +1,15 @@
 """%lmtrain and %lmstop in a real ipykernel, with this test acting as the browser over comms."""
 
-import queue
 import time
 
 import pytest
-from jupyter_client import KernelManager
 
+from .kernel import Kernel
 from .pace import scaled
 
 pytestmark = pytest.mark.slow
 
 TINY = "--n-layer 1 --n-head 2 --n-embd 32 --block-size 32 --batch-size 8"
-
-
-class Kernel:
-    """A real kernel and a client that reads every iopub message."""
-
-    def __init__(self, cwd):
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(cwd=str(cwd))  # its default checkpoint directory lands there
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=scaled(60))
-        self.comm_updates = 0  # widget state updates the kernel sent (the dashboard redrawing)
-        self.log = []          # every iopub message read, whichever cell it belongs to
-        self.last_msg_id = None
-
-    def execute(self, code, timeout=60):
-        """Run a cell; return (stdout, stderr, error text, display data)."""
-        msg_id = self.last_msg_id = self.kc.execute(code)
-        out, err, error, displays = [], [], None, []
-        timeout = scaled(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"cell did not finish within {timeout} s: {code!r}") from None
-            self.log.append(msg)
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "comm_msg" and content["data"].get("method") == "update":
-                self.comm_updates += 1
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if kind == "stream":
-                (out if content["name"] == "stdout" else err).append(content["text"])
-            elif kind == "error":
-                error = "\n".join(content["traceback"])
-            elif kind in ("display_data", "execute_result"):
-                displays.append(content["data"])
-            elif kind == "status" and content["execution_state"] == "idle":
-                return "".join(out), "".join(err), error, displays
-
-    def value(self, expression):
-        out, _, error, _ = self.execute(
-            f"_v = {expression}\nprint(repr(_v.item() if hasattr(_v, 'item') else _v))")
-        assert error is None, error
-        return eval(out)
-
-    def wait_for(self, expression, expected, timeout=10):
-        deadline = time.monotonic() + scaled(timeout)
-        while (got := self.value(expression)) != expected:
-            assert time.monotonic() < deadline, f"{expression} is {got!r}, not {expected!r}"
-            time.sleep(0.05)
-
-    def send_comm(self, comm_id, data):
-        """What a browser sends when a widget is clicked or changed."""
-        msg = self.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
-        self.kc.shell_channel.send(msg)
-
-    def click(self, comm_id):
-        self.send_comm(comm_id, {"method": "custom", "content": {"event": "click"}})
-
-    def set_value(self, comm_id, value):
-        self.send_comm(comm_id, {"method": "update", "state": {"value": value}, "buffer_paths": []})
-
-    def shutdown(self):
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
 
 
 @pytest.fixture(scope="module")

@@ -370,7 +370,7 @@ def test_requests_after_the_end_are_carried_out_not_left_pending(tiny):
     assert run.lr == 1e-2 and run.grad_clip == 0.5
     assert first != second  # each sample draws anew, even at the same step
     assert kinds(run) == ["lr", "grad_clip", "sample", "sample"]
-    assert not run._control.pending("lr")
+    assert not run.control.pending("lr")
 
 
 def test_requests_during_the_last_step_are_applied(tiny):

@@ -288,14 +288,14 @@ def test_histograms_during_a_step_and_between_steps(text):
     trainer = make_trainer(text, max_steps=3)
     trainer.apply("histogram", "blocks.0")  # before the first step: taken during it
     trainer.run()
-    (during,) = trainer.histograms
+    (during,) = trainer.history.histograms_since(0)
     assert during["step"] == 1 and during["group"] == "blocks.0"
     assert during["source"] == "this training step (before clipping)"
     n_weights = sum(p.numel() for p in trainer.grad_norms.group_params("blocks.0"))
     assert during["weights"]["counts"].sum() == n_weights == during["grads"]["counts"].sum()
     rng_before = torch.random.get_rng_state()
     trainer.apply("histogram", "wte")  # the run has ended: one fresh batch, no update
-    after = trainer.histograms[-1]
+    after = trainer.history.histograms_since(0)[-1]
     assert after["source"] == "one fresh batch (taken between steps)" and after["step"] == 3
     assert after["grads"]["counts"].sum() > 0
     assert torch.equal(torch.random.get_rng_state(), rng_before)

@@ -1,0 +1,129 @@
+"""The metric schema: every column of a run's history and every chart, declared once.
+
+History, the dashboard, compare, the static summary, the exports, the job's stream and
+checkpoints all iterate these declarations; nobody lists columns by hand. A new metric is
+one `Metric` here and the line of the loop that computes it. Metrics a user logs
+(`run.log(name=value)`) are declared on the fly by `user_metric`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart of the dashboard (and of compare and the static summary)."""
+
+    key: str
+    title: str
+    unit: str = ""           # the value axis' label
+    log: bool = False        # a log axis
+    tick_format: str = ".3g"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of a run's history."""
+
+    name: str
+    unit: str = ""
+    on_device: bool = False  # pushed by the loop as a device tensor, read in one transfer
+    chart: str | None = None  # the Chart (key) it is drawn on; None: kept, not drawn
+    label: str = ""          # its series' name on that chart
+    title: str = ""          # its own chart's title where it is drawn alone (compare)
+    color: str = "#1565c0"
+    tag: str | None = None   # its TensorBoard tag; None: not exported there
+    default: float = NAN     # its value in records written before it existed
+    dtype: type = np.float64
+    sparse: bool = False     # only at some steps (an evaluation): drawn as dots
+    derive: Callable | None = None  # computed from the stored columns, never stored
+    resource: bool = False   # sampled about once a second; each step shows the latest sample
+    compare: bool = False    # overlaid by compare()
+    summary: bool = False    # drawn by the static summary and the HTML export
+    user: bool = False       # logged by the user with run.log()
+
+    @property
+    def stored(self) -> bool:
+        """A column the loop pushes (not derived, not a resource sample, not the user's)."""
+        return self.derive is None and not self.resource and not self.user
+
+
+def _exp(name: str):
+    def derive(columns: dict) -> np.ndarray:
+        with np.errstate(over="ignore"):  # a diverged loss has an infinite perplexity
+            return np.exp(columns[name])
+    return derive
+
+
+CHARTS = {c.key: c for c in (
+    Chart("loss", "loss", "nats/token"),
+    Chart("perplexity", "perplexity", log=True),
+    Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2g"),
+    Chart("lr", "learning rate", log=True, tick_format=".1e"),
+    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s"),
+)}
+
+COLUMNS = (
+    Metric("step", dtype=np.int64, default=0),
+    Metric("tokens", "tokens", dtype=np.int64, default=0),
+    Metric("time", "s"),
+    Metric("loss", "nats/token", on_device=True, chart="loss", label="train", tag="loss/train",
+           compare=True, summary=True),
+    Metric("perplexity", chart="perplexity", label="train", tag="perplexity/train", derive=_exp("loss")),
+    Metric("grad_norm", on_device=True, chart="grad_norm", label="grad_norm", color="#2e7d32",
+           tag="grad_norm", compare=True, summary=True),
+    Metric("lr", chart="lr", label="lr", color="#6a1b9a", tag="lr", compare=True, summary=True),
+    Metric("tokens_per_sec", "tokens/s", chart="throughput", label="tokens_per_sec", color="#37474f",
+           tag="throughput/tokens_per_sec", summary=True),
+    Metric("step_time", "s", tag="throughput/step_time"),
+    Metric("val_loss", "nats/token", on_device=True, chart="loss", label="val", title="validation loss",
+           color="#e65100",
+           tag="loss/val", sparse=True, compare=True, summary=True),
+    Metric("val_perplexity", chart="perplexity", label="val", color="#e65100", tag="perplexity/val",
+           sparse=True, derive=_exp("val_loss")),
+    Metric("cpu_percent", "%", resource=True, tag="resources/cpu_percent"),
+    Metric("rss_mb", "MB", resource=True, tag="resources/rss_mb"),
+    Metric("gpu_util", "%", resource=True, tag="resources/gpu_util"),
+    Metric("gpu_mem_mb", "MB", resource=True, tag="resources/gpu_mem_mb"),
+    Metric("gpu_temp_c", "°C", resource=True, tag="resources/gpu_temp_c"),
+    Metric("gpu_power_w", "W", resource=True, tag="resources/gpu_power_w"),
+)
+BY_NAME = {m.name: m for m in COLUMNS}
+STORED = tuple(m for m in COLUMNS if m.stored)
+RESOURCES = tuple(m for m in COLUMNS if m.resource)
+
+
+USER_COLORS = ("#00838f", "#ad1457", "#5d4037", "#558b2f", "#4527a0", "#ef6c00")
+
+
+def user_metric(name: str, index: int = 0) -> Metric:
+    """The declaration of the `index`-th metric a user logs: a chart of its own, a TensorBoard tag."""
+    check_user_name(name)
+    return Metric(name, chart=f"user:{name}", label=name, tag=f"user/{name}", user=True,
+                  color=USER_COLORS[index % len(USER_COLORS)])
+
+
+def user_chart(metric: Metric) -> Chart:
+    return Chart(metric.chart, metric.name)
+
+
+def check_user_name(name) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a metric's name must be a Python identifier (for example val_acc); got {name!r}")
+    if name in BY_NAME and not BY_NAME[name].stored:
+        raise ValueError(f"{name!r} is computed by lmwidget (derived or sampled); log another name")
+    return name
+
+
+def filled(name: str, values, n: int) -> np.ndarray:
+    """A stored column as its declared dtype: `values`, or its default for `n` older rows."""
+    metric = BY_NAME[name]
+    if values is None:
+        return np.full(n, metric.default, dtype=metric.dtype)
+    return np.asarray(values, dtype=metric.dtype)

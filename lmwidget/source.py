@@ -1,0 +1,374 @@
+"""Source: the one interface between the views and whatever trains (lmwidget's loop, yours, a framework's, a job)."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+import warnings
+
+import torch
+
+from .config import check_grad_clip, check_lr
+from .control import ENDED, Control
+from .history import History
+
+# what a source may be asked to do; a view shows each one a source cannot do disabled
+CONTROLS = ("pause", "stop", "lr", "grad_clip", "sample", "save", "histogram", "evaluate")
+_ids = itertools.count(1)  # one numbering for every source of this process
+_runs: list = []           # every source that trained in this process, oldest first
+_runs_lock = threading.Lock()
+
+
+class LmwidgetWarning(UserWarning):
+    """A warning from lmwidget that the user should act on."""
+
+
+# Python shows a warning once per call site by default; these must show every time.
+warnings.simplefilter("always", LmwidgetWarning)
+
+
+def register(source: "Source") -> None:
+    """A source starts training in this process (runs() lists it)."""
+    with _runs_lock:
+        if source not in _runs:
+            _runs.append(source)
+
+
+def runs() -> list:
+    """Every run that trained in this process (yours and lmwidget's), oldest first."""
+    with _runs_lock:
+        return list(_runs)
+
+
+def active_runs() -> list:
+    return [r for r in runs() if r.state not in ENDED]
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """Stop runs before the interpreter goes: torch work in a dying daemon thread aborts it."""
+    for run in active_runs():
+        run.stop()
+    for run in runs():
+        run.join(5.0)
+
+
+class Source:
+    """What the dashboard, compare, the static summary, the exports and a job's stream read,
+    and what their controls act on.
+
+    A source has a `record` (a History: metrics by step, the user's metrics, events,
+    resource samples, text samples, histograms) and a `control` (a Control: pause, stop and
+    requests, crossing threads). It says where the run stands (`state`, `step`, `max_steps`,
+    `lr`, `grad_clip`, `paused`, `elapsed`, `error`, `anomaly`), what it is (`describe()`,
+    `options()`, `layers`, `device`), and which controls it cannot carry out
+    (`unsupported`: {control: why}). Subclasses: Run (lmwidget's own loop), Loop (yours,
+    and the Hugging Face and Lightning adapters built on it) and RemoteRun (an attached job).
+    """
+
+    #: {control: why} for every control (see CONTROLS) this source cannot carry out
+    unsupported: dict = {}
+
+    def __init__(self):
+        self.id = next(_ids)
+        self.record = History()
+        self.control = Control()
+        self.ghosts: list = []     # earlier runs its dashboard draws faintly
+        self._dashboard = None
+        self._shown_in = None      # the execution count of the cell that displayed the dashboard
+        self._lock = threading.Lock()
+
+    # -- what it is ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"run {self.id}"
+
+    def describe(self) -> dict:
+        """What trains and how, as short strings for a header: at least "model"."""
+        return {"model": "a model"}
+
+    def options(self) -> dict:
+        """The run's options as plain values (compare labels runs by those that differ)."""
+        return {}
+
+    @property
+    def layers(self) -> list[str]:
+        """The layer groups of the per-layer gradient norms, in model order."""
+        return []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    # -- where it stands -----------------------------------------------------------------------
+    state = "running"
+    step = 0
+    max_steps = None   # None: not known (the progress shows no total)
+    lr = float("nan")
+    grad_clip = 0.0
+    started = False
+    error = None
+    anomaly = None
+    restored_from = None
+
+    @property
+    def paused(self) -> bool:
+        """Paused, or asked to pause (the Pause button reads "Resume")."""
+        return self.control.paused
+
+    @property
+    def self_paused(self) -> bool:
+        """Paused by a non-finite step of its own, not by a request."""
+        return False
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def elapsed(self) -> float:
+        return self.record.clock() if self.started else 0.0
+
+    @property
+    def start_time(self) -> float | None:
+        """The wall-clock time (time.time()) of the run's clock's zero, for exports."""
+        return time.time() - self.elapsed if self.started else None
+
+    @property
+    def last_save(self):
+        """The newest save's outcome: ("ok", {"step", "path", "bytes", "seconds"}) or
+        ("error", message); None before any."""
+        return None
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        return []
+
+    # -- its record ---------------------------------------------------------------------------
+    @property
+    def history(self):
+        """Per-step metrics as a pandas DataFrame (a fresh copy at each access)."""
+        return self.record.frame()
+
+    @property
+    def events(self):
+        """What happened, as a DataFrame: step, time, kind, value, detail."""
+        return self.record.events_frame()
+
+    @property
+    def resources(self):
+        """Every resource sample (about one a second while a view shows the run)."""
+        return self.record.resources_frame()
+
+    @property
+    def samples(self) -> list[tuple[int, str]]:
+        return self.record.samples_since(0)
+
+    @property
+    def histograms(self) -> list[dict]:
+        """Histograms asked for with request_histogram(), oldest first."""
+        return self.record.histograms_since(0)
+
+    @property
+    def layer_grad_norms(self):
+        """The newest step's gradient norm of each layer group (before clipping), as a
+        pandas Series named by that step; None before the first step."""
+        latest = self.record.layer_grad_norms
+        if latest is None:
+            return None
+        import pandas as pd
+
+        step, norms = latest
+        return pd.Series(torch.as_tensor(norms).double().cpu().numpy(), index=self.layers, name=step)
+
+    def log(self, **metrics) -> None:
+        """Record metrics of your own at the current step (`run.log(val_acc=0.91)`): numbers
+        or 0-d tensors (kept on their device until a view reads them). Each lands in the
+        history, the exports and a chart of its own."""
+        self.record.log(self.step, metrics)
+
+    def log_event(self, kind: str, value=None, detail: str = "") -> None:
+        """Mark something at the current step: it joins `events` and the charts' markers."""
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"kind must be a non-empty string; got {kind!r}")
+        self.record.record_event(self.step, kind, value, str(detail))
+
+    @property
+    def gpu_status(self) -> str:
+        """Which GPU the resource samples describe, or why there is none."""
+        return self._resource_sampler().gpu_status
+
+    def sample_resources(self) -> dict:
+        """Sample CPU, memory and GPU now and record it (an observer calls this about once a
+        second; never the training loop)."""
+        sampler = self._resource_sampler()
+        with self._lock:
+            sample = sampler.sample()
+        self.record.record_resources(self.record.clock(), self.step, sample)
+        return sample
+
+    def _resource_sampler(self):
+        with self._lock:
+            if getattr(self, "_sampler", None) is None:
+                from .system import ResourceSampler
+
+                self._sampler = ResourceSampler(self.device)
+            return self._sampler
+
+    # -- steering -----------------------------------------------------------------------------
+    def supports(self, control: str) -> bool:
+        return control not in self.unsupported
+
+    def _check(self, control: str) -> None:
+        """Refuse a control this source cannot carry out, saying why."""
+        if control in self.unsupported:
+            raise NotImplementedError(f"{self.name} cannot {control}: {self.unsupported[control]}")
+
+    def pause(self) -> None:
+        self._check("pause")
+        self.control.pause()
+
+    def resume(self) -> None:
+        self._check("pause")
+        self.control.resume()
+
+    def stop(self, note: str = "") -> None:
+        """Stop at the next step boundary; `note` (why) goes into the stop event."""
+        self._check("stop")
+        self.control.stop(note)
+
+    def set_lr(self, lr, note: str = "") -> None:
+        """Set the base learning rate, applied at the next step; a schedule still shapes it."""
+        self._check("lr")
+        self._request("lr", check_lr(lr), note)
+
+    def set_grad_clip(self, grad_clip) -> None:
+        """Set the max gradient norm (0 turns clipping off), applied at the next step."""
+        self._check("grad_clip")
+        self._request("grad_clip", check_grad_clip(grad_clip))
+
+    def request_sample(self) -> None:
+        """Ask for a text sample without waiting: it lands in `samples` (and the dashboard)."""
+        self._check("sample")
+        self._request("sample")
+
+    def sample(self, timeout: float | None = 30.0) -> str:
+        """Text generated by the current model (taken between two training steps)."""
+        before = len(self.record.samples_since(0))
+        self.request_sample()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(samples := self.record.samples_since(before)) == 0:
+            if self.error is not None and self.ended:
+                raise RuntimeError(f"{self.name} failed before the sample was taken: {self.error!r}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no sample within {timeout} s; the training step may be slow")
+            time.sleep(0.01)
+        return samples[0][1]
+
+    def request_histogram(self, layer: str) -> None:
+        """Ask for histograms of a layer group's weights and gradients (see `layers`)."""
+        self._check("histogram")
+        if layer not in self.layers:
+            raise ValueError(f"unknown layer {layer!r}; this model's layers: {', '.join(self.layers)}")
+        self._request("histogram", layer)
+
+    def evaluate(self) -> None:
+        """Ask for a validation estimate at the next step boundary (the `val_loss` column)."""
+        self._check("evaluate")
+        self._request("evaluate")
+
+    def request_save(self, path=None):
+        """Ask for a checkpoint without waiting; returns a job whose `wait(timeout)` gives
+        {"path", "step", "bytes", ...}."""
+        raise NotImplementedError(f"{self.name} cannot save: {self.unsupported.get('save', 'not built')}")
+
+    def save(self, path=None, timeout: float | None = 60.0):
+        """Write a checkpoint of this step and return its path; blocks until it is written."""
+        from pathlib import Path
+
+        return Path(self.request_save(path).wait(timeout)["path"])
+
+    def _request(self, kind: str, value=None, note: str = "") -> None:
+        """Queue a request for the loop, carried out at its next step boundary."""
+        if not self.control.request(kind, value, note):
+            raise RuntimeError(f"{self.name} has ended ({self.state}): it cannot {kind} any more")
+
+    def watch(self, event: threading.Event) -> None:
+        """Set `event` whenever the run's state changes (a view redraws at once)."""
+        self.control.watch(event)
+
+    def unwatch(self, event: threading.Event) -> None:
+        self.control.unwatch(event)
+
+    @property
+    def alive(self) -> bool:
+        """Its training still runs (a thread, or a loop on the caller's thread)."""
+        return self.started and not self.ended
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the training to end; True once it has."""
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (True) or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = threading.Event()
+        self.watch(changed)
+        try:
+            while not self.ended:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                changed.wait(left if left is None else min(left, 1.0))
+                changed.clear()
+        finally:
+            self.unwatch(changed)
+        return True
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def dashboard(self):
+        """The dashboard widget (created on first use, on the calling thread)."""
+        with self._lock:
+            if self._dashboard is None:
+                from .dashboard import Dashboard
+
+                self._dashboard = Dashboard(self)
+        return self._dashboard
+
+    def show(self) -> None:
+        """Display the dashboard in the running cell (once per cell); in a script, nothing."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):
+            return  # not in a notebook kernel: nothing to draw on
+        if self._shown_in == shell.execution_count:
+            return
+        self._shown_in = shell.execution_count
+        self.dashboard.show()
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def export(self, directory) -> dict:
+        """Write the run's record into `directory` and return {name: path}: history.csv
+        (and .parquet with pyarrow), events.csv, resources.csv, samples.json, config.json,
+        and TensorBoard event files under tensorboard/ when tensorboard is installed."""
+        from .export import export
+
+        return export(self, directory)
+
+    def to_html(self, path):
+        """Write one standalone HTML page with the run's curves (drawn without a kernel or
+        network) and the dashboard's widget state; returns its path."""
+        from .export import to_html
+
+        return to_html(self, path)
+
+    def __repr__(self) -> str:
+        total = "?" if self.max_steps is None else self.max_steps
+        return (f"<lmwidget.{type(self).__name__} {self.id}: {self.describe().get('model')}, "
+                f"{self.state}, step {self.step}/{total}, lr={self.lr:.3g}>")
