@@ -8,12 +8,13 @@ from .data import CharTokenizer, Dataset
 from .lrfind import LRFinder, lr_find
 from .magics import load_ipython_extension
 from .models import GPT, LSTM
+from .fit import fit
 from .loop import Loop, StopTraining, steer
 from .remote import RemoteRun, attach
 from .run import Run, train
 from .source import CONTROLS, LmwidgetWarning, Source, runs
 
-__version__ = "0.1.0"
-__all__ = ["train", "Run", "steer", "Loop", "StopTraining", "Source", "CONTROLS", "attach", "RemoteRun", "runs", "lr_find", "LRFinder", "compare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
+__version__ = "0.2.0"
+__all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CONTROLS", "attach", "RemoteRun", "runs", "lr_find", "LRFinder", "compare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
            "Callback", "EarlyStopping", "ReduceLROnPlateau", "LmwidgetWarning", "CheckpointError",
            "load_ipython_extension"]

@@ -215,7 +215,8 @@ def scaling(sizes=SCALING_SIZES, new_points: int = 100, repeats: int = 20) -> li
     return rows
 
 
-def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) -> dict:
+def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: bool = True,
+              **options) -> dict:
     install_counting_comm()
     torch.get_num_threads()  # fix this thread's count before any training thread sets its own
     config = TrainConfig.from_options(**{"eval_interval": 0, **options,
@@ -265,6 +266,10 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, **options) ->
         "step_time_ms": 1e3 * float(np.median(run.history.step_time)),
         "scaling": scaling(),
     }
+    if frameworks:  # your own loop and the Hugging Face Trainer, with lmwidget and without
+        from .bench_frameworks import compare
+
+        report.update(compare(rounds, steps, steps // 2, warmup, config, dataset, init_state))
     peak = peak_flops(device)
     if peak:
         per_token = flops_per_token(model, config.block_size)
@@ -280,9 +285,11 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-frameworks", action="store_true",
+                        help="leave out your-own-loop and Hugging Face Trainer comparisons")
     args = parser.parse_args(argv)
     report = benchmark(args.rounds, args.steps, device=args.device, dtype=args.dtype,
-                       compile=args.compile)
+                       compile=args.compile, frameworks=not args.no_frameworks)
     json.dump(report, sys.stdout, indent=2)
     print()
 

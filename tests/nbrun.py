@@ -40,6 +40,7 @@ def __lmw_summary(r):
             "dashboard_error": "dashboard error" in (r._dashboard.notice.value
                                                      if r._dashboard is not None else ""),
             "val_last": float(val.val_loss.iloc[-1]) if len(val) else nan,
+            "loss_last": float(h.loss.tail(20).mean()) if len(h) else nan,
             "val_min": float(val.val_loss.min()) if len(val) else nan,
             "val_min_step": int(val.step[val.val_loss.idxmin()]) if len(val) else None,
             "tokens_per_sec": float(h.tokens_per_sec.median()) if len(h) else nan,

@@ -78,7 +78,7 @@ def test_the_benchmark_command_prints_its_report_and_holds_a_loose_ratio():
     On the default GPT, whose rounds last ~2 s: with a tiny model a round lasts a fraction
     of a second and the ratio is noise (best rounds seen from 0.88 to 0.99).
     """
-    code = ("import json, lmwidget.bench as b; r = b.benchmark(rounds=6, steps=150, warmup=20); "
+    code = ("import json, lmwidget.bench as b; r = b.benchmark(rounds=6, steps=150, warmup=20, frameworks=False); "
             "print(json.dumps(r))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -102,3 +102,20 @@ def test_peak_flops_is_looked_up_by_gpu_name(monkeypatch):
     assert bench.peak_flops(torch.device("cuda")) == 312e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert bench.peak_flops(torch.device("cuda")) is None
+
+
+@pytest.mark.slow
+def test_the_frameworks_comparisons_measure_both_sides():
+    """Your own loop and the Hugging Face Trainer, each bare and with lmwidget (one short
+    round: the ratios themselves are the benchmark's to report, not a test's to judge)."""
+    from lmwidget.bench_frameworks import compare
+
+    config = TrainConfig.from_options(**{**TINY, "eval_interval": 0, "max_steps": 100})
+    dataset = Dataset(builtin_text()[:100_000])
+    torch.manual_seed(0)
+    init = build_model("gpt", dataset.vocab_size, 32, 1, 2, 32, 0.0).state_dict()
+    report = compare(1, 40, 20, 5, config, dataset, init)
+    for side in ("own_loop", "hf_trainer"):
+        r = report[side]
+        assert r["tokens_per_sec_bare"] > 0 and r["tokens_per_sec_lmwidget"] > 0 and r["rounds"] == 1, report
+        assert r["ratio"] == r["tokens_per_sec_lmwidget"] / r["tokens_per_sec_bare"]

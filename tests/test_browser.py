@@ -1001,3 +1001,72 @@ def test_lr_finder_click_to_choose_train_and_compare(opened):
         nb.screenshot("compare", scroll_to=".lmwidget-compare")
         errs = widget_errors(nb)
         assert not errs, "console errors:\n" + "\n".join(e["text"][:300] for e in errs[:10])
+
+
+# --------------------------------------------------------------------------- Hugging Face Trainer
+
+HF_CELLS = [
+    (REPO / "tests" / "frameworks.py").read_text(),
+    "import lmwidget\n"
+    "trainer = hf_trainer('out', max_steps=100_000, lr_scheduler_type='constant')\n"
+    "run = lmwidget.fit(trainer)",
+]
+
+
+def test_hf_trainer_in_jupyterlab(opened):
+    """A Hugging Face Trainer run by lmwidget.fit, steered from its dashboard in JupyterLab:
+    Pause, an LR typed into the slider, Resume, Save (the Trainer's own checkpoint),
+    Evaluate, Sample, Stop."""
+    nb = opened("lab-subshells-on", HF_CELLS, label="hf-trainer")
+    page = nb.page
+    res: dict = {}
+    with recorded(nb, res):
+        nb.run_all()
+        page.locator(".lmwidget-pause").first.wait_for(state="visible", timeout=120_000)
+        nb.wait_all_executed(timeout=120)
+        assert not nb.error_outputs(), nb.error_outputs()
+        assert "Hugging Face Trainer" in text_of(page, ".lmwidget-title")
+        probe = make_probe(nb)
+        s1 = wait_for(lambda: step_text(page), 60, message="a step number")
+        wait_for(lambda: step_text(page) > s1 + 10, 30, message="steps to advance")
+        wait_for(lambda: x_positions(series_points(page, "loss")) >= 5, 30, message="the loss line")
+        nb.screenshot("training", scroll_to=DASHBOARD)
+
+        res["pause_latency"] = click_pause_and_time(nb, probe, timeout=30)
+        assert probe.eval("[__lmw_run().state, trainer.state.global_step == __lmw_run().step]") == ["paused", True]
+        frozen = probe.eval("__lmw_run().step")
+        time.sleep(2.0)
+        assert probe.eval("trainer.state.global_step") == frozen, "the Trainer went on while paused"
+
+        readout = page.locator(".lmwidget-lr .widget-readout").first
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("0.001")
+        page.keyboard.press("Enter")
+        wait_for(lambda: probe.eval("round(__lmw_run().lr, 9)") == 0.001, 10, message="the LR set")
+        assert probe.eval("trainer.optimizer.param_groups[0]['lr']") == pytest.approx(0.001)
+        page.locator(".lmwidget-pause").first.click()
+        wait_for(lambda: status_is(page, "running"), 10, message="status 'running' after resume")
+        wait_for(lambda: probe.eval(f"float(__lmw_run().history.lr.iloc[-1])") == pytest.approx(0.001), 20,
+                 message="the next steps to apply the new LR")
+
+        page.locator(".lmwidget-save").first.click()
+        wait_for(lambda: "checkpoint-" in text_of(page, ".lmwidget-save-status"), 60, message="the save's path")
+        path = probe.eval("str(__lmw_run().checkpoints[0]['path'])")
+        assert probe.eval(f"__import__('os').path.isfile({path!r} + '/trainer_state.json')") is True
+        page.locator(".lmwidget-evaluate").first.click()
+        wait_for(lambda: probe.eval("int(__lmw_run().history.val_loss.notna().sum())") == 1, 60,
+                 message="the Trainer's evaluation")
+        page.locator(".lmwidget-sample").first.click()
+        wait_for(lambda: text_of(page, ".lmwidget-sample-text").strip(), 60, message="sample text")
+        res["sample_text"] = text_of(page, ".lmwidget-sample-text")[:200]
+        nb.screenshot("saved-evaluated-sampled", scroll_to=DASHBOARD)
+
+        page.locator(".lmwidget-stop").first.click()
+        wait_for(lambda: status_is(page, "stopped"), 60, message="status 'stopped'")
+        wait_for(lambda: probe.eval("__lmw_run().alive") is False, 30, message="the Trainer's thread to end")
+        assert probe.eval("[k for k in __lmw_run().events.kind]")[:3] == ["pause", "lr", "resume"]
+        res["events"] = probe.eval("[k for k in __lmw_run().events.kind]")
+        nb.screenshot("stopped", scroll_to=DASHBOARD)
+        errs = widget_errors(nb)
+        assert not errs, "console errors:\n" + "\n".join(e["text"] for e in errs)
