@@ -79,7 +79,7 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> float:
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
     from .data import builtin_text
-    from .hf_trainer import HFRun
+    from .hf_trainer import PRINTERS, HFRun
 
     text = builtin_text()[:200_000]
     chars = sorted(set(text))
@@ -103,13 +103,16 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> float:
 
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(chars), n_positions=block, n_embd=64, n_layer=2,
-                                       n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+                                       n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                       bos_token_id=0, eos_token_id=0))
     args = TrainingArguments(output_dir="lmwidget-bench-hf", max_steps=warmup + steps,
                              per_device_train_batch_size=16, learning_rate=3e-3, report_to=[],
                              save_strategy="no", logging_strategy="no", use_cpu=not torch.cuda.is_available(),
                              disable_tqdm=True, dataloader_num_workers=0, seed=seed)
     clock = Clock()
     trainer = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[clock])
+    for printer in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in PRINTERS]:
+        trainer.remove_callback(printer)  # on both sides: nothing printed, as lmwidget.fit does
     if steered:
         run = HFRun(trainer)
         run.dashboard

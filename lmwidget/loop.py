@@ -230,7 +230,8 @@ class Loop(Source):
         self.record.start_clock(self.steering.clock0)
         self._t_last = time.perf_counter()
         self.callbacks.call("on_train_begin", self)
-        self.control.announce()
+        if self._dashboard is not None:
+            self._dashboard.kick()  # its updater waited for the start
 
     def measure(self):
         """The gradient norms (device tensors, before clipping), the clip if lmwidget clips,

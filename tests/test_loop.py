@@ -348,5 +348,14 @@ def test_your_loop_in_a_kernel_obeys_the_dashboard(tmp_path):
             f"again = lmwidget.steer(m2, o2, s2, resume={path!r}, display=False)\n")
         assert error is None, error
         assert kernel.value("again.step") == frozen and kernel.value("s2.base_lrs") == [0.01]
+        # a loop that blocks the cell: the dashboard still draws, from its own thread
+        kernel.execute("m3, o3, s3, t3 = own_loop(600)\nmain = lmwidget.steer(m3, o3, max_steps=600)\n"
+                       "t3.run = main")
+        updates = kernel.comm_updates
+        _, _, error, _ = kernel.execute("import time\nt0 = time.monotonic()\nwith main:\n    t3()\n"
+                                        "took = time.monotonic() - t0")
+        assert error is None, error
+        assert kernel.value("main.state") == "finished" and kernel.value("len(main.history)") == 600
+        assert kernel.comm_updates - updates >= 2, "no redraw while the cell ran the loop"
     finally:
         kernel.shutdown()
