@@ -224,10 +224,9 @@ class Run(Source):
 
     # -- steering -------------------------------------------------------------------------
     def _request(self, kind: str, value=None, note: str = "") -> None:
-        """Queue a request for the loop; once the loop has ended, carry it out here."""
-        if not self.control.request(kind, value, note):
-            with self._lock:
-                self._trainer.apply(kind, value, note)
+        """Queue a request for the loop; once the loop has ended, carry it out here (after
+        the loop's own leftovers, in one order)."""
+        self._trainer.steering.request(kind, value, note)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ends (True), or return False once `timeout` seconds pass or

@@ -92,26 +92,47 @@ class Steering:
 
     def boundary(self) -> bool:
         """Carry out the requests, wait while paused (no CPU); False when the loop must stop."""
-        control = self.control
         while True:
-            for kind, (value, note) in control.take().items():
-                self._carry_out(kind, value, note)
-            if control.stop_requested:
+            requests, paused, stop, note = self.decide()
+            for kind, (value, request_note) in requests.items():
+                self._carry_out(kind, value, request_note)
+            self.between()
+            if stop:
                 if not self.stopped:
-                    self.record.record_event(self.source.step, "stop", None, control.stop_note)
+                    self.record.record_event(self.source.step, "stop", None, note)
                 self.stopped = True
                 return False
-            if not control.paused:
+            if not paused:
                 self.self_paused = False
+                self.resuming()
                 if self._state == "paused":
                     self.record.record_event(self.source.step, "resume")  # the event, then the state
                     self.state = "running"
                 return True
             if self._state != "paused":
+                self.pausing()
                 self.record.record_event(self.source.step, "pause")
                 self.record.drain()  # every reader sees the run up to where it paused
                 self.state = "paused"
-            control.wait_while_paused()
+            self.wait_paused()
+
+    # what a loop with more to do at its boundary (lmwidget's own, under torchrun) overrides
+    def decide(self):
+        """This boundary's (requests, paused, stop, stop note)."""
+        c = self.control
+        return c.take(), c.paused, c.stop_requested, c.stop_note
+
+    def between(self) -> None:
+        """After the requests, before a pause or the next step."""
+
+    def pausing(self) -> None:
+        """The loop is about to pause."""
+
+    def resuming(self) -> None:
+        """The loop goes on (or starts) from a boundary."""
+
+    def wait_paused(self) -> None:
+        self.control.wait_while_paused()
 
     def _carry_out(self, kind: str, value, note: str) -> None:
         event = self.apply(kind, value, note)
@@ -141,12 +162,15 @@ class Steering:
                 state = "stopped" if stopped or (max_steps and self.source.step < max_steps) else "finished"
             self.state = state
 
-    def nonfinite(self, step: int, cause: str) -> None:
-        """A step whose loss or grad norm was not finite: marked, and the run pauses itself."""
+    def nonfinite(self, step: int, cause: str, value=None, pause: bool = True,
+                  update: str = "your optimizer applied it") -> None:
+        """A step whose loss or grad norm was not finite: marked, and (`pause`) the run
+        pauses itself, through the same control as the button."""
         self.anomaly = (step, cause)
-        self.record.record_event(step, "anomaly", None, f"{cause} at step {step}; the run paused itself")
-        if not self.control.closed:
-            self.self_paused = True
+        self.record.record_event(step, "anomaly", value, f"{cause} at step {step}: {update}"
+                                 + ("; the run paused itself" if pause else ""))
+        if pause and not self.control.closed:
+            self.self_paused = True  # until resumed: wait() returns rather than hang
             self.control.pause()
 
     # -- saves --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .hf import unwrap
 from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
 from .models import GenerateMixin, sample_tokens
+from .steering import Steering
 from .system import usable_cpus
 
 SAMPLE_TOKENS = 200
@@ -113,12 +114,11 @@ class Trainer:
         self.callbacks = callbacks or Callbacks()
         self.handle = handle
         self._histogram_of = None        # the layer group whose histograms the next step takes
-        self.anomaly = None              # the last non-finite step: (step, cause)
-        self.self_paused = False         # paused by that step, not by a request
         self.base_lr = config.lr
         self.grad_clip = config.grad_clip
         self.step = 0          # optimizer steps completed
-        self._state = "running"
+        self.record = history  # what Steering writes its events to
+        self.steering = _Boundary(self)
         self.error: BaseException | None = None
         self.started = self.ended = None  # time.time() stamps
         # tokens per optimizer step over all ranks; this rank trains on 1/world_size of them
@@ -141,12 +141,21 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        return self._state
+        return self.steering.state
 
-    @state.setter
-    def state(self, value: str) -> None:
-        self._state = value
-        self.control.announce()  # views redraw now, not at their next tick
+    @property
+    def max_steps(self) -> int:
+        return self.config.max_steps
+
+    @property
+    def anomaly(self):
+        """The last non-finite step: (step, cause), or None."""
+        return self.steering.anomaly
+
+    @property
+    def self_paused(self) -> bool:
+        """Paused by a non-finite step, not by a request."""
+        return self.steering.self_paused
 
     def checkpoint(self, kind: str) -> dict:
         """Everything needed to continue this run exactly, as tensors and plain values."""
@@ -202,7 +211,7 @@ class Trainer:
         self._batch_gen.set_state(state["rng"]["batch"])
         self._eval_gen.set_state(state["rng"]["eval"])
         self._rng = {k: state["rng"][k] for k in ("torch", "cuda", "python", "numpy")}
-        self.anomaly = tuple(state["anomaly"]) if state["anomaly"] else None
+        self.steering.anomaly = tuple(state["anomaly"]) if state["anomaly"] else None
         self.checkpointer.best = float(state["best_val_loss"])
         self._callback_states = state["callbacks"]
         self.history.load_state_dict(payload["history"])
@@ -236,15 +245,13 @@ class Trainer:
             self.model.train()
             self.callbacks.call("on_train_begin", self.handle)
             self._restore_callbacks()
-            while self.step < self.config.max_steps and self._obey_control():
+            while self.step < self.config.max_steps and self.steering.boundary():
                 self._train_step()
             for bad in self.guard.poll(wait=True):  # the last steps' checks (on a GPU)
                 self._nonfinite(*bad)
             self._rng = _global_rng(self.device)  # what a save from now on continues from
-            leftover = self.control.close()  # requests made during the last step
-            for kind, (value, note) in leftover.items():
-                self.apply(kind, value, note)
-            self.state = "finished" if self.step >= self.config.max_steps else "stopped"
+            # the requests made during the last step, and any made later, in one order
+            self.steering.end("finished" if self.step >= self.config.max_steps else "stopped")
             self.checkpointer.at_end()
         except BaseException as e:  # shown in the dashboard and re-raised by Run.wait()
             self._rng = _global_rng(self.device)
@@ -268,7 +275,7 @@ class Trainer:
         self.checkpointer.cancel(error)
         if self.error is None:
             self.error = error
-        self.state = "failed"
+        self.steering.state = "failed"
 
     def _train_step(self) -> None:
         cfg = self.config
@@ -326,15 +333,9 @@ class Trainer:
 
     def _nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
         """A step whose loss or grad norm was not finite: its update was skipped."""
-        cause = nonfinite_cause(loss, grad_norm)
-        pause = self.config.anomaly == "pause"
-        self.anomaly = (step, cause)
-        self.history.record_event(step, "anomaly", loss if not math.isfinite(loss) else grad_norm,
-                                  f"{cause} at step {step}: the update was skipped"
-                                  + ("; the run paused itself" if pause else ""))
-        if pause:
-            self.self_paused = True  # until resumed: Run.wait() returns rather than hang
-            self.control.pause()  # through the same control as the button
+        self.steering.nonfinite(step, nonfinite_cause(loss, grad_norm),
+                                loss if not math.isfinite(loss) else grad_norm,
+                                pause=self.config.anomaly == "pause", update="the update was skipped")
 
     def _take_histograms(self, step: int) -> None:
         """The weights and this step's gradients (before clipping) of the group asked for."""
@@ -380,42 +381,9 @@ class Trainer:
         self.model.train()
         return torch.stack(losses).mean()
 
-    def _obey_control(self) -> bool:
-        """Apply pending requests; wait while paused. False when the loop must stop."""
-        while True:
-            control = self.control
-            requests, paused, stop, note = (control.take(), control.paused, control.stop_requested,
-                                            control.stop_note)
-            if self.sync is not None:  # rank 0 decides; every rank acts at this same step
-                requests, paused, stop, note = self.sync.exchange(requests, paused, stop, note)
-            for kind, (value, request_note) in requests.items():
-                self.apply(kind, value, request_note)
-            self.checkpointer.write_due()  # the last step's saves, with its requests applied
-            if stop:
-                self.history.record_event(self.step, "stop", None, note)
-                return False
-            if not paused:
-                self.self_paused = False  # resumed, even before the loop got to pause
-                if self._pending_rng is not None:
-                    _set_global_rng(self._pending_rng, self.device)
-                    self._pending_rng = None
-                if self.state == "paused":
-                    self.history.record_event(self.step, "resume")  # the event, then the state
-                    self.state = "running"
-                return True
-            if self.state != "paused":
-                # a save while paused continues from here
-                self._rng = self._pending_rng or _global_rng(self.device)
-                self.history.record_event(self.step, "pause")
-                self.history.drain()  # so every reader sees the run up to where it paused
-                self.state = "paused"
-            if self.sync is None:
-                control.wait_while_paused()
-            elif self.sync.is_main:  # the others wait in the next exchange
-                control.wait_while_paused(timeout=PAUSED_HEARTBEAT)
-
-    def apply(self, kind: str, value, note: str = "") -> None:
-        """Carry out one request (the loop's thread, or any thread once the loop has ended)."""
+    def apply(self, kind: str, value, note: str = ""):
+        """Carry out one request (the loop's thread, or any thread once the loop has ended);
+        returns the event's value, a (kind, value, note) event, or False for no event."""
         if kind == "lr" and value != self.base_lr:
             self.base_lr = value
         elif kind == "grad_clip" and value != self.grad_clip:
@@ -425,19 +393,19 @@ class Trainer:
         elif kind == "evaluate":  # now, at this step: its row gets the validation loss
             value = self.evaluate()
             self.history.log(self.step, {"val_loss": value})
-            kind, note = "eval", note or "asked for"
+            return "eval", value, note or "asked for"
         elif kind == "save":
             self.checkpointer.run_jobs()  # each save records its own event
-            return
+            return False
         elif kind == "histogram":
             if self.state == "running" and not self.control.closed:
                 self._histogram_of = value  # taken during the next step, while gradients exist
             else:
                 self._histograms_between_steps(value)
-            return
+            return False
         else:
-            return  # a request that changes nothing is not an event
-        self.history.record_event(self.step, kind, value, note)
+            return False  # a request that changes nothing is not an event
+        return value
 
     def generate_sample(self, max_new_tokens: int = SAMPLE_TOKENS) -> str:
         """Text from the current model, without disturbing the training RNG streams."""
@@ -483,3 +451,38 @@ def _set_global_rng(rng: dict, device: torch.device) -> None:
     np.random.set_state({"bit_generator": "MT19937",
                          "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
                          "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+
+
+class _Boundary(Steering):
+    """lmwidget's own loop at a step boundary: under torchrun rank 0 decides for every
+    rank; saves due from the last step are written once its requests are applied; the RNG
+    states a save continues from are kept while paused."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__(trainer, trainer.apply)
+        self.trainer = trainer
+
+    def decide(self):
+        decision = super().decide()
+        sync = self.trainer.sync
+        return decision if sync is None else sync.exchange(*decision)  # every rank acts alike
+
+    def between(self) -> None:
+        self.trainer.checkpointer.write_due()  # the last step's saves, with its requests applied
+
+    def pausing(self) -> None:
+        t = self.trainer
+        t._rng = t._pending_rng or _global_rng(t.device)  # a save while paused continues from here
+
+    def resuming(self) -> None:
+        t = self.trainer
+        if t._pending_rng is not None:
+            _set_global_rng(t._pending_rng, t.device)
+            t._pending_rng = None
+
+    def wait_paused(self) -> None:
+        sync = self.trainer.sync
+        if sync is None:
+            self.control.wait_while_paused()
+        elif sync.is_main:  # the others wait in the next exchange
+            self.control.wait_while_paused(timeout=PAUSED_HEARTBEAT)
