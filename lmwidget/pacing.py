@@ -14,6 +14,8 @@ from .frontends import cell_running
 
 ACK_TIMEOUT = 10.0     # s: the longest the charts wait for a front end to handle the last redraw
 BROWSER_SHARE = 1 / 3  # of the page's time spent drawing charts, at most: it stays free for clicks
+FIRST_ACK_WAIT = 1.0   # s: until a front end has acknowledged a redraw, the charts wait this long
+                       # after each one, so a page still loading never queues a backlog of them
 
 
 class Pacer:
@@ -22,9 +24,10 @@ class Pacer:
     The updater numbers each redraw in `drawn`; a front end copies the number into `acked`
     (an ipywidgets jsdlink, run by the page) once it has handled every message before it,
     and sends it back. The charts wait for that acknowledgement, then leave the page two
-    thirds of its time, while the status never waits. No acknowledgement ever comes with no
-    front end, and none can come over the kernel's main thread while a cell runs (no comms
-    over subshells): then the charts go on by time alone.
+    thirds of its time, while the status never waits. Until the first acknowledgement, the
+    charts wait FIRST_ACK_WAIT after each redraw. No acknowledgement ever comes with no front
+    end, and none can come over the kernel's main thread while a cell runs (no comms over
+    subshells): then the charts go on by time alone.
     """
 
     def __init__(self, wake: threading.Event):
@@ -53,9 +56,11 @@ class Pacer:
 
     def held(self) -> float:
         """Seconds until the charts may be redrawn; 0 when they may be now."""
-        if not self._seen or (self._on_main and cell_running()):
-            return 0.0
         now, sent = time.monotonic(), self._sent_at
+        if not self._seen:
+            return 0.0 if sent is None else max(0.0, sent + FIRST_ACK_WAIT - now)
+        if self._on_main and cell_running():
+            return 0.0
         if sent is not None and now < sent + ACK_TIMEOUT:
             return sent + ACK_TIMEOUT - now  # the acknowledgement wakes the updater sooner
         return max(0.0, self._free_at - now)

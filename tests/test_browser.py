@@ -616,7 +616,7 @@ def test_long_run_pause_latency_and_heap(opened):
         # redraw the page has measured itself handling (the status waits for that at most)
         lags = res["page_lag_s"] = []
         while (step_text(page) or 0) < LONG_RUN_STEPS // 2:
-            page_time = max(probe.eval("list(__lmw_run().dashboard._page_times) or [0]"))
+            page_time = max(probe.eval("list(__lmw_run().dashboard.pacer.page_times) or [0]"))
             kernel_step, t = probe.eval("__lmw_run().step"), time.monotonic()
             wait_for(lambda: (step_text(page) or 0) >= kernel_step, 2.0 + 2 * page_time, interval=0.05,
                      message=f"the page to show step {kernel_step} (page time {page_time:.2f} s)")
@@ -628,7 +628,7 @@ def test_long_run_pause_latency_and_heap(opened):
         # within 1 s more than the longest redraw it handled lately (flow control leaves at
         # most one redraw in its queue ahead of the status)
         pause = page.locator(".lmwidget-pause").first
-        page_times = probe.eval("list(__lmw_run().dashboard._page_times)")
+        page_times = probe.eval("list(__lmw_run().dashboard.pacer.page_times)")
         lat = click_pause_and_time(nb, probe, timeout=30)
         res["pause_latency"], res["page_times_s"] = lat, page_times
         k1 = probe.eval("[__lmw_run().state, __lmw_run().step]")
