@@ -16,7 +16,7 @@ from .config import check_grad_clip
 from .health import GradNorms, histogram, nonfinite_cause
 from .history import DRAIN_EVERY
 from .source import Source, register
-from .steering import Steering, base_lr, scale_lr, unwrapped
+from .steering import Steered, Steering, base_lr, scale_lr, unwrapped
 from .system import usable_cpus
 
 
@@ -61,7 +61,7 @@ def steer(model, optimizer, lr_scheduler=None, *, display: bool = True, **option
     return run
 
 
-class Loop(Source):
+class Loop(Steered, Source):
     """A run of your own loop. Build it with `lmwidget.steer(model, optimizer, lr_scheduler)`,
     call `tick(loss)` once per optimizer step, after `backward()` and before
     `optimizer.step()`, and run the loop with `start(fn)` (a background thread) or on the
@@ -145,10 +145,6 @@ class Loop(Source):
         return next(self.model.parameters()).device
 
     @property
-    def state(self) -> str:
-        return self.steering.state
-
-    @property
     def started(self) -> bool:
         return self._began
 
@@ -162,14 +158,6 @@ class Loop(Source):
     @property
     def grad_clip(self):
         return self._grad_clip
-
-    @property
-    def anomaly(self):
-        return self.steering.anomaly
-
-    @property
-    def self_paused(self) -> bool:
-        return self.steering.self_paused
 
     @property
     def last_save(self):

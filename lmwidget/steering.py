@@ -15,6 +15,26 @@ from .control import ENDED
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")  # what a schedule keeps in a param group
 
 
+class Steered:
+    """What a loop that goes through `self.steering` shows of it: its state and anomaly."""
+
+    steering: "Steering"
+
+    @property
+    def state(self) -> str:
+        return self.steering.state
+
+    @property
+    def anomaly(self):
+        """The last non-finite step: (step, cause), or None."""
+        return self.steering.anomaly
+
+    @property
+    def self_paused(self) -> bool:
+        """Paused by a non-finite step, not by a request."""
+        return self.steering.self_paused
+
+
 def unwrapped(optimizer, lr_scheduler=None):
     """The torch optimizer and scheduler inside a framework's wrappers (Accelerate's
     AcceleratedOptimizer and AcceleratedScheduler, as the Hugging Face Trainer makes them)."""

@@ -23,7 +23,7 @@ from .hf import unwrap
 from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
 from .models import GenerateMixin, sample_tokens
-from .steering import Steering
+from .steering import Steered, Steering
 from .system import usable_cpus
 
 SAMPLE_TOKENS = 200
@@ -77,7 +77,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Trainer:
+class Trainer(Steered):
     """Runs the loop in whatever thread calls `run()`; knows nothing about widgets."""
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, dataset: Dataset,
@@ -140,22 +140,8 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     @property
-    def state(self) -> str:
-        return self.steering.state
-
-    @property
     def max_steps(self) -> int:
         return self.config.max_steps
-
-    @property
-    def anomaly(self):
-        """The last non-finite step: (step, cause), or None."""
-        return self.steering.anomaly
-
-    @property
-    def self_paused(self) -> bool:
-        """Paused by a non-finite step, not by a request."""
-        return self.steering.self_paused
 
     def checkpoint(self, kind: str) -> dict:
         """Everything needed to continue this run exactly, as tensors and plain values."""

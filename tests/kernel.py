@@ -70,6 +70,17 @@ class Kernel:
     def set_value(self, comm_id, value):
         self.send_comm(comm_id, {"method": "update", "state": {"value": value}, "buffer_paths": []})
 
+    def pause_from_dashboard(self, step_expression="run.step", controls=("lr_slider", "stop_button")):
+        """Click the dashboard's Pause as a browser would; check that training holds still for
+        2 s; return the controls' comm ids and the step it holds at."""
+        ids = {name: self.value(f"run.dashboard.{name}.model_id") for name in ("pause_button", *controls)}
+        self.click(ids["pause_button"])
+        self.wait_for("run.state", "paused", timeout=10)
+        frozen = self.value("run.step")
+        time.sleep(2.0)
+        assert self.value(step_expression) == frozen, f"training went on while paused ({step_expression})"
+        return ids, frozen
+
     def shutdown(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)

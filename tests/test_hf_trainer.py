@@ -147,13 +147,7 @@ def test_the_trainer_in_a_kernel_obeys_the_dashboard(tmp_path):
         assert error is None, error
         assert any("application/vnd.jupyter.widget-view+json" in d for d in displays), "no dashboard shown"
         kernel.wait_for("run.step > 5", True, timeout=60)
-        ids = {name: kernel.value(f"run.dashboard.{name}.model_id")
-               for name in ("pause_button", "lr_slider", "save_button", "stop_button")}
-        kernel.click(ids["pause_button"])
-        kernel.wait_for("run.state", "paused", timeout=10)
-        frozen = kernel.value("run.step")
-        time.sleep(2.0)
-        assert kernel.value("run.step") == frozen, "the Trainer went on while paused"
+        ids, frozen = kernel.pause_from_dashboard(controls=("lr_slider", "save_button", "stop_button"))
         kernel.set_value(ids["lr_slider"], 0.001)
         kernel.wait_for("round(run.lr, 9)", 0.001, timeout=5)
         assert kernel.value("trainer.lr_scheduler.base_lrs") == [0.001, 0.001]

@@ -322,13 +322,7 @@ def test_your_loop_in_a_kernel_obeys_the_dashboard(tmp_path):
         assert error is None and err == "", (error, err)
         assert any("application/vnd.jupyter.widget-view+json" in d for d in displays), "no dashboard shown"
         kernel.wait_for("run.step > 20", True)
-        ids = {name: kernel.value(f"run.dashboard.{name}.model_id")
-               for name in ("pause_button", "lr_slider", "save_button", "stop_button")}
-        kernel.click(ids["pause_button"])
-        kernel.wait_for("run.state", "paused", timeout=5)
-        frozen = kernel.value("run.step")
-        time.sleep(2.0)
-        assert kernel.value("run.step") == frozen, "the loop went on while paused"
+        ids, frozen = kernel.pause_from_dashboard(controls=("lr_slider", "save_button", "stop_button"))
         kernel.set_value(ids["lr_slider"], 0.01)
         kernel.wait_for("round(run.lr, 9)", 0.01, timeout=5)
         kernel.click(ids["save_button"])
