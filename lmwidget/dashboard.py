@@ -291,8 +291,8 @@ class Dashboard(w.VBox):
             now = time.monotonic()
             wait = UPDATE_INTERVAL if now < self._urgent_until else redraw_interval(self._sent)
             held = self.pacer.held()  # the page is busy: the charts wait, the status goes on
-            if held:
-                wait = min(max(wait, UPDATE_INTERVAL), held)
+            if held:  # woken by the page's acknowledgement, else at the status' pace at most
+                wait = max(UPDATE_INTERVAL, min(wait, held))
             self._wake.wait(wait)  # a click, a change of state or the page wakes it at once
             self._wake.clear()
 
