@@ -22,7 +22,7 @@ from torch.nn.utils import clip_grad_norm_
 
 from .charts import Chart
 from .config import TrainConfig
-from .data import Dataset, load_text
+from .data import Dataset
 from .models import GPT, build_model, count_params
 from .run import Run
 from .trainer import cpu_threads, make_optimizer, resolve_device
@@ -221,7 +221,7 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
     torch.get_num_threads()  # fix this thread's count before any training thread sets its own
     config = TrainConfig.from_options(**{"eval_interval": 0, **options,
                                          "max_steps": warmup + steps})
-    dataset = Dataset(load_text(config.data), config.val_fraction)
+    dataset = Dataset.from_config(config)
     device = resolve_device(config.device)
     dataset = dataset.to(device)
     torch.manual_seed(config.seed)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from . import tokens
+from .data import CharTokenizer
+
 FORMAT = "lmwidget-checkpoint"
 VERSION = 1
 PERIODIC = "step-{:07d}.pt"   # every `checkpoint_every` steps; the newest `keep_checkpoints` stay
@@ -372,7 +375,23 @@ def config_state(config) -> dict:
         out["model"] = None
     if isinstance(out["data"], os.PathLike):
         out["data"] = os.fspath(out["data"])
+    out["tokenizer"] = tokens.label(out["tokenizer"])  # the tokenizer itself is kept as JSON
     return out
+
+
+def tokenizer_state(tokenizer) -> dict:
+    """What a checkpoint keeps of its tokenizer: the characters (as 0.1 did), else its JSON."""
+    if isinstance(tokenizer, CharTokenizer):
+        return {"vocab": list(tokenizer.chars)}
+    return {"vocab": [], "tokenizer": tokenizer.state()}
+
+
+def tokenizer_of(payload: dict):
+    """The tokenizer a checkpoint was trained with: characters (every version), or the JSON
+    of a word, BPE or other tokenizer (0.2 on)."""
+    if payload.get("tokenizer"):
+        return tokens.from_state(payload["tokenizer"])
+    return CharTokenizer(payload["vocab"])
 
 
 def _plain_number(value):
@@ -407,6 +426,16 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
     elif model is not None and model != saved["model"]:
         raise ValueError(f"model={model!r} differs from checkpoint {path}'s model "
                          f"{saved['model']!r}: leave model out to resume it")
+    saved_tokenizer = tokenizer_of(payload)
+    if "tokenizer" in options:
+        given = options["tokenizer"]
+        same = (given == saved.get("tokenizer", "char") if isinstance(given, str)
+                else saved_tokenizer.same_as(tokens.load(given) if not isinstance(given, CharTokenizer) else given))
+        if not same:
+            raise ValueError(f"tokenizer={tokens.label(given)!r} differs from the tokenizer checkpoint {path} "
+                             f"was trained with ({saved_tokenizer.describe()}): its token ids would mean "
+                             f"other text. Leave tokenizer out: the checkpoint's own is restored")
+    options["tokenizer"] = saved_tokenizer  # stored as JSON in the checkpoint: never trained again
     known = set(TrainConfig.option_names())
     # a resumed run saves into a directory of its own (a new one, unless given): resumed
     # from an older checkpoint it is a branch, whose files must not mix with the first's

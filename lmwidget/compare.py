@@ -1,4 +1,4 @@
-"""Runs side by side: loss, validation loss, grad norm and LR overlaid, live, with a table."""
+"""Runs side by side: loss (or bits per byte), validation loss, grad norm and LR overlaid, live, with a table."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from .charts import Chart, show_in_notebook
 from .control import ENDED
-from .schema import CHARTS, COLUMNS
+from .schema import BY_NAME, CHARTS, COLUMNS, PER_BYTE
 from .source import Source
 
 PALETTE = ("#1565c0", "#e65100", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#ad1457")
@@ -40,16 +40,22 @@ def labels_for(runs) -> list[str]:
             for run, row in zip(runs, rows)]
 
 
-def stats(run) -> dict:
-    """Final and best values of a run, for the table."""
+def tokenizers_differ(runs) -> bool:
+    """Runs whose tokenizers differ: their losses per token measure different things."""
+    return len({run.describe().get("tokenizer") for run in runs}) > 1
+
+
+def stats(run, per_byte: bool = False) -> dict:
+    """Final and best values of a run, for the table (in bits per byte with `per_byte`)."""
+    name, val_name = (PER_BYTE["loss"], PER_BYTE["val_loss"]) if per_byte else ("loss", "val_loss")
     frame = run.history
-    loss = frame["loss"].to_numpy()
+    loss = frame[name].to_numpy()
     tail = loss[-50:][np.isfinite(loss[-50:])]
-    val = frame[["step", "val_loss"]].dropna()
-    best = val.loc[val["val_loss"].idxmin()] if len(val) else None
+    val = frame[["step", val_name]].dropna()
+    best = val.loc[val[val_name].idxmin()] if len(val) else None
     return {"state": run.state, "step": run.step, "loss": float(tail.mean()) if len(tail) else np.nan,
-            "val_loss": float(val["val_loss"].iloc[-1]) if len(val) else np.nan,
-            "best_val_loss": float(best["val_loss"]) if best is not None else np.nan,
+            "val_loss": float(val[val_name].iloc[-1]) if len(val) else np.nan,
+            "best_val_loss": float(best[val_name]) if best is not None else np.nan,
             "best_step": int(best["step"]) if best is not None else None,
             "tokens_per_sec": float(np.nanmedian(frame["tokens_per_sec"])) if len(frame) else np.nan}
 
@@ -57,7 +63,7 @@ def stats(run) -> dict:
 class Compare(w.VBox):
     """Built on the caller's thread; one updater thread writes every trait while any run trains."""
 
-    def __init__(self, runs, labels=None):
+    def __init__(self, runs, labels=None, per_byte: bool | None = None):
         if not runs:
             raise ValueError("compare() needs at least one run")
         bad = [r for r in runs if not isinstance(r, Source)]
@@ -70,7 +76,9 @@ class Compare(w.VBox):
             raise ValueError(f"{len(self.labels)} labels for {len(self.runs)} runs")
         colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(self.labels)}
         x = bq.LinearScale()
-        self.metrics = [m for m in COLUMNS if m.compare]
+        self.per_byte = tokenizers_differ(self.runs) if per_byte is None else bool(per_byte)
+        self.metrics = [BY_NAME[PER_BYTE[m.name]] if self.per_byte and m.name in PER_BYTE else m
+                        for m in COLUMNS if m.compare]
         self.charts = {}
         for m in self.metrics:
             spec = CHARTS[m.chart]
@@ -133,11 +141,12 @@ class Compare(w.VBox):
         show_in_notebook(self)  # once per cell: compare() on its own line draws one view
 
     def table_html(self) -> str:
-        head = ("<tr><th>run</th><th>state</th><th>step</th><th>loss (last 50)</th><th>val loss</th>"
-                "<th>best val loss</th><th>tokens/s</th></tr>")
+        loss = "bits/byte" if self.per_byte else "loss"
+        head = (f"<tr><th>run</th><th>state</th><th>step</th><th>{loss} (last 50)</th><th>val {loss}</th>"
+                f"<th>best val {loss}</th><th>tokens/s</th></tr>")
         rows = []
         for run, label in zip(self.runs, self.labels):
-            s = stats(run)
+            s = stats(run, self.per_byte)
             best = "–" if s["best_step"] is None else f"{s['best_val_loss']:.4f} (step {s['best_step']})"
             rows.append(
                 f"<tr><td>{html.escape(label)}</td><td>{s['state']}</td><td>{s['step']}</td>"
@@ -147,13 +156,14 @@ class Compare(w.VBox):
                 f'{"".join(rows)}</table>')
 
 
-def compare(*runs, labels=None, display: bool = True) -> Compare:
+def compare(*runs, labels=None, per_byte: bool | None = None, display: bool = True) -> Compare:
     """Overlay the loss, validation loss, grad norm and LR of several runs (finished or still
     training: the charts follow them live), each labelled by what differs between them,
-    with a table of final and best values."""
+    with a table of final and best values. `per_byte`: losses in bits per byte (the default
+    when the runs' tokenizers differ), else in nats per token."""
     if len(runs) == 1 and isinstance(runs[0], (list, tuple)):
         runs = tuple(runs[0])
-    view = Compare(runs, labels)
+    view = Compare(runs, labels, per_byte)
     if display:
         show_in_notebook(view)
     return view

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from . import tokens
 from .hf import adapt, unwrap
 from .models import MODELS
 
@@ -23,9 +24,12 @@ ANOMALY_ACTIONS = ("pause", "skip")
 class TrainConfig:
     model: object = "gpt"        # "gpt", "lstm", or an nn.Module: forward(idx, targets) -> (logits, loss)
     data: object = "builtin"     # "builtin" (offline), "shakespeare", a file path, or a str of text
+    tokenizer: object = "char"   # "char", "word", "bpe", a tokenizers/transformers tokenizer, or a
+                                 # tokenizer.json path or directory
+    vocab_size: int = 0          # word: the most frequent kept; bpe: its size; 0: 10,000 / 1,024
     max_steps: int = 2000
     batch_size: int = 16         # sequences per micro-step
-    block_size: int = 64         # context length in characters
+    block_size: int = 64         # context length in tokens
     lr: float = 3e-3             # base learning rate; the schedule shapes it, set_lr moves it
     optimizer: str = "adamw"
     weight_decay: float = 0.01   # AdamW's decoupled decay (L2 for Adam and SGD)
@@ -79,6 +83,7 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}, or an "
                              f"nn.Module whose forward(idx, targets) returns (logits, loss)")
         check_lr(self.lr)
+        tokens.check(self.tokenizer, self.vocab_size)
         for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters",
                      "n_layer", "n_head", "n_embd"):
             _check_int(name, getattr(self, name), minimum=1)
@@ -121,6 +126,7 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.model, nn.Module):
             out["model"] = type(unwrap(self.model)).__name__
+        out["tokenizer"] = tokens.label(self.tokenizer)
         if not isinstance(self.data, str) or len(self.data) > 80:
             out["data"] = f"<text of {len(self.data)} characters>" if isinstance(self.data, str) else str(self.data)
         return out
@@ -166,10 +172,12 @@ def _check_choice(name, value, choices) -> None:
 OPTIONS = [
     ("--model", "model", str, "gpt or lstm"),
     ("--data", "data", str, "builtin, shakespeare, or a path to a UTF-8 text file"),
+    ("--tokenizer", "tokenizer", str, "char, word, bpe, or a tokenizer.json file or directory"),
+    ("--vocab-size", "vocab_size", int, "word: most frequent kept; bpe: its size (0: 10000 / 1024)"),
     ("--steps", "max_steps", int, "optimizer steps to train"),
     ("--lr", "lr", float, "base learning rate"),
     ("--batch-size", "batch_size", int, "sequences per micro-step"),
-    ("--block-size", "block_size", int, "context length in characters"),
+    ("--block-size", "block_size", int, "context length in tokens"),
     ("--optimizer", "optimizer", str, "one of " + ", ".join(OPTIMIZERS)),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--momentum", "momentum", float, "SGD momentum"),

@@ -27,6 +27,8 @@ CACHE_ENV = "LMWIDGET_CACHE_DIR"
 class CharTokenizer:
     """Maps each distinct character of a text to an integer id, and back."""
 
+    kind = "char"
+
     def __init__(self, chars):
         self.chars = sorted(set(chars))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
@@ -53,6 +55,17 @@ class CharTokenizer:
         the data has characters) reads as U+FFFD."""
         n = len(self.chars)
         return "".join(self.chars[i] if 0 <= i < n else "\ufffd" for i in map(int, ids))
+
+    @property
+    def start_id(self) -> int:
+        """The token a sample starts from: a newline where the text has one."""
+        return self.stoi.get("\n", 0)
+
+    def describe(self) -> str:
+        return f"characters ({self.vocab_size})"
+
+    def same_as(self, other) -> bool:
+        return isinstance(other, CharTokenizer) and other.chars == self.chars
 
 
 def builtin_text() -> str:
@@ -164,27 +177,54 @@ def _describe(data) -> str:
 
 
 class Dataset:
-    """A tokenized corpus split into train and validation tokens, served in random blocks."""
+    """A tokenized corpus split into train and validation tokens, served in random blocks.
 
-    def __init__(self, text: str, val_fraction: float = 0.1, tokenizer=None):
+    `tokenizer`: "char" (the default: every character of the text), "word" or "bpe" (trained
+    on the training split only, `vocab_size` tokens at most), or a tokenizer of the field
+    (see tokens.load). The validation split is the tail of the text, cut before any
+    tokenizer is trained, so no validation text shapes the vocabulary.
+    """
+
+    def __init__(self, text: str, val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
-        self.tokenizer = tokenizer or CharTokenizer.from_text(text)
-        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
-        n_val = max(1, int(len(ids) * val_fraction))
+        if tokenizer is None or tokenizer == "char" or isinstance(tokenizer, CharTokenizer):
+            self.tokenizer = tokenizer if isinstance(tokenizer, CharTokenizer) else CharTokenizer.from_text(text)
+            ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+            n_val = max(1, int(len(ids) * val_fraction))
+            texts = (text[: len(text) - n_val], text[len(text) - n_val:])
+        else:
+            from . import tokens
+
+            n_val = max(1, int(len(text) * val_fraction))
+            texts = (text[: len(text) - n_val], text[len(text) - n_val:])
+            self.tokenizer = tokens.build(tokenizer, texts[0], vocab_size)
+            train, val = (self.tokenizer.encode(t) for t in texts)
+            ids, n_val = torch.tensor(train + val, dtype=torch.long), len(val)
         self.train = ids[: len(ids) - n_val]
         self.val = ids[len(ids) - n_val :]
+        # UTF-8 bytes per token of each split: loss / ln 2 / this is bits per byte
+        self.bytes_per_token = {split: len(t.encode("utf-8", "surrogatepass")) / max(1, len(i))
+                                for split, t, i in (("train", texts[0], self.train), ("val", texts[1], self.val))}
         self._fingerprint = None
 
     @classmethod
-    def load(cls, data="builtin", val_fraction: float = 0.1) -> "Dataset":
+    def load(cls, data="builtin", val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0) -> "Dataset":
         """The dataset train(data=...) would build: a corpus name, a file path or text."""
-        return cls(load_text(data), val_fraction)
+        return cls(load_text(data), val_fraction, tokenizer, vocab_size)
+
+    @classmethod
+    def from_config(cls, config, tokenizer=None) -> "Dataset":
+        """The dataset of a TrainConfig (`tokenizer` overrides its tokenizer)."""
+        return cls(load_text(config.data), config.val_fraction,
+                   config.tokenizer if tokenizer is None else tokenizer, config.vocab_size)
 
     def fingerprint(self) -> str:
         """SHA-256 of the training and validation tokens and the vocabulary (computed once)."""
         if getattr(self, "_fingerprint", None) is None:  # a subclass may skip __init__
-            h = hashlib.sha256("\x00".join(self.tokenizer.chars).encode("utf-8", "surrogatepass"))
+            tok = self.tokenizer
+            vocab = tok.chars if isinstance(tok, CharTokenizer) else [tok.state()["json"]]
+            h = hashlib.sha256("\x00".join(vocab).encode("utf-8", "surrogatepass"))
             for ids in (self.train, self.val):
                 h.update(b"|%d|" % len(ids))
                 h.update(ids.to("cpu").numpy().astype("<i8", copy=False).tobytes())

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig, check_lr
-from .data import Dataset, load_text
+from .data import Dataset
 from .hf import unwrap
 from .models import build_model, check_user_model
 from .trainer import cpu_threads, make_optimizer, resolve_device
@@ -259,7 +259,7 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
         if busy:
             raise ValueError(f"run {busy[0].id} is training this model ({busy[0].state}); the range "
                              f"test would train the same weights. Stop it first, or pass a copy")
-    dataset = Dataset(load_text(config.data), config.val_fraction)
+    dataset = Dataset.from_config(config)
     dataset.check_block_size(config.block_size)
     if isinstance(config.model, torch.nn.Module):
         net = config.model.to(resolve_device(config.device))

@@ -13,6 +13,7 @@ from .config import OPTIONS, add_options
 from .callbacks import EarlyStopping, ReduceLROnPlateau
 from .lrfind import lr_find
 from .run import active_runs, train
+from .tokens import TOKENIZERS
 
 class _Help(Exception):
     pass
@@ -73,6 +74,10 @@ class LmMagics(Magics):
                 raise UsageError(f"{prog}: --model {model!r} is neither gpt, lstm nor the name "
                                  f"of a variable holding an nn.Module")
             options["model"] = value
+        tokenizer = options.get("tokenizer")
+        if isinstance(tokenizer, str) and tokenizer.isidentifier() and tokenizer not in TOKENIZERS \
+                and tokenizer in self.shell.user_ns:  # the name of a variable holding a tokenizer
+            options["tokenizer"] = self.shell.user_ns[tokenizer]
 
     def _callbacks(self, name, early_stopping, reduce_lr) -> list:
         callbacks = []

@@ -14,7 +14,7 @@ from . import checkpoint
 from .callbacks import Callbacks
 from .config import TrainConfig
 from .control import ENDED
-from .data import CharTokenizer, Dataset, load_text
+from .data import Dataset
 from .models import build_model, check_user_model
 from .source import LmwidgetWarning, Source, active_runs, register, runs
 from .trainer import Trainer, resolve_device
@@ -88,8 +88,8 @@ class Run(Source):
         self.config = config = dataclasses.replace(config, checkpoint_dir=str(self.checkpoint_dir))
         callbacks = Callbacks(callbacks)
         if dataset is None:
-            tokenizer = None if restore is None else CharTokenizer(restore["vocab"])
-            dataset = Dataset(load_text(config.data), config.val_fraction, tokenizer=tokenizer)
+            tokenizer = None if restore is None else checkpoint.tokenizer_of(restore)
+            dataset = Dataset.from_config(config, tokenizer)
         if restore is not None and dataset.fingerprint() != restore["data_sha256"]:
             raise checkpoint.CheckpointError(
                 f"the data {_describe_data(config.data)} is not what checkpoint {restore['path']} was "
@@ -141,7 +141,7 @@ class Run(Source):
 
         model = self.config.summary()["model"]
         return {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
-                "tokenizer": f"characters ({self.tokenizer.vocab_size})",
+                "tokenizer": self.tokenizer.describe(),
                 "data": str(self.config.summary()["data"])}
 
     def options(self) -> dict:

@@ -64,6 +64,7 @@ def _exp(name: str):
 CHARTS = {c.key: c for c in (
     Chart("loss", "loss", "nats/token"),
     Chart("perplexity", "perplexity", log=True),
+    Chart("bpb", "bits per byte", "bits/byte"),
     Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2g"),
     Chart("lr", "learning rate", log=True, tick_format=".1e"),
     Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s"),
@@ -87,6 +88,10 @@ COLUMNS = (
            tag="loss/val", sparse=True, compare=True, summary=True),
     Metric("val_perplexity", chart="perplexity", label="val", color="#e65100", tag="perplexity/val",
            sparse=True, derive=_exp("val_loss")),
+    Metric("bpb", "bits/byte", on_device=True, chart="bpb", label="train", title="bits per byte",
+           tag="bpb/train", summary=True),
+    Metric("val_bpb", "bits/byte", on_device=True, chart="bpb", label="val", title="validation bits per byte",
+           color="#e65100", tag="bpb/val", sparse=True, summary=True),
     Metric("cpu_percent", "%", resource=True, tag="resources/cpu_percent"),
     Metric("rss_mb", "MB", resource=True, tag="resources/rss_mb"),
     Metric("gpu_util", "%", resource=True, tag="resources/gpu_util"),
@@ -95,6 +100,7 @@ COLUMNS = (
     Metric("gpu_power_w", "W", resource=True, tag="resources/gpu_power_w"),
 )
 BY_NAME = {m.name: m for m in COLUMNS}
+PER_BYTE = {"loss": "bpb", "val_loss": "val_bpb"}  # what compare() overlays across tokenizers
 STORED = tuple(m for m in COLUMNS if m.stored)
 RESOURCES = tuple(m for m in COLUMNS if m.resource)
 

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils import clip_grads_with_norm_
 
 from .callbacks import Callbacks
-from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, check_fits, config_state
+from .checkpoint import FORMAT, VERSION, Checkpointer, CheckpointError, check_fits, config_state, tokenizer_state
 from .config import TrainConfig
 from .control import Control
 from .data import Dataset
@@ -121,6 +121,9 @@ class Trainer(Steered):
         self.steering = _Boundary(self)
         self.error: BaseException | None = None
         self.started = self.ended = None  # time.time() stamps
+        bpt = getattr(self.data, "bytes_per_token", None)  # a user's dataset may not know its bytes
+        self._bits_per_nat_token = None if not bpt else {
+            split: 1 / (math.log(2) * n) for split, n in bpt.items()}
         # tokens per optimizer step over all ranks; this rank trains on 1/world_size of them
         self.tokens_per_step = config.batch_size * config.block_size * config.grad_accum * self._shard[1]
         # torch threads adopt the last set_num_threads() lazily: fix the calling (user's)
@@ -150,7 +153,7 @@ class Trainer(Steered):
         return {"format": FORMAT, "version": VERSION, "lmwidget": __version__,
                 "torch": str(torch.__version__), "saved_at": time.time(), "kind": kind,
                 "step": self.step, "config": config_state(self.config),
-                "model_class": type(unwrap(self.model)).__name__, "vocab": list(self.data.tokenizer.chars),
+                "model_class": type(unwrap(self.model)).__name__, **tokenizer_state(self.data.tokenizer),
                 "data_sha256": self.data.fingerprint(), "trainer": self.state_dict(),
                 "history": self.history.state_dict()}
 
@@ -301,7 +304,8 @@ class Trainer(Steered):
         val_loss = self.evaluate() if self._eval_due(step) else None
         pending = self.history.push(step=step, tokens=step * self.tokens_per_step,
                                     time=self.history.clock(), lr=lr, tokens_per_sec=tokens_per_sec,
-                                    step_time=dt, loss=loss_sum, grad_norm=grad_norm, val_loss=val_loss)
+                                    step_time=dt, loss=loss_sum, grad_norm=grad_norm, val_loss=val_loss,
+                                    **self.per_byte(loss_sum, val_loss))
         self.step = step  # after the row: run.step never runs ahead of the history
         if val_loss is not None:
             self.history.record_event(step, "eval", val_loss)
@@ -316,6 +320,16 @@ class Trainer(Steered):
                 "tokens": step * self.tokens_per_step})
         if val_loss is not None and self.callbacks.wants("on_eval"):
             self.callbacks.call("on_eval", self.handle, step, float(val_loss))
+
+    def per_byte(self, loss, val_loss) -> dict:
+        """Bits per byte from the losses (nats per token): device tensors stay on the device."""
+        bits = self._bits_per_nat_token
+        if bits is None:
+            return {}
+        out = {"bpb": loss * bits["train"]}
+        if val_loss is not None:
+            out["val_bpb"] = val_loss * bits["val"]
+        return out
 
     def _nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
         """A step whose loss or grad norm was not finite: its update was skipped."""
@@ -396,7 +410,7 @@ class Trainer(Steered):
     def generate_sample(self, max_new_tokens: int = SAMPLE_TOKENS) -> str:
         """Text from the current model, without disturbing the training RNG streams."""
         tokenizer = self.data.tokenizer
-        start = tokenizer.stoi.get("\n", 0)
+        start = tokenizer.start_id
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(self.config.seed + 7919 * self.step + len(self.history.samples_since(0)))

@@ -909,7 +909,7 @@ def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_facto
             return found[0] if found else None
 
         html = wait_for(summary, 15, message="the static summary in the cell's outputs")
-        assert f"stopped at step {stopped}/100000" in html and html.count("<svg") == 4
+        assert f"stopped at step {stopped}/100000" in html and html.count("<svg") == 5
         assert page.locator(".lmwidget-summary").count() == 0
         wait_for(lambda: n_points(page, "loss") >= stopped - 1, 15, message="the live loss chart")
         time.sleep(1)
@@ -924,7 +924,7 @@ def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_facto
         static = artifacts_dir() / "checkpoint-saved-notebook.html"
         static.write_text(HTMLExporter().from_filename(str(ipynb))[0])
         res["saved_notebook_curves"] = static_view(page, static, "01-saved-notebook-without-kernel")
-        assert res["saved_notebook_curves"] == 4
+        assert res["saved_notebook_curves"] == 5
 
         # a kernel restart loses the run in memory, not the checkpoint
         kernel = nb.server.kernel_for(nb.name)
@@ -949,7 +949,7 @@ def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_facto
         page_path = artifacts_dir() / "checkpoint-run.html"
         probe.execute(f"__lmw_run().to_html({str(page_path)!r})")
         res["to_html_curves"] = static_view(page, page_path, "02-to-html-without-kernel")
-        assert res["to_html_curves"] == 4
+        assert res["to_html_curves"] == 5
         # After the kernel restart, while the new dashboard draws, bqplot may log the same
         # transient 'translate(<x>,undefined)' as in test_health_panels, here for a <g> that
         # is no longer in the document (a view of the restarted kernel's dashboard). Allowed,

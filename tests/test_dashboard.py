@@ -509,7 +509,7 @@ def test_an_ended_run_leaves_its_summary_in_the_cell(tiny, monkeypatch):
     (data, transient, update, parent), = pub.published  # once, when the run ended
     assert update and transient == {"display_id": display_id} and parent == {"msg_id": "cell-1"}
     assert data["application/vnd.jupyter.widget-view+json"] == bundle["application/vnd.jupyter.widget-view+json"]
-    assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 4
+    assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 5
     assert data["text/plain"].startswith(f"lmwidget dashboard of run {run.id} (finished")
     d.kick()
     wait_for(lambda: d._updater is None)

@@ -77,7 +77,7 @@ def test_to_html_is_one_standalone_page(run, tmp_path):
     # the curves are inline SVG: no script, stylesheet or image is fetched for them
     static = page[:page.index("<h3>Dashboard</h3>")]
     assert not re.search(r"<script|<link|<img|src=", static)
-    assert static.count("<polyline") == 4 and "lmwidget-summary-loss" in static
+    assert static.count("<polyline") == 5 and "lmwidget-summary-loss" in static
     assert "finished at step 60/60" in static
     # the dashboard's widget state, for the interactive charts
     state = json.loads(re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>',

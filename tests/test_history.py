@@ -14,7 +14,7 @@ from lmwidget.history import EVENT_COLUMNS, History
 from lmwidget.schema import COLUMNS
 
 EXPECTED_COLUMNS = ("step", "tokens", "time", "loss", "perplexity", "grad_norm", "lr",
-                    "tokens_per_sec", "step_time", "val_loss", "val_perplexity", "cpu_percent",
+                    "tokens_per_sec", "step_time", "val_loss", "val_perplexity", "bpb", "val_bpb", "cpu_percent",
                     "rss_mb", "gpu_util", "gpu_mem_mb", "gpu_temp_c", "gpu_power_w")
 
 

@@ -143,7 +143,7 @@ def test_lmtrain_resume_and_the_summary_left_in_the_cell(kernel, tmp_path):
     data = update["content"]["data"]
     assert data["application/vnd.jupyter.widget-view+json"] == \
         shown[0]["content"]["data"]["application/vnd.jupyter.widget-view+json"]
-    assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 4
+    assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 5
 
     _, _, error, _ = kernel.execute(f"again = %lmtrain --resume {tmp_path} --steps 50")
     assert error is None, error

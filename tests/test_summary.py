@@ -74,7 +74,8 @@ def test_summary_of_a_run():
     run.wait(60)
     page = summary_html(run)
     svgs = re.findall(r"<svg.*?</svg>", page, re.S)
-    assert len(svgs) == 4
+    assert len(svgs) == 5  # loss, bits per byte, grad norm, LR, throughput
+    assert "lmwidget-summary-bpb" in page
     for svg in svgs:
         parse(svg)
     assert "finished at step 40/40" in page and "best" in page and "tokens/s" in page

@@ -1,0 +1,236 @@
+"""Tokenizers beyond characters: words and byte-level BPE (Hugging Face tokenizers), any
+tokenizer of the field, kept as JSON in checkpoints and cached by corpus and settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+TOKENIZERS = ("char", "word", "bpe")
+DEFAULT_VOCAB = {"word": 10_000, "bpe": 1024}  # word: a cap (most frequent first); bpe: its size
+BYTE_ALPHABET = 256  # byte-level BPE starts from every byte
+UNK = "[UNK]"
+PROGRESS_AFTER = 1.5  # s: training a tokenizer shows a progress bar once it takes this long
+CHUNK = 1 << 16       # characters per piece handed to the Rust tokenizer at once
+
+
+def _hf():
+    try:
+        import tokenizers
+    except ImportError:
+        raise ImportError("word and BPE tokenizers need the Hugging Face tokenizers package: "
+                          "pip install 'lmwidget[hf]'") from None
+    return tokenizers
+
+
+def pieces(text: str, size: int = CHUNK):
+    """`text` in pieces of about `size` characters, each ending at a newline where there is one
+    (a tokenizer never sees a word cut in two)."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            cut = text.rfind("\n", start, end)
+            end = cut + 1 if cut > start else end
+        yield text[start:end]
+        start = end
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` under lmwidget's tokenizer contract: encode,
+    decode, vocab_size, describe and a JSON state."""
+
+    def __init__(self, tokenizer, kind: str = "hf", name: str = ""):
+        self.tokenizer, self.kind, self.name = tokenizer, kind, name
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for enc in self.tokenizer.encode_batch(list(pieces(text)), add_special_tokens=False):
+            out.extend(enc.ids)
+        return out
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self.kind == "word":  # words and punctuation, spaced as written
+            words = [self.tokenizer.id_to_token(i) or "\ufffd" for i in ids]
+            text = re.sub(r" ?\n ?", "\n", " ".join(words))
+            return re.sub(r" ([,.;:!?')\]])", r"\1", text)
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    @property
+    def start_id(self) -> int:
+        """The token a sample starts from: a newline where the vocabulary has one."""
+        ids = self.tokenizer.encode("\n", add_special_tokens=False).ids
+        return ids[0] if ids else 0
+
+    def describe(self) -> str:
+        what = {"word": "words", "bpe": "byte-level BPE"}.get(self.kind, self.name or "tokenizer")
+        return f"{what} ({self.vocab_size:,})"
+
+    def state(self) -> dict:
+        """Everything needed to rebuild it, as JSON-able values (no pickle)."""
+        return {"kind": self.kind, "name": self.name, "json": self.tokenizer.to_str()}
+
+    def same_as(self, other) -> bool:
+        return getattr(other, "state", None) is not None and other.state()["json"] == self.state()["json"]
+
+
+def from_state(state: dict) -> HFTokenizer:
+    """The tokenizer a checkpoint stored (HFTokenizer.state)."""
+    tok = _hf().Tokenizer.from_str(state["json"])
+    return HFTokenizer(tok, state.get("kind", "hf"), state.get("name", ""))
+
+
+def train_word(text: str, vocab_size: int) -> HFTokenizer:
+    """Words and punctuation (and newlines), the `vocab_size` most frequent, [UNK] for the rest."""
+    t = _hf()
+    tok = t.Tokenizer(t.models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = t.pre_tokenizers.Sequence([
+        t.pre_tokenizers.Split(t.Regex(r"[^\S\n]+"), "removed"),
+        t.pre_tokenizers.Split(t.Regex(r"\w+|[^\w\s]|\n"), "isolated")])
+    trainer = t.trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[UNK], show_progress=False)
+    _train(tok, trainer, text)
+    return HFTokenizer(tok, "word")
+
+
+def train_bpe(text: str, vocab_size: int) -> HFTokenizer:
+    """Byte-level BPE of `vocab_size` tokens, as GPT-2's: every text encodes, nothing is unknown."""
+    if vocab_size < BYTE_ALPHABET + 1:
+        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: its alphabet alone "
+                         f"is {BYTE_ALPHABET} bytes; pass vocab_size >= {BYTE_ALPHABET + 1} "
+                         f"(default {DEFAULT_VOCAB['bpe']})")
+    t = _hf()
+    tok = t.Tokenizer(t.models.BPE())
+    tok.pre_tokenizer = t.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = t.decoders.ByteLevel()
+    trainer = t.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                    initial_alphabet=t.pre_tokenizers.ByteLevel.alphabet())
+    _train(tok, trainer, text)
+    if tok.get_vocab_size() < vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} is larger than this corpus allows: its training "
+                         f"split yields at most {tok.get_vocab_size()} BPE tokens; pass vocab_size <= "
+                         f"{tok.get_vocab_size()} or a longer corpus")
+    return HFTokenizer(tok, "bpe")
+
+
+def _train(tok, trainer, text: str) -> None:
+    """Train on `text`, with a progress bar (characters read) once it takes PROGRESS_AFTER s."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(text), unit="char", unit_scale=True, delay=PROGRESS_AFTER,
+              desc="training the tokenizer", leave=False) as bar:
+        def feed():
+            for piece in pieces(text):
+                bar.update(len(piece))
+                yield piece
+        tok.train_from_iterator(feed(), trainer=trainer)
+
+
+def check(spec, vocab_size) -> None:
+    """Refuse a tokenizer option that cannot work, before anything is read or trained."""
+    from .data import CharTokenizer
+
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 0:
+        raise ValueError(f"vocab_size must be an integer >= 0 (0: the tokenizer's default); got {vocab_size!r}")
+    if spec == "char" or isinstance(spec, CharTokenizer):
+        if vocab_size:
+            raise ValueError(f"vocab_size={vocab_size} applies to tokenizer='word' or 'bpe'; the "
+                             f"character tokenizer has one token per distinct character")
+        return
+    if spec == "bpe" and vocab_size and vocab_size <= BYTE_ALPHABET:
+        train_bpe("", vocab_size)  # refuses, saying why
+    if spec == "word" and vocab_size == 1:
+        raise ValueError("vocab_size=1 leaves a word tokenizer only its unknown token; pass 2 or more")
+    if spec in ("word", "bpe"):
+        return
+    if isinstance(spec, str) and not os.path.exists(os.path.expanduser(spec)) and "/" not in spec \
+            and not spec.endswith(".json"):
+        raise ValueError(f"unknown tokenizer {spec!r}; valid: {', '.join(map(repr, TOKENIZERS))}, a "
+                         f"tokenizers.Tokenizer, a transformers fast tokenizer, or a path to a "
+                         f"tokenizer.json or its directory")
+    load(spec)  # a path that does not exist, or an object of the wrong kind, is refused here
+
+
+def label(spec) -> str:
+    """The tokenizer option as a plain value for a record: its name, its path, or its kind."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return os.fspath(spec)
+    return getattr(spec, "kind", None) or type(spec).__name__
+
+
+def build(spec, text: str, vocab_size: int = 0):
+    """The tokenizer `spec` names, trained on `text` (the training split) where it is trained:
+    "word" or "bpe" (cached by the text and settings), a tokenizers.Tokenizer, a transformers
+    tokenizer, or a tokenizer.json / tokenizer directory."""
+    if isinstance(spec, str) and spec in ("word", "bpe"):
+        size = vocab_size or DEFAULT_VOCAB[spec]
+        return cached(spec, text, size)
+    return load(spec)
+
+
+def load(spec) -> HFTokenizer:
+    """A tokenizer object or a path under lmwidget's tokenizer contract."""
+    if isinstance(spec, HFTokenizer):
+        return spec
+    t = _hf()
+    if isinstance(spec, t.Tokenizer):
+        return HFTokenizer(spec, "hf", "tokenizer")
+    backend = getattr(spec, "backend_tokenizer", None)
+    if isinstance(backend, t.Tokenizer):  # a transformers fast tokenizer
+        return HFTokenizer(backend, "hf", type(spec).__name__)
+    if hasattr(spec, "convert_tokens_to_ids"):
+        raise ValueError(f"{type(spec).__name__} is a slow (Python) tokenizer; pass its fast version "
+                         f"(AutoTokenizer.from_pretrained(..., use_fast=True)) or its tokenizer.json")
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            path = path / "tokenizer.json"
+            if not path.is_file():
+                raise ValueError(f"tokenizer directory {spec} has no tokenizer.json (a fast tokenizer "
+                                 f"saved with save_pretrained has one)")
+        elif not path.is_file():
+            raise ValueError(f"tokenizer={str(spec)!r} is neither {', '.join(map(repr, TOKENIZERS))} "
+                             f"nor an existing tokenizer.json file or tokenizer directory")
+        try:
+            return HFTokenizer(t.Tokenizer.from_file(str(path)), "hf", path.parent.name or path.name)
+        except Exception as e:
+            raise ValueError(f"{path} is not a tokenizer.json the tokenizers library reads: {e}") from None
+    raise TypeError(f"tokenizer must be one of {', '.join(map(repr, TOKENIZERS))}, a tokenizers.Tokenizer, "
+                    f"a transformers fast tokenizer, or a path to a tokenizer.json or its directory; "
+                    f"got {type(spec).__name__}")
+
+
+def cached(kind: str, text: str, vocab_size: int) -> HFTokenizer:
+    """A trained tokenizer from the cache, keyed by the corpus' hash and the settings; trained
+    and written there (atomically) the first time."""
+    from .data import cache_dir
+
+    h = hashlib.sha256(json.dumps([kind, vocab_size, 1]).encode())
+    for piece in pieces(text, 1 << 22):
+        h.update(piece.encode("utf-8", "surrogatepass"))
+    path = cache_dir() / "tokenizers" / f"{kind}-{vocab_size}-{h.hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return from_state(json.loads(path.read_text(encoding="utf-8")))
+        except Exception:  # an unreadable cache entry is trained again
+            pass
+    tok = train_word(text, vocab_size) if kind == "word" else train_bpe(text, vocab_size)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(tok.state(), f)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the tokenizer is still used, only not kept
+        pass
+    return tok
