@@ -18,6 +18,12 @@ TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_in
             eval_iters=2)
 
 
+def pytest_sessionstart(session):
+    # measured now, before any test starts a run: the measurement seeds and restores torch's
+    # global RNG, which a run training meanwhile draws its dropout masks from
+    slowdown()
+
+
 def pytest_report_header(config):
     return (f"lmwidget: this machine trains the tiny test model {slowdown():.2f}x as slow as the "
             f"reference; every deadline is scaled by that")
