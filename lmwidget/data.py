@@ -188,16 +188,14 @@ class Dataset:
     def __init__(self, text: str, val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
+        n_val = max(1, int(len(text) * val_fraction))  # characters, then tokens
+        texts = (text[: len(text) - n_val], text[len(text) - n_val:])
         if tokenizer is None or tokenizer == "char" or isinstance(tokenizer, CharTokenizer):
             self.tokenizer = tokenizer if isinstance(tokenizer, CharTokenizer) else CharTokenizer.from_text(text)
             ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
-            n_val = max(1, int(len(ids) * val_fraction))
-            texts = (text[: len(text) - n_val], text[len(text) - n_val:])
         else:
             from . import tokens
 
-            n_val = max(1, int(len(text) * val_fraction))
-            texts = (text[: len(text) - n_val], text[len(text) - n_val:])
             self.tokenizer = tokens.build(tokenizer, texts[0], vocab_size)
             train, val = (self.tokenizer.encode(t) for t in texts)
             ids, n_val = torch.tensor(train + val, dtype=torch.long), len(val)

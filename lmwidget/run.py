@@ -17,6 +17,7 @@ from .control import ENDED
 from .data import Dataset
 from .models import build_model, check_user_model
 from .source import LmwidgetWarning, Source, active_runs, register, runs
+from .steering import Steered
 from .trainer import Trainer, resolve_device
 
 
@@ -71,7 +72,7 @@ def _describe_data(data) -> str:
     return f"(a str of {len(data)} characters)" if isinstance(data, str) and len(data) > 60 else repr(data)
 
 
-class Run(Source):
+class Run(Steered, Source):
     """One run of lmwidget's own training loop. Every method is thread-safe and returns at
     once, except wait(), sample() and save()."""
 
@@ -156,9 +157,9 @@ class Run(Source):
         return self._trainer.device
 
     @property
-    def state(self) -> str:
-        """One of "running", "paused", "stopped", "finished", "failed"."""
-        return self._trainer.state
+    def steering(self):
+        """The loop's Steering: its state, anomaly and requests (Steered reads it)."""
+        return self._trainer.steering
 
     @property
     def step(self) -> int:
@@ -184,15 +185,6 @@ class Run(Source):
     @property
     def tokenizer(self):
         return self._trainer.data.tokenizer
-
-    @property
-    def anomaly(self):
-        """The last non-finite step as (step, cause), or None."""
-        return self._trainer.anomaly
-
-    @property
-    def self_paused(self) -> bool:
-        return self._trainer.self_paused
 
     @property
     def error(self) -> BaseException | None:

@@ -22,6 +22,7 @@ class Steered:
 
     @property
     def state(self) -> str:
+        """One of "running", "paused", "stopped", "finished", "failed"."""
         return self.steering.state
 
     @property

@@ -101,12 +101,16 @@ def train_word(text: str, vocab_size: int) -> HFTokenizer:
     return HFTokenizer(tok, "word")
 
 
-def train_bpe(text: str, vocab_size: int) -> HFTokenizer:
-    """Byte-level BPE of `vocab_size` tokens, as GPT-2's: every text encodes, nothing is unknown."""
+def check_bpe_size(vocab_size: int) -> None:
     if vocab_size < BYTE_ALPHABET + 1:
         raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: its alphabet alone "
                          f"is {BYTE_ALPHABET} bytes; pass vocab_size >= {BYTE_ALPHABET + 1} "
                          f"(default {DEFAULT_VOCAB['bpe']})")
+
+
+def train_bpe(text: str, vocab_size: int) -> HFTokenizer:
+    """Byte-level BPE of `vocab_size` tokens, as GPT-2's: every text encodes, nothing is unknown."""
+    check_bpe_size(vocab_size)
     t = _hf()
     tok = t.Tokenizer(t.models.BPE())
     tok.pre_tokenizer = t.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -145,8 +149,8 @@ def check(spec, vocab_size) -> None:
             raise ValueError(f"vocab_size={vocab_size} applies to tokenizer='word' or 'bpe'; the "
                              f"character tokenizer has one token per distinct character")
         return
-    if spec == "bpe" and vocab_size and vocab_size <= BYTE_ALPHABET:
-        train_bpe("", vocab_size)  # refuses, saying why
+    if spec == "bpe" and vocab_size:
+        check_bpe_size(vocab_size)
     if spec == "word" and vocab_size == 1:
         raise ValueError("vocab_size=1 leaves a word tokenizer only its unknown token; pass 2 or more")
     if spec in ("word", "bpe"):

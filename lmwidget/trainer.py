@@ -253,6 +253,16 @@ class Trainer(Steered):
         except BaseException as e:
             self._fail(e)
 
+    def keep_rng(self) -> None:
+        """Pausing: keep the RNG states a save while paused continues from."""
+        self._rng = self._pending_rng or _global_rng(self.device)
+
+    def set_pending_rng(self) -> None:
+        """Resuming: set the restored RNG states a run that started paused has not set yet."""
+        if self._pending_rng is not None:
+            _set_global_rng(self._pending_rng, self.device)
+            self._pending_rng = None
+
     def _restore_callbacks(self) -> None:
         """Give the callbacks passed again on resume (same class, same place) their state."""
         for cb, (name, state) in zip(self.callbacks.items, self._callback_states):
@@ -471,14 +481,10 @@ class _Boundary(Steering):
         self.trainer.checkpointer.write_due()  # the last step's saves, with its requests applied
 
     def pausing(self) -> None:
-        t = self.trainer
-        t._rng = t._pending_rng or _global_rng(t.device)  # a save while paused continues from here
+        self.trainer.keep_rng()
 
     def resuming(self) -> None:
-        t = self.trainer
-        if t._pending_rng is not None:
-            _set_global_rng(t._pending_rng, t.device)
-            t._pending_rng = None
+        self.trainer.set_pending_rng()
 
     def wait_paused(self) -> None:
         sync = self.trainer.sync
