@@ -116,9 +116,12 @@ def test_save_writes_a_checkpoint_that_resumes_exactly(job, remote, tmp_path):
     path = remote.save()
     assert path.parent == job.run_dir and path.is_file()
     remote.resume()
-    wait_for(lambda: remote.step >= saved_at + 20, timeout=20)
-    h = remote.history
-    ahead = h[(h.step > saved_at) & (h.step <= saved_at + 20)].loss.to_numpy()
+    # the rows, not only the step: a job's status may arrive ahead of its last records
+    def ahead_rows():
+        h = remote.history
+        return h[(h.step > saved_at) & (h.step <= saved_at + 20)]
+    wait_for(lambda: len(ahead_rows()) == 20, timeout=20)
+    ahead = ahead_rows().loss.to_numpy()
     with Job(tmp_path / "resumed", "--resume", str(path), "--steps", str(saved_at + 20),
              "--quiet", nproc=2) as resumed:
         assert resumed.wait(120) == 0, resumed.output()
