@@ -123,9 +123,6 @@ def lmwidget_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps
     """
     run = Run(config, model=_model(config, dataset, init_state), dataset=dataset)
     dashboard = run.dashboard
-    # a page that keeps up: it acknowledges each redraw at once, as its jsdlink would
-    pacer = dashboard.pacer
-    pacer.drawn.observe(lambda change: setattr(pacer.acked, "value", change["new"]), names="value")
     # (time, log position before, log position after, training?) of each redraw
     draws = []
     cpu = [0.0]

@@ -83,7 +83,7 @@ class Dashboard(w.VBox):
         self.notice = w.HTML()
         self.sample_text = w.HTML()
         self._wake = threading.Event()  # set by a click, the run's state changing, the page: redraw now
-        self.pacer = Pacer()
+        self.pacer = Pacer(self._wake)
         for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
                             (self.lr_slider, "lmwidget-lr"), (self.step_label, "lmwidget-step"),
                             (self.status, "lmwidget-status"), (self.sample_button, "lmwidget-sample"),
@@ -291,9 +291,9 @@ class Dashboard(w.VBox):
             now = time.monotonic()
             wait = UPDATE_INTERVAL if now < self._urgent_until else redraw_interval(self._sent)
             held = self.pacer.held()  # the page is busy: the charts wait, the status goes on
-            if held:  # the status goes on at its pace; the charts follow once the page is free
+            if held:  # woken by the page's acknowledgement, else at the status' pace at most
                 wait = max(UPDATE_INTERVAL, min(wait, held))
-            self._wake.wait(wait)  # a click or a change of state wakes it at once
+            self._wake.wait(wait)  # a click, a change of state or the page wakes it at once
             self._wake.clear()
 
     def refresh(self) -> None:

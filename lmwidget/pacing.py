@@ -30,11 +30,12 @@ class Pacer:
     subshells): then the charts go on by time alone.
     """
 
-    def __init__(self):
+    def __init__(self, wake: threading.Event):
         self.drawn, self.acked = w.IntText(0), w.IntText(0)
         self.link = w.jsdlink((self.drawn, "value"), (self.acked, "value"))
         self.acked.observe(self._on_ack, names="value")
         self.page_times = collections.deque(maxlen=5)  # s a front end took per redraw, latest
+        self._wake = wake          # set when the page has caught up
         self._seen = False         # a front end has acknowledged a redraw: it takes part
         self._on_main = False      # acknowledgements come through the kernel's main thread
         self._sent_at = None       # when the last redraw was sent, until acknowledged
@@ -50,7 +51,8 @@ class Pacer:
         now = time.monotonic()
         self.page_times.append(now - sent)
         self._free_at = now + statistics.median(self.page_times) * (1 / BROWSER_SHARE - 1)
-        self._sent_at = None  # the updater, at its own pace, finds the charts free
+        self._sent_at = None
+        self._wake.set()
 
     def held(self) -> float:
         """Seconds until the charts may be redrawn; 0 when they may be now."""
@@ -60,7 +62,7 @@ class Pacer:
         if self._on_main and cell_running():
             return 0.0
         if sent is not None and now < sent + ACK_TIMEOUT:
-            return sent + ACK_TIMEOUT - now  # the acknowledgement frees them sooner
+            return sent + ACK_TIMEOUT - now  # the acknowledgement wakes the updater sooner
         return max(0.0, self._free_at - now)
 
     def sent(self) -> None:

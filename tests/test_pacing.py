@@ -1,5 +1,6 @@
 """Pacer: flow control of chart redraws between a view's updater and the page."""
 
+import threading
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from lmwidget.pacing import ACK_TIMEOUT, BROWSER_SHARE, FIRST_ACK_WAIT, Pacer
 @pytest.fixture
 def pacer(monkeypatch):
     monkeypatch.setattr(pacing, "cell_running", lambda: False)
-    return Pacer()
+    return Pacer(threading.Event())
 
 
 def test_no_redraw_sent_nothing_held(pacer):
@@ -31,7 +32,7 @@ def test_an_acknowledged_redraw_frees_the_charts_after_the_pages_share(pacer):
     pacer.sent()
     time.sleep(0.05)
     pacer.acked.value = pacer.drawn.value  # the page handled it
-    assert len(pacer.page_times) == 1
+    assert pacer._wake.is_set() and len(pacer.page_times) == 1
     page_time = pacer.page_times[0]
     assert 0.05 <= page_time < 1.0
     # the page spends at most BROWSER_SHARE of its time on charts
@@ -50,5 +51,5 @@ def test_a_stale_acknowledgement_frees_nothing(pacer):
     pacer.sent()
     pacer.sent()
     pacer.acked.value = 1  # the page has handled only the first
-    assert not pacer.page_times
+    assert not pacer._wake.is_set() and not pacer.page_times
     assert pacer.held() > FIRST_ACK_WAIT  # it takes part now: it waits for redraw 2
