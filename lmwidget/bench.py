@@ -146,6 +146,7 @@ def lmwidget_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps
     # the periodic redraws; the end's state change wakes one more at once
     sent = [t for t, before, after, training in draws if after > before and t >= t0 and training]
     rate = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0
+    dashboard.settle()  # its last redraw too: with no page, the charts redraw at most once a second
     sizes = [size for _, before, after, _ in draws
              for size in chart_update_bytes(dashboard, CountingComm.log[before:after])]
     return run, dashboard, tokens_per_sec, (cpu[0] - cpu0) / elapsed, rate, sizes
