@@ -878,6 +878,12 @@ def static_view(page, path: Path, stage: str) -> int:
         other.close()
 
 
+def loss_mark(probe) -> list:
+    """What the kernel's dashboard holds on its loss line: [points, first step, last step]."""
+    return probe.eval("(lambda x: [len(x), int(x[0]), int(x[-1])] if len(x) else [0, 0, 0])"
+                      "(__lmw_run().dashboard.charts['loss'].marks['train'].x)")
+
+
 def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_factory):
     """Save from the dashboard, stop: the cell keeps the live widget and gains the static
     summary, which the saved .ipynb carries to viewers with no kernel. Then restart the
@@ -911,7 +917,11 @@ def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_facto
         html = wait_for(summary, 15, message="the static summary in the cell's outputs")
         assert f"stopped at step {stopped}/100000" in html and html.count("<svg") == 5
         assert page.locator(".lmwidget-summary").count() == 0
-        wait_for(lambda: n_points(page, "loss") >= stopped - 1, 15, message="the live loss chart")
+        # every step up to the stop is on the live chart (min/max-downsampled past 1000 points)
+        kernel_loss = wait_for(lambda: (c := loss_mark(probe)) and c[2] == stopped and c, 15,
+                               message="the dashboard's loss line to reach the stop")
+        wait_for(lambda: n_points(page, "loss") == kernel_loss[0], 15,
+                 message=lambda: f"{kernel_loss[0]} points on the live loss chart (now {n_points(page, 'loss')})")
         time.sleep(1)
         res["widget_errors_at"]["summary"] = len(widget_errors(nb))
 
@@ -940,8 +950,11 @@ def test_checkpoint_restart_resume_and_the_saved_notebook(opened, tmp_path_facto
         assert probe.eval("__lmw_run().history.step.tolist()") == list(range(1, saved_step + 21))
         assert probe.eval("__lmw_run().restored_from") == f"{ckpt}/saved-{saved_step:07d}.pt"
         # every step of both sessions is on the chart, not only the 20 new ones
-        wait_for(lambda: n_points(page, "loss") == saved_step + 20, 15,
-                 message=lambda: f"{saved_step + 20} points on the loss chart (now {n_points(page, 'loss')})")
+        resumed_loss = wait_for(lambda: (c := loss_mark(probe)) and c[2] == saved_step + 20 and c, 15,
+                                message="the dashboard's loss line to reach the last step")
+        assert resumed_loss[1] == 1, resumed_loss
+        wait_for(lambda: n_points(page, "loss") == resumed_loss[0], 15,
+                 message=lambda: f"{resumed_loss[0]} points on the loss chart (now {n_points(page, 'loss')})")
         nb.screenshot("resumed-after-restart", scroll_to=DASHBOARD)
         res["widget_errors_at"]["resumed"] = len(widget_errors(nb))
         res["resumed"] = {"saved_step": saved_step, "stopped_at": stopped, "loss_points": n_points(page, "loss")}
