@@ -381,17 +381,13 @@ def config_state(config) -> dict:
 
 def tokenizer_state(tokenizer) -> dict:
     """What a checkpoint keeps of its tokenizer: the characters (as 0.1 did), else its JSON."""
-    if isinstance(tokenizer, CharTokenizer):
-        return {"vocab": list(tokenizer.chars)}
-    return {"vocab": [], "tokenizer": tokenizer.state()}
+    return tokens.saved(tokenizer)
 
 
 def tokenizer_of(payload: dict):
     """The tokenizer a checkpoint was trained with: characters (every version), or the JSON
     of a word, BPE or other tokenizer (0.2 on)."""
-    if payload.get("tokenizer"):
-        return tokens.from_state(payload["tokenizer"])
-    return CharTokenizer(payload["vocab"])
+    return tokens.restored(payload)
 
 
 def _plain_number(value):

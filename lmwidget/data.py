@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import torch
 
 CORPORA = ("builtin", "shakespeare")
@@ -21,7 +22,7 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 SHAKESPEARE_BYTES = 1_115_394
 URL_ENV = "LMWIDGET_SHAKESPEARE_URL"  # tests point this at a local server
 CACHE_ENV = "LMWIDGET_CACHE_DIR"
-
+CHUNK = 1 << 16  # characters encoded at once: the working memory of an encoding, whatever the text
 
 
 class CharTokenizer:
@@ -32,6 +33,7 @@ class CharTokenizer:
     def __init__(self, chars):
         self.chars = sorted(set(chars))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, as chars
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -49,6 +51,23 @@ class CharTokenizer:
                 f"character {e.args[0]!r} is not in the vocabulary of {self.vocab_size} "
                 f"characters this model was trained on"
             ) from None
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """encode() as a compact array (uint16, or uint32 past 65,536 characters), a piece at a
+        time: its working memory does not grow with the text."""
+        from .tokenfiles import dtype_for
+
+        out = np.empty(len(text), dtype_for(self.vocab_size))
+        cps = self.codepoints
+        for start in range(0, len(text), CHUNK):
+            piece = text[start:start + CHUNK]
+            cp = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+            ids = np.searchsorted(cps, cp)
+            bad = (ids >= len(cps)) | (cps[np.minimum(ids, len(cps) - 1)] != cp)
+            if bad.any():
+                self.encode(piece[int(np.argmax(bad))])  # raises, naming the character
+            out[start:start + len(piece)] = ids
+        return out
 
     def decode(self, ids) -> str:
         """The text of `ids`; an id outside the vocabulary (a model with more outputs than
@@ -188,34 +207,44 @@ class Dataset:
     def __init__(self, text: str, val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
-        n_val = max(1, int(len(text) * val_fraction))  # characters, then tokens
-        texts = (text[: len(text) - n_val], text[len(text) - n_val:])
+        cut = len(text) - max(1, int(len(text) * val_fraction))  # characters, then tokens
         if tokenizer is None or tokenizer == "char" or isinstance(tokenizer, CharTokenizer):
             self.tokenizer = tokenizer if isinstance(tokenizer, CharTokenizer) else CharTokenizer.from_text(text)
-            ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+            ids = self.tokenizer.encode_array(text)  # one character, one token: views of one array
+            self.train, self.val = ids[:cut], ids[cut:]
         else:
             from . import tokens
 
-            self.tokenizer = tokens.build(tokenizer, texts[0], vocab_size)
-            train, val = (self.tokenizer.encode(t) for t in texts)
-            ids, n_val = torch.tensor(train + val, dtype=torch.long), len(val)
-        self.train = ids[: len(ids) - n_val]
-        self.val = ids[len(ids) - n_val :]
+            self.tokenizer = tokens.build(tokenizer, text[:cut], vocab_size)
+            self.train, self.val = (tokens.encode_array(self.tokenizer, t) for t in (text[:cut], text[cut:]))
         # UTF-8 bytes per token of each split: loss / ln 2 / this is bits per byte
-        self.bytes_per_token = {split: len(t.encode("utf-8", "surrogatepass")) / max(1, len(i))
-                                for split, t, i in (("train", texts[0], self.train), ("val", texts[1], self.val))}
+        self.bytes_per_token = {split: utf8_len(text, a, b) / max(1, len(i)) for split, a, b, i
+                                in (("train", 0, cut, self.train), ("val", cut, len(text), self.val))}
         self._fingerprint = None
 
     @classmethod
+    def from_tokens(cls, train, val, tokenizer, bytes_per_token: dict, fingerprint: str) -> "Dataset":
+        """A dataset of tokens already made (a token directory's memory-mapped arrays)."""
+        self = cls.__new__(cls)
+        self.train, self.val, self.tokenizer = train, val, tokenizer
+        self.bytes_per_token, self._fingerprint = dict(bytes_per_token), fingerprint
+        return self
+
+    @classmethod
     def load(cls, data="builtin", val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0) -> "Dataset":
-        """The dataset train(data=...) would build: a corpus name, a file path or text."""
+        """The dataset train(data=...) would build: a corpus name, a file path, text, or a
+        token directory (lmwidget.prepare), read through np.memmap."""
+        from . import tokenfiles
+
+        if tokenfiles.is_dir(data):
+            return tokenfiles.open_dir(data, tokenizer, vocab_size)
         return cls(load_text(data), val_fraction, tokenizer, vocab_size)
 
     @classmethod
     def from_config(cls, config, tokenizer=None) -> "Dataset":
         """The dataset of a TrainConfig (`tokenizer` overrides its tokenizer)."""
-        return cls(load_text(config.data), config.val_fraction,
-                   config.tokenizer if tokenizer is None else tokenizer, config.vocab_size)
+        return cls.load(config.data, config.val_fraction,
+                        config.tokenizer if tokenizer is None else tokenizer, config.vocab_size)
 
     def fingerprint(self) -> str:
         """SHA-256 of the training and validation tokens and the vocabulary (computed once)."""
@@ -225,7 +254,8 @@ class Dataset:
             h = hashlib.sha256("\x00".join(vocab).encode("utf-8", "surrogatepass"))
             for ids in (self.train, self.val):
                 h.update(b"|%d|" % len(ids))
-                h.update(ids.to("cpu").numpy().astype("<i8", copy=False).tobytes())
+                for start in range(0, len(ids), CHUNK):  # as int64: the tokens' first format
+                    h.update(np.asarray(ids[start:start + CHUNK]).astype("<i8").tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -244,23 +274,37 @@ class Dataset:
             )
 
     def to(self, device) -> "Dataset":
-        """This dataset on `device`, as a new object: a run using this one is not disturbed."""
+        """This dataset for `device`, as a new object (a run using this one is not disturbed):
+        on an accelerator, tokens held in memory move there and batches are gathered there;
+        memory-mapped tokens stay on disk and each batch is copied over."""
         self.fingerprint()  # on the CPU copy, once, before the tokens move
         moved = copy.copy(self)
-        moved.train, moved.val = self.train.to(device), self.val.to(device)
+        if torch.device(device).type != "cpu" and not isinstance(self.train, np.memmap):
+            moved.train, moved.val = (torch.from_numpy(np.asarray(t, dtype=np.int32)).to(device)
+                                      for t in (self.train, self.val))
         return moved
 
     def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator,
               shard: tuple[int, int] = (0, 1)):
-        """`batch_size` random contiguous blocks: inputs and the next-token targets.
+        """`batch_size` random contiguous blocks: inputs and the next-token targets (int64).
 
         `shard=(rank, world_size)`: every rank draws the blocks of all ranks from the same
         generator and keeps its own, so the ranks see different data while their generators
         stay equal (one saved state resumes them all)."""
         ids = self.train if split == "train" else self.val
-        windows = ids.unfold(0, block_size + 1, 1)  # a view: (n_windows, block_size + 1)
         rank, world = shard
-        ix = torch.randint(len(windows), (batch_size * world,), generator=generator)
+        ix = torch.randint(len(ids) - block_size, (batch_size * world,), generator=generator)
         ix = ix[rank * batch_size:(rank + 1) * batch_size]
-        blocks = windows[ix.to(ids.device, non_blocking=True)]
+        if torch.is_tensor(ids):  # on an accelerator already: gathered there
+            blocks = ids.unfold(0, block_size + 1, 1)[ix.to(ids.device, non_blocking=True)].long()
+        else:  # a compact array or a memory map: only the blocks are read
+            blocks = torch.from_numpy(ids[ix.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
         return blocks[:, :-1], blocks[:, 1:]
+
+
+def utf8_len(text: str, start: int = 0, end: int | None = None) -> int:
+    """len(text[start:end].encode("utf-8")), without holding a copy or the whole encoding."""
+    end = len(text) if end is None else end
+    if text.isascii():
+        return end - start
+    return sum(len(text[i:min(end, i + CHUNK)].encode("utf-8", "surrogatepass")) for i in range(start, end, CHUNK))

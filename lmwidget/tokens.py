@@ -4,11 +4,14 @@ tokenizer of the field, kept as JSON in checkpoints and cached by corpus and set
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 TOKENIZERS = ("char", "word", "bpe")
 DEFAULT_VOCAB = {"word": 10_000, "bpe": 1024}  # word: a cap (most frequent first); bpe: its size
@@ -52,10 +55,17 @@ class HFTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        out = []
-        for enc in self.tokenizer.encode_batch(list(pieces(text)), add_special_tokens=False):
-            out.extend(enc.ids)
-        return out
+        return [int(i) for a in self.encode_pieces(pieces(text)) for i in a]
+
+    def encode_pieces(self, texts, batch: int = 16):
+        """A token array (uint16 or uint32) per text of the iterable `texts`, encoded `batch`
+        at a time by the Rust tokenizer (on every core)."""
+        from .tokenfiles import dtype_for
+
+        dtype, texts = dtype_for(self.vocab_size), iter(texts)
+        while todo := list(itertools.islice(texts, batch)):
+            for enc in self.tokenizer.encode_batch(todo, add_special_tokens=False):
+                yield np.array(enc.ids, dtype)
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
@@ -83,14 +93,46 @@ class HFTokenizer:
         return getattr(other, "state", None) is not None and other.state()["json"] == self.state()["json"]
 
 
+def encode_array(tokenizer, text: str) -> np.ndarray:
+    """The tokens of `text` as one compact array (uint16, or uint32 for a vocabulary past
+    65,536), encoded a piece at a time: never a Python list of the whole text."""
+    from .tokenfiles import dtype_for
+
+    if hasattr(tokenizer, "encode_array"):
+        return tokenizer.encode_array(text)
+    if hasattr(tokenizer, "encode_pieces"):
+        parts = list(tokenizer.encode_pieces(pieces(text)))
+    else:  # any object with encode(text) -> ids
+        parts = [np.asarray(tokenizer.encode(p), dtype_for(tokenizer.vocab_size)) for p in pieces(text)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype_for(tokenizer.vocab_size))
+
+
+def saved(tokenizer) -> dict:
+    """What a checkpoint or a token directory keeps of a tokenizer: the characters (as 0.1
+    did), else its JSON (no pickle)."""
+    if getattr(tokenizer, "kind", None) == "char":
+        return {"vocab": list(tokenizer.chars)}
+    return {"vocab": [], "tokenizer": tokenizer.state()}
+
+
+def restored(state: dict):
+    """The tokenizer `saved` kept."""
+    from .data import CharTokenizer
+
+    if state.get("tokenizer"):
+        return from_state(state["tokenizer"])
+    return CharTokenizer(state["vocab"])
+
+
 def from_state(state: dict) -> HFTokenizer:
     """The tokenizer a checkpoint stored (HFTokenizer.state)."""
     tok = _hf().Tokenizer.from_str(state["json"])
     return HFTokenizer(tok, state.get("kind", "hf"), state.get("name", ""))
 
 
-def train_word(text: str, vocab_size: int) -> HFTokenizer:
-    """Words and punctuation (and newlines), the `vocab_size` most frequent, [UNK] for the rest."""
+def train_word(text, vocab_size: int) -> HFTokenizer:
+    """Words and punctuation (and newlines), the `vocab_size` most frequent, [UNK] for the
+    rest, learnt from `text` (a str, or an iterable of str pieces)."""
     t = _hf()
     tok = t.Tokenizer(t.models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = t.pre_tokenizers.Sequence([
@@ -108,8 +150,9 @@ def check_bpe_size(vocab_size: int) -> None:
                          f"(default {DEFAULT_VOCAB['bpe']})")
 
 
-def train_bpe(text: str, vocab_size: int) -> HFTokenizer:
-    """Byte-level BPE of `vocab_size` tokens, as GPT-2's: every text encodes, nothing is unknown."""
+def train_bpe(text, vocab_size: int) -> HFTokenizer:
+    """Byte-level BPE of `vocab_size` tokens, as GPT-2's: every text encodes, nothing is
+    unknown; learnt from `text` (a str, or an iterable of str pieces)."""
     check_bpe_size(vocab_size)
     t = _hf()
     tok = t.Tokenizer(t.models.BPE())
@@ -125,8 +168,12 @@ def train_bpe(text: str, vocab_size: int) -> HFTokenizer:
     return HFTokenizer(tok, "bpe")
 
 
-def _train(tok, trainer, text: str) -> None:
-    """Train on `text`, with a progress bar (characters read) once it takes PROGRESS_AFTER s."""
+def _train(tok, trainer, text) -> None:
+    """Train on `text` (a str, with a progress bar of characters read once it takes
+    PROGRESS_AFTER s; or an iterable of str pieces, which shows its own progress)."""
+    if not isinstance(text, str):
+        tok.train_from_iterator(text, trainer=trainer)
+        return
     from tqdm.auto import tqdm
 
     with tqdm(total=len(text), unit="char", unit_scale=True, delay=PROGRESS_AFTER,

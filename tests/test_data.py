@@ -7,6 +7,7 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,10 +121,10 @@ def test_dataset_split_is_90_10_with_val_as_the_tail(n):
     n_val = int(n * 0.1)
     assert len(ds.val) == n_val
     assert len(ds.train) == n - n_val
-    assert ds.train.dtype == torch.long and ds.val.dtype == torch.long
-    ids = torch.tensor(ds.tokenizer.encode(text))
-    assert torch.equal(ds.train, ids[: n - n_val])
-    assert torch.equal(ds.val, ids[n - n_val:])
+    assert ds.train.dtype == np.uint16 and ds.val.dtype == np.uint16  # 2 bytes a character
+    ids = np.array(ds.tokenizer.encode(text))
+    assert np.array_equal(ds.train, ids[: n - n_val])
+    assert np.array_equal(ds.val, ids[n - n_val:])
     assert ds.tokenizer.decode(ds.val) == text[n - n_val:]
     assert ds.vocab_size == len(set(text))
 
@@ -136,9 +137,9 @@ def test_dataset_val_fraction_is_honoured_and_validated():
             Dataset(_text(100), val_fraction=bad)
 
 
-def _assert_blocks_come_from(split: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+def _assert_blocks_come_from(split, x: torch.Tensor, y: torch.Tensor):
     T = x.shape[1]
-    windows = split.unfold(0, T + 1, 1)  # every contiguous block of T+1 tokens
+    windows = torch.from_numpy(split.astype(np.int64)).unfold(0, T + 1, 1)  # every contiguous block of T+1 tokens
     blocks = torch.cat((x, y[:, -1:]), dim=1)
     for row in range(x.shape[0]):
         assert (windows == blocks[row]).all(dim=1).any(), f"row {row} is not a block of the split"
@@ -185,7 +186,7 @@ def test_check_block_size_against_the_val_split():
     assert len(ds.val) == 100
     ds.check_block_size(99)  # 99 + 1 tokens fit exactly
     x, y = ds.batch("val", 4, 99, torch.Generator().manual_seed(0))  # and batching works
-    assert torch.equal(torch.cat((x[:1], y[:1, -1:]), 1)[0], ds.val)
+    assert torch.equal(torch.cat((x[:1], y[:1, -1:]), 1)[0], torch.from_numpy(ds.val.astype(np.int64)))
     with pytest.raises(ValueError) as info:
         ds.check_block_size(100)
     msg = str(info.value)
