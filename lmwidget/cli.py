@@ -27,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG, description="Train a language model and serve it to notebooks: "
         "lmwidget.attach(RUN_DIR) shows its dashboard and steers it. Runs under "
         "torchrun --nproc_per_node=N too (DistributedDataParallel: nccl on GPUs, gloo on CPU).")
-    add_options(p, "gpt, lstm, or MODULE:NAME (an nn.Module, or a function returning one)")
+    add_options(p, "gpt, lstm, a Hugging Face model's directory, or MODULE:NAME (an nn.Module, "
+                "or a function returning one)")
     job = p.add_argument_group("the job")
     job.add_argument("--run-dir", default=None, metavar="DIR",
                      help="where the connection file, metrics.jsonl, the rank logs and (unless "
@@ -51,7 +52,8 @@ def load_model(spec: str, seed: int) -> torch.nn.Module:
     module, _, name = spec.partition(":")
     if not module or not name:
         raise ValueError(f"--model {spec!r} is neither gpt, lstm nor MODULE:NAME "
-                         f"(for example mymodels:build, a function returning an nn.Module)")
+                         f"(for example mymodels:build, a function returning an nn.Module), nor "
+                         f"an existing directory of a Hugging Face model")
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
@@ -85,7 +87,7 @@ def build_run(options: dict, sync=None):
     callbacks = ([EarlyStopping(patience=patience)] if patience is not None else []) + (
         [ReduceLROnPlateau(patience=plateau)] if plateau is not None else [])
     model = options.pop("model", None)
-    if model is not None and model not in ("gpt", "lstm"):
+    if model is not None and model not in ("gpt", "lstm") and not os.path.isdir(os.path.expanduser(model)):
         model = load_model(model, options.get("seed", TrainConfig.seed))
     if resume is not None:
         restore = checkpoint.read(resume)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from . import tokens
+from . import pretrained, tokenfiles, tokens
 from .hf import adapt, unwrap
 from .models import MODELS
 
@@ -22,10 +22,12 @@ ANOMALY_ACTIONS = ("pause", "skip")
 
 @dataclass
 class TrainConfig:
-    model: object = "gpt"        # "gpt", "lstm", or an nn.Module: forward(idx, targets) -> (logits, loss)
+    model: object = "gpt"        # "gpt", "lstm", an nn.Module: forward(idx, targets) -> (logits, loss),
+                                 # or a Hugging Face model's directory (save_pretrained's)
     data: object = "builtin"     # "builtin" (offline), "shakespeare", a file path, or a str of text
     tokenizer: object = "char"   # "char", "word", "bpe", a tokenizers/transformers tokenizer, or a
-                                 # tokenizer.json path or directory
+                                 # tokenizer.json path or directory; a pretrained model's own
+                                 # tokenizer.json beside it, unless one is given
     vocab_size: int = 0          # word: the most frequent kept; bpe: its size; 0: 10,000 / 1,024
     max_steps: int = 2000
     batch_size: int = 16         # sequences per micro-step
@@ -74,16 +76,20 @@ class TrainConfig:
                             f"{', '.join(cls.option_names())}")
         if "model" in options:  # a Hugging Face causal LM joins under our model contract
             options["model"] = adapt(options["model"])
-        config = cls(**options)
+        config = cls(**pretrained.with_own_tokenizer(options))
         config.validate()
         return config
 
     def validate(self) -> None:
-        if not isinstance(self.model, nn.Module) and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}, or an "
-                             f"nn.Module whose forward(idx, targets) returns (logits, loss)")
+        if pretrained.is_directory(self.model):
+            pretrained.check_directory(self.model)
+            self.model = os.fspath(self.model)  # a plain str: checkpoints keep it, resume reloads it
+        elif not isinstance(self.model, nn.Module) and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid: {pretrained.ACCEPTED}")
+        pretrained.check_tokenizer(self.model, self.tokenizer)
         check_lr(self.lr)
-        tokens.check(self.tokenizer, self.vocab_size)
+        if not tokenfiles.is_dir(self.data):  # a token directory brings its tokenizer (it checks)
+            tokens.check(self.tokenizer, self.vocab_size)
         for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters",
                      "n_layer", "n_head", "n_embd"):
             _check_int(name, getattr(self, name), minimum=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 
 import torch.nn as nn
@@ -30,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> _Parser:
     parser = _Parser(prog="%lmtrain", description="Train a language model in the background "
                      "with a live dashboard; returns the Run (run = %lmtrain ...).")
-    add_options(parser, "gpt, lstm, or the name of a variable holding an nn.Module")
+    add_options(parser, "gpt, lstm, the name of a variable holding an nn.Module, or a Hugging "
+                        "Face model's directory")
     parser.add_argument("--ghosts", dest="ghosts", type=int, default=0, metavar="N",
                         help="draw the loss of this kernel's N latest finished runs faintly")
     parser.add_argument("--concurrent", action="store_true",
@@ -66,14 +68,16 @@ class LmMagics(Magics):
             raise UsageError(f"%lmtrain: {e}") from None
 
     def _resolve_model(self, options: dict, prog: str) -> None:
-        """--model NAME of a variable: the nn.Module it holds."""
+        """--model NAME of a variable: the nn.Module it holds (a directory stays a path)."""
         model = options.get("model")
         if model is not None and model not in ("gpt", "lstm"):
             value = self.shell.user_ns.get(model)
-            if not isinstance(value, nn.Module):
+            if isinstance(value, nn.Module):
+                options["model"] = value
+            elif not os.path.isdir(os.path.expanduser(model)):
                 raise UsageError(f"{prog}: --model {model!r} is neither gpt, lstm nor the name "
-                                 f"of a variable holding an nn.Module")
-            options["model"] = value
+                                 f"of a variable holding an nn.Module, nor an existing directory "
+                                 f"of a Hugging Face model")
         tokenizer = options.get("tokenizer")
         if isinstance(tokenizer, str) and tokenizer.isidentifier() and tokenizer not in TOKENIZERS \
                 and tokenizer in self.shell.user_ns:  # the name of a variable holding a tokenizer

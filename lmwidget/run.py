@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, pretrained
 from .callbacks import Callbacks
 from .config import TrainConfig
 from .control import ENDED
 from .data import Dataset
-from .models import build_model, check_user_model
+from .hf import unwrap
+from .models import MODELS, build_model, check_user_model, count_params
 from .source import LmwidgetWarning, Source, active_runs, register, runs
 from .steering import Steered
 from .trainer import Trainer, resolve_device
@@ -97,9 +98,11 @@ class Run(Steered, Source):
                 f"trained on (its tokens differ), so resuming would not continue that run: pass the "
                 f"original data")
         dataset.check_block_size(config.block_size)
-        if model is None and isinstance(config.model, torch.nn.Module):
+        if model is None and not (isinstance(config.model, str) and config.model in MODELS):
             device = sync.device if sync is not None else resolve_device(config.device)
-            model = config.model.to(device)
+            model = pretrained.load(config.model) if pretrained.is_directory(config.model) else config.model
+            pretrained.check_vocab(model, dataset.tokenizer)
+            model = model.to(device)
             check_user_model(model, dataset, config, device)
         elif model is None:
             with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
@@ -137,10 +140,7 @@ class Run(Steered, Source):
 
     # -- what the run is and does -----------------------------------------------------------
     def describe(self) -> dict:
-        from .hf import unwrap
-        from .models import count_params
-
-        model = self.config.summary()["model"]
+        model = pretrained.describe(self.model, self.config.model)
         return {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
                 "tokenizer": self.tokenizer.describe(),
                 "data": str(self.config.summary()["data"])}
@@ -185,6 +185,11 @@ class Run(Steered, Source):
     @property
     def tokenizer(self):
         return self._trainer.data.tokenizer
+
+    @property
+    def dataset(self) -> Dataset:
+        """The tokens it trains on (memory-mapped when `data` is a token directory)."""
+        return self._trainer.data
 
     @property
     def error(self) -> BaseException | None:

@@ -1,0 +1,127 @@
+"""Pretrained Hugging Face models: loaded from a local directory, trained with their own tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from .hf import adapt, is_hf_causal_lm, unwrap
+from .models import MODELS
+
+# what save_pretrained writes: the weights in one file, or an index of their shards
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+           "pytorch_model.bin.index.json")
+ACCEPTED = ("gpt, lstm, an nn.Module whose forward(idx, targets) returns (logits, loss), or the "
+            "directory of a Hugging Face causal LM (its config.json and weights, as save_pretrained "
+            "writes them)")
+
+
+def is_directory(model) -> bool:
+    """The model option names a directory to load from (a path, not 'gpt' or 'lstm')."""
+    return isinstance(model, os.PathLike) or (isinstance(model, str) and model not in MODELS)
+
+
+def check_directory(model) -> Path:
+    """The directory the model option names, refused unless it holds a config.json and
+    weights (the error names the missing file), and transformers is installed to read them."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ValueError(f"unknown model {os.fspath(model)!r}; valid: {ACCEPTED}. No such "
+                         f"directory exists")
+    if not path.is_dir():
+        raise ValueError(f"model={os.fspath(model)!r} is a file, not a directory: pass the "
+                         f"directory of a Hugging Face model (its config.json and weights, as "
+                         f"save_pretrained writes them)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model directory {os.fspath(model)!r} has no config.json, so it is not "
+                         f"a complete Hugging Face model: save one there with "
+                         f"model.save_pretrained({os.fspath(model)!r})")
+    if not any((path / name).is_file() for name in WEIGHTS):
+        raise ValueError(f"model directory {os.fspath(model)!r} has a config.json but no weights: "
+                         f"expected {', '.join(WEIGHTS[:-1])} or {WEIGHTS[-1]} (save_pretrained "
+                         f"writes one of them)")
+    _transformers()
+    return path
+
+
+def load(model) -> nn.Module:
+    """The causal LM saved in the directory `model` names, read from local files only (never
+    the network), in float32 (dtype='bfloat16' autocasts its forward), under our contract."""
+    path = check_directory(model)
+    try:
+        net = _transformers().AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise ValueError(f"could not load a causal language model from model directory "
+                         f"{os.fspath(model)!r}: {e}") from e
+    return adapt(net.float())
+
+
+def source(model) -> str:
+    """Where a pretrained model's weights came from: the directory given, or the directory or
+    hub name it was loaded from; "" for gpt, lstm, and a model built from a config."""
+    if is_directory(model):
+        return os.fspath(model)
+    inner = unwrap(model)
+    return (is_hf_causal_lm(inner) and getattr(inner.config, "name_or_path", "")) or ""
+
+
+def own_tokenizer(model) -> str | None:
+    """The directory of the pretrained model's own tokenizer.json, where one lies beside it."""
+    where = source(model)
+    return where if where and (Path(where).expanduser() / "tokenizer.json").is_file() else None
+
+
+def with_own_tokenizer(options: dict) -> dict:
+    """`options` with a pretrained model's own tokenizer, unless a tokenizer is given."""
+    own = None if "tokenizer" in options else own_tokenizer(options.get("model"))
+    return options if own is None else {**options, "tokenizer": own}
+
+
+def check_tokenizer(model, tokenizer) -> None:
+    """Refuse the character tokenizer for a pretrained model: its token ids mean other text."""
+    where = source(model)
+    char = (isinstance(tokenizer, str) and tokenizer == "char") or getattr(tokenizer, "kind", None) == "char"
+    if not where or not char:
+        return
+    own = own_tokenizer(model)
+    fix = (f"leave tokenizer out to use the one beside it, or pass tokenizer={own!r}" if own else
+           f"pass the tokenizer it was trained with: tokenizer=AutoTokenizer.from_pretrained("
+           f"{where!r}) or the path of its tokenizer.json")
+    what = f"{type(unwrap(model)).__name__} from {where!r}" if isinstance(model, nn.Module) else repr(where)
+    raise ValueError(f"model {what} is pretrained on its own tokenizer's ids; with the character "
+                     f"tokenizer it would read every character as another token and train on "
+                     f"garbage. {fix[0].upper()}{fix[1:]}")
+
+
+def check_vocab(model, tokenizer) -> None:
+    """Refuse a Hugging Face model whose embedding table has a row for fewer ids than the
+    tokenizer makes (more rows are fine: GPT-2 pads its table)."""
+    inner = unwrap(model)
+    rows = getattr(inner.get_input_embeddings(), "num_embeddings", None) if is_hf_causal_lm(inner) else None
+    if rows is not None and rows < tokenizer.vocab_size:
+        raise ValueError(
+            f"model {type(inner).__name__}'s embedding table has {rows:,} rows, fewer than the "
+            f"{tokenizer.vocab_size:,} tokens of the tokenizer {tokenizer.describe()}: ids from "
+            f"{rows:,} on would have no embedding. Pass the model's own tokenizer "
+            f"(tokenizer=AutoTokenizer.from_pretrained(...)), or grow its table first: "
+            f"model.resize_token_embeddings({tokenizer.vocab_size})")
+
+
+def describe(model, option) -> str:
+    """The model as the dashboard's header names it: gpt or lstm, or its class and, for a
+    pretrained one, where its weights came from."""
+    if isinstance(option, str) and option in MODELS:
+        return option
+    name, where = type(unwrap(model)).__name__, source(option)
+    return f"{name} from {where}" if where else name
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("a model directory is loaded with Hugging Face transformers: "
+                          "pip install 'lmwidget[hf]'") from None
+    return transformers
