@@ -297,7 +297,9 @@ class Dataset:
         ix = ix[rank * batch_size:(rank + 1) * batch_size]
         if torch.is_tensor(ids):  # on an accelerator already: gathered there
             blocks = ids.unfold(0, block_size + 1, 1)[ix.to(ids.device, non_blocking=True)].long()
-        else:  # a compact array or a memory map: only the blocks are read
+        else:  # a compact array, or a memory map opened afresh: pages read for a batch are let go
+            if isinstance(ids, np.memmap):  # with it (a long run would map the whole file)
+                ids = np.memmap(ids.filename, dtype=ids.dtype, mode="r")
             blocks = torch.from_numpy(ids[ix.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
         return blocks[:, :-1], blocks[:, 1:]
 

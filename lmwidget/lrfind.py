@@ -13,7 +13,7 @@ import torch
 from .config import TrainConfig, check_lr
 from .data import Dataset
 from .hf import unwrap
-from .models import build_model, check_user_model
+from . import pretrained
 from .trainer import cpu_threads, make_optimizer, resolve_device
 
 UPDATE_INTERVAL = 0.25  # s between chart redraws
@@ -261,14 +261,7 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
                              f"test would train the same weights. Stop it first, or pass a copy")
     dataset = Dataset.from_config(config)
     dataset.check_block_size(config.block_size)
-    if isinstance(config.model, torch.nn.Module):
-        net = config.model.to(resolve_device(config.device))
-        check_user_model(net, dataset, config, resolve_device(config.device))
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            net = build_model(config.model, dataset.vocab_size, config.block_size,
-                              config.n_layer, config.n_head, config.n_embd, config.dropout)
+    net = pretrained.build(config, dataset, resolve_device(config.device))
     if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
         raise ValueError(f"beta must be a number in [0, 1) (for example 0.95); got {beta!r}")
     finder = LRFinder(config, net, dataset, start, end, steps, diverge, beta).start_test()

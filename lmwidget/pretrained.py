@@ -80,19 +80,20 @@ def with_own_tokenizer(options: dict) -> dict:
 
 
 def check_tokenizer(model, tokenizer) -> None:
-    """Refuse the character tokenizer for a pretrained model: its token ids mean other text."""
+    """Refuse the character tokenizer, or one trained here (words, BPE), for a pretrained
+    model: their token ids mean other text than the ids it learnt."""
     where = source(model)
-    char = (isinstance(tokenizer, str) and tokenizer == "char") or getattr(tokenizer, "kind", None) == "char"
-    if not where or not char:
+    kind = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "kind", None)
+    if not where or kind not in ("char", "word", "bpe"):
         return
     own = own_tokenizer(model)
     fix = (f"leave tokenizer out to use the one beside it, or pass tokenizer={own!r}" if own else
            f"pass the tokenizer it was trained with: tokenizer=AutoTokenizer.from_pretrained("
            f"{where!r}) or the path of its tokenizer.json")
     what = f"{type(unwrap(model)).__name__} from {where!r}" if isinstance(model, nn.Module) else repr(where)
-    raise ValueError(f"model {what} is pretrained on its own tokenizer's ids; with the character "
-                     f"tokenizer it would read every character as another token and train on "
-                     f"garbage. {fix[0].upper()}{fix[1:]}")
+    given = "the character tokenizer" if kind == "char" else f"a {kind} tokenizer trained here"
+    raise ValueError(f"model {what} is pretrained on its own tokenizer's ids; with {given} it "
+                     f"would read every token as another and train on garbage. {fix[0].upper()}{fix[1:]}")
 
 
 def check_vocab(model, tokenizer) -> None:
@@ -107,6 +108,25 @@ def check_vocab(model, tokenizer) -> None:
             f"{rows:,} on would have no embedding. Pass the model's own tokenizer "
             f"(tokenizer=AutoTokenizer.from_pretrained(...)), or grow its table first: "
             f"model.resize_token_embeddings({tokenizer.vocab_size})")
+
+
+def build(config, dataset, device) -> nn.Module:
+    """The model a run trains, on `device`: gpt or lstm built from the options (seeded), the
+    directory's pretrained model, or the user's module; checked against the dataset."""
+    import torch
+
+    from .models import build_model, check_user_model
+
+    if isinstance(config.model, str) and config.model in MODELS:
+        with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
+            torch.manual_seed(config.seed)
+            return build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
+                               config.n_head, config.n_embd, config.dropout)
+    model = load(config.model) if is_directory(config.model) else config.model
+    check_vocab(model, dataset.tokenizer)
+    model = model.to(device)
+    check_user_model(model, dataset, config, device)
+    return model
 
 
 def describe(model, option) -> str:

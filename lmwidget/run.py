@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .control import ENDED
 from .data import Dataset
 from .hf import unwrap
-from .models import MODELS, build_model, check_user_model, count_params
+from .models import count_params
 from .source import LmwidgetWarning, Source, active_runs, register, runs
 from .steering import Steered
 from .trainer import Trainer, resolve_device
@@ -98,17 +98,8 @@ class Run(Steered, Source):
                 f"trained on (its tokens differ), so resuming would not continue that run: pass the "
                 f"original data")
         dataset.check_block_size(config.block_size)
-        if model is None and not (isinstance(config.model, str) and config.model in MODELS):
-            device = sync.device if sync is not None else resolve_device(config.device)
-            model = pretrained.load(config.model) if pretrained.is_directory(config.model) else config.model
-            pretrained.check_vocab(model, dataset.tokenizer)
-            model = model.to(device)
-            check_user_model(model, dataset, config, device)
-        elif model is None:
-            with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
-                torch.manual_seed(config.seed)
-                model = build_model(config.model, dataset.vocab_size, config.block_size,
-                                    config.n_layer, config.n_head, config.n_embd, config.dropout)
+        if model is None:
+            model = pretrained.build(config, dataset, sync.device if sync is not None else resolve_device(config.device))
         self._trainer = Trainer(config, model, dataset, self.control, self.record,
                                 callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
                                 restore=restore, sync=sync)

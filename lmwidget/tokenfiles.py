@@ -23,7 +23,7 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 def is_dir(data) -> bool:
     """`data` names a directory (a token directory, or one to prepare first)."""
-    if not isinstance(data, (str, os.PathLike)) or (isinstance(data, str) and "\n" in data):
+    if not isinstance(data, (str, os.PathLike)) or (isinstance(data, str) and ("\n" in data or not data.strip())):
         return False
     try:
         return Path(data).expanduser().is_dir()
@@ -134,11 +134,13 @@ def open_dir(path, tokenizer=None, vocab_size: int = 0):
     if vocab_size:
         raise ValueError(f"vocab_size={vocab_size} cannot apply to token directory {path}: it was "
                          f"tokenized with {own.describe()}; leave vocab_size at 0")
-    if tokenizer is not None and not isinstance(tokenizer, str) and not own.same_as(tokenizer):
-        raise ValueError(f"the tokenizer given ({tokens.label(tokenizer)}) is not the one token "
-                         f"directory {path} was prepared with ({own.describe()})")
-    if isinstance(tokenizer, str) and tokenizer != "char":
+    if isinstance(tokenizer, str) and tokenizer in tokens.TOKENIZERS[1:]:
         raise ValueError(f"tokenizer={tokenizer!r} cannot apply to token directory {path}: it was "
                          f"tokenized with {own.describe()}, which it brings; leave tokenizer at its "
                          f"default, or prepare the text again with tokenizer={tokenizer!r}")
+    if tokenizer is not None and not (isinstance(tokenizer, str) and tokenizer == "char"):
+        given = tokenizer if hasattr(tokenizer, "same_as") else tokens.load(tokenizer)
+        if not own.same_as(given):
+            raise ValueError(f"the tokenizer given ({tokens.label(tokenizer)}) is not the one token "
+                             f"directory {path} was prepared with ({own.describe()})")
     return Dataset.from_tokens(arrays["train"], arrays["val"], own, bytes_per_token, meta["sha256"])

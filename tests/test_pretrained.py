@@ -101,6 +101,8 @@ def test_a_given_tokenizer_wins_and_a_larger_embedding_table_is_fine(saved, bpe)
     ("char directory", r"Pass the tokenizer it was trained with: tokenizer=AutoTokenizer"),
     ("explicit char", r"character tokenizer.*Leave tokenizer out to use the one beside it, or pass "
                       r"tokenizer='.*tiny-gpt2'"),
+    ("fresh bpe", r"with a bpe tokenizer trained here it would read every token as another.*Leave "
+                  r"tokenizer out"),
     ("small table", r"embedding table has 300 rows, fewer than the 400 tokens of the tokenizer "
                     r".*model\.resize_token_embeddings\(400\)"),
     ("missing", r"unknown model '.*nowhere'; valid: gpt, lstm, .*directory of a Hugging Face "
@@ -114,12 +116,14 @@ def test_what_would_train_on_other_ids_is_refused_before_any_thread_starts(
     model = {"char object": lambda: transformers.AutoModelForCausalLM.from_pretrained(weights_only),
              "char directory": lambda: weights_only,
              "explicit char": lambda: str(saved),
+             "fresh bpe": lambda: str(saved),
              "small table": lambda: gpt2(vocab_size=300),
              "missing": lambda: str(tmp_path / "nowhere"),
              "a file": lambda: str(saved / "config.json"),
              "no config": lambda: (weights_only / "config.json").unlink() or weights_only,
              "no weights": lambda: (weights_only / "model.safetensors").unlink() or weights_only}[case]()
-    extra = {"explicit char": dict(tokenizer="char"), "small table": dict(tokenizer=bpe)}.get(case, {})
+    extra = {"explicit char": dict(tokenizer="char"), "fresh bpe": dict(tokenizer="bpe", vocab_size=300),
+             "small table": dict(tokenizer=bpe)}.get(case, {})
     with pytest.raises(ValueError, match=message):
         lmwidget.train(model=model, max_steps=3, **OPTIONS, **extra)
     assert no_thread_started()
@@ -165,3 +169,20 @@ def test_lmtrain_takes_a_model_directory(saved, tmp_path):
         assert "UsageError" in err and "nor an existing directory of a Hugging Face model" in err
     finally:
         kernel.shutdown()
+
+
+def test_a_model_directory_trains_from_a_token_directory_of_its_own_tokenizer(saved, tmp_path):
+    tokens_dir = lmwidget.prepare(SHARED_SHAKESPEARE, tmp_path / "tokens", tokenizer=str(saved), progress=False)
+    run = lmwidget.train(model=str(saved), max_steps=5, **{**OPTIONS, "data": str(tokens_dir)})
+    assert run.wait(120) and run.state == "finished", run.error
+    assert run.dataset.tokenizer.same_as(tokens.load(str(saved)))
+    other = lmwidget.prepare(SHARED_SHAKESPEARE, tmp_path / "other", vocab_size=300, progress=False)
+    with pytest.raises(ValueError, match="is not the one token directory .* was prepared with"):
+        lmwidget.train(model=str(saved), max_steps=5, **{**OPTIONS, "data": str(other)})
+    assert no_thread_started()
+
+
+def test_the_lr_range_test_takes_a_model_directory(saved):
+    finder = lmwidget.lr_find(model=str(saved), steps=20, data=TEXT, block_size=32, batch_size=4,
+                              display=False)
+    assert finder.wait(120) and len(finder.lrs) > 5
