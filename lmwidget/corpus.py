@@ -13,7 +13,7 @@ ROWS = 1000           # dataset rows read at once
 ENCODE_PIECE = 1 << 16  # characters per piece given to the tokenizer (whole lines)
 
 
-class Source:
+class Corpus:
     """A corpus as UTF-8 text pieces, training split then validation split, each piece whole
     lines where it can be: files read a block at a time, rows of a dataset, or a text in memory."""
 
@@ -137,18 +137,18 @@ def prepare(data, out_dir, tokenizer="bpe", vocab_size: int = 0, val_fraction: f
     from .tokenfiles import TokenWriter
 
     tokens.check(tokenizer, vocab_size)
-    source = Source(data, val_fraction, text_column)
-    tok = _tokenizer(source, tokenizer, vocab_size, progress)
+    corpus = Corpus(data, val_fraction, text_column)
+    tok = _tokenizer(corpus, tokenizer, vocab_size, progress)
     writer = TokenWriter(out_dir, tok.vocab_size)
     try:
-        with _bar(source.total, "tokenizing", progress) as bar:
-            for split, text in source.pieces(progress=bar.update):
+        with _bar(corpus.total, "tokenizing", progress) as bar:
+            for split, text in corpus.pieces(progress=bar.update):
                 for piece, ids in zip(tokens.pieces(text, ENCODE_PIECE), _encode(tok, text)):
                     writer.write(split, ids, utf8_len(piece))
     except BaseException:
         writer.abort()
         raise
-    writer.close(tokens.saved(tok), source=str(source.describe), val_fraction=val_fraction)
+    writer.close(tokens.saved(tok), source=str(corpus.describe), val_fraction=val_fraction)
     return writer.dir
 
 
@@ -162,7 +162,7 @@ def _encode(tok, text):
     return (tokens.encode_array(tok, p) for p in parts)
 
 
-def _tokenizer(source: Source, spec, vocab_size: int, progress: bool):
+def _tokenizer(corpus: Corpus, spec, vocab_size: int, progress: bool):
     """The tokenizer: characters seen anywhere, or words / BPE trained on the training split
     (streamed), or the one given."""
     from . import tokens
@@ -172,13 +172,13 @@ def _tokenizer(source: Source, spec, vocab_size: int, progress: bool):
         return tokens.load(spec) if not isinstance(spec, CharTokenizer) else spec
     if spec == "char":
         chars = set()
-        with _bar(source.total, "reading characters", progress) as bar:
-            for _, text in source.pieces(progress=bar.update):
+        with _bar(corpus.total, "reading characters", progress) as bar:
+            for _, text in corpus.pieces(progress=bar.update):
                 chars.update(text)
         return CharTokenizer(chars)
     size = vocab_size or tokens.DEFAULT_VOCAB[spec]
     with _bar(None, f"training the {spec} tokenizer", progress, unit="B") as bar:
-        texts = (t for _, t in source.pieces(("train",), progress=bar.update))
+        texts = (t for _, t in corpus.pieces(("train",), progress=bar.update))
         return tokens.train_word(texts, size) if spec == "word" else tokens.train_bpe(texts, size)
 
 
