@@ -40,6 +40,8 @@ def __lmw_summary(r):
             "dashboard_error": "dashboard error" in (r._dashboard.notice.value
                                                      if r._dashboard is not None else ""),
             "val_last": float(val.val_loss.iloc[-1]) if len(val) else nan,
+            "val_bpb_last": float(val.val_bpb.iloc[-1]) if len(val) and "val_bpb" in val else nan,
+            "loss_first": float(h.loss.iloc[0]) if len(h) else nan,
             "loss_last": float(h.loss.tail(20).mean()) if len(h) else nan,
             "val_min": float(val.val_loss.min()) if len(val) else nan,
             "val_min_step": int(val.step[val.val_loss.idxmin()]) if len(val) else None,

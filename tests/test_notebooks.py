@@ -24,10 +24,10 @@ QUICK = {"STEPS": 60}  # every notebook's parameter for a quick run
 MEMORY_MB = 2048       # Binder's memory, at most
 
 
-def test_the_four_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert NAMES == ["01_quickstart.ipynb", "02_tune_the_learning_rate.ipynb",
                      "03_bring_your_own_model.ipynb", "04_inside_training.ipynb",
-                     "05_your_own_training.ipynb"]
+                     "05_your_own_training.ipynb", "06_tokens_and_pretrained.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
@@ -92,6 +92,10 @@ def test_the_notebook_runs_top_to_bottom(path, tmp_path, offline_shakespeare):
         assert found and int(found.group(1)) <= BLOWS_UP_BY and NON_FINITE.search(found.group(2)), text
     if path.name.startswith("05"):  # every part ran: transformers and lightning are test extras
         assert [r["state"] for r in report["runs"]] == ["finished"] * 3, report["runs"]
+    if path.name.startswith("06"):  # every part ran (transformers is a test extra)
+        text = "".join(o.get("text", "") for c in code for o in c.outputs)
+        assert "refused: model 'my-gpt2' is pretrained" in text and "fine-tuned: first loss" in text, text
+        assert len(report["runs"]) == 6, report["runs"]
     if path.name.startswith("03"):
         assert offline_shakespeare.requests == 1  # downloaded once, then read from the cache
         text = "".join(o.get("text", "") for c in code for o in c.outputs)
@@ -233,9 +237,19 @@ def lessons_05(runs):
     assert hf["val_last"] < 3.0, hf                          # evaluated by the Trainer (~2.07)
 
 
+def lessons_06(runs):
+    chars, bpe, from_disk, pretraining, finetuned, scratch = runs
+    assert all(r["state"] == "finished" for r in runs), runs
+    # "BPE reaches a lower validation bits per byte" at the same steps and architecture (~2.5 vs ~2.9)
+    assert bpe["val_bpb_last"] < chars["val_bpb_last"] - 0.1, (bpe, chars)
+    # "the fine-tuned model starts far below ln 1024 ~ 6.9", where the one from scratch starts
+    assert finetuned["loss_first"] < scratch["loss_first"] - 1.0, (finetuned, scratch)
+    assert finetuned["loss_last"] < scratch["loss_last"], (finetuned, scratch)
+
+
 LESSONS = {"01_quickstart.ipynb": lessons_01, "02_tune_the_learning_rate.ipynb": lessons_02,
            "03_bring_your_own_model.ipynb": lessons_03, "04_inside_training.ipynb": lessons_04,
-           "05_your_own_training.ipynb": lessons_05}
+           "05_your_own_training.ipynb": lessons_05, "06_tokens_and_pretrained.ipynb": lessons_06}
 
 
 @pytest.mark.slow
