@@ -204,6 +204,8 @@ class Dataset:
     tokenizer is trained, so no validation text shapes the vocabulary.
     """
 
+    device = torch.device("cpu")  # where batches go (Dataset.to)
+
     def __init__(self, text: str, val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
@@ -279,7 +281,8 @@ class Dataset:
         memory-mapped tokens stay on disk and each batch is copied over."""
         self.fingerprint()  # on the CPU copy, once, before the tokens move
         moved = copy.copy(self)
-        if torch.device(device).type != "cpu" and not isinstance(self.train, np.memmap):
+        moved.device = torch.device(device)
+        if moved.device.type != "cpu" and not isinstance(self.train, np.memmap):
             moved.train, moved.val = (torch.from_numpy(np.asarray(t, dtype=np.int32)).to(device)
                                       for t in (self.train, self.val))
         return moved
@@ -301,6 +304,10 @@ class Dataset:
             if isinstance(ids, np.memmap):  # with it (a long run would map the whole file)
                 ids = np.memmap(ids.filename, dtype=ids.dtype, mode="r")
             blocks = torch.from_numpy(ids[ix.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
+            if self.device.type == "cuda":  # memory-mapped tokens for a GPU: copied over, pinned
+                blocks = blocks.pin_memory().to(self.device, non_blocking=True)
+            elif self.device.type != "cpu":
+                blocks = blocks.to(self.device)
         return blocks[:, :-1], blocks[:, 1:]
 
 

@@ -65,6 +65,13 @@ def test_batches_from_a_memory_map_equal_those_in_memory(bpe_dir):
         assert all(torch.equal(u, v) and u.dtype == torch.long for u, v in zip(a, b))
 
 
+def test_memory_mapped_tokens_stay_on_disk_and_batches_go_to_the_device(bpe_dir):
+    moved = Dataset.load(str(bpe_dir)).to("meta")  # as to a GPU: the files are not loaded there
+    assert isinstance(moved.train, np.memmap)
+    x, y = moved.batch("train", 4, 16, torch.Generator().manual_seed(0))
+    assert x.device.type == "meta" and y.device.type == "meta" and x.dtype == torch.long
+
+
 def broken(bpe_dir, tmp_path, change):
     """A copy of the token directory, then `change` applied to it."""
     import shutil
