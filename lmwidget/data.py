@@ -261,6 +261,11 @@ class Dataset:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    def ids(self, split: str) -> torch.Tensor:
+        """The split's tokens as an int64 tensor (a copy, 8 bytes a token: `train` and `val`
+        are compact arrays, or memory maps), for a DataLoader of your own."""
+        return torch.from_numpy(np.asarray(self.train if split == "train" else self.val).astype(np.int64))
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size

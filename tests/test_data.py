@@ -385,3 +385,10 @@ def test_ranks_draw_different_blocks_from_generators_that_stay_equal():
     assert all(torch.equal(g.get_state(), gens[0].get_state()) for g in gens)
     one = ds.batch("train", 4, 16, torch.Generator().manual_seed(5))  # world size 1: as before
     assert torch.equal(one[0], ds.batch("train", 4, 16, torch.Generator().manual_seed(5), shard=(0, 1))[0])
+
+
+def test_ids_gives_a_split_as_an_int64_tensor():
+    ds = Dataset(_text(1000))
+    train = ds.ids("train")
+    assert train.dtype == torch.long and train.tolist() == ds.train.tolist()
+    assert torch.equal(ds.ids("val"), torch.tensor(ds.val.astype(np.int64)))
