@@ -17,7 +17,8 @@ from .health import GradNorms, histogram, nonfinite_cause
 from .history import DRAIN_EVERY
 from .source import Source, register
 from .steering import Steered, Steering, base_lr, scale_lr, unwrapped
-from .system import usable_cpus
+from . import threads
+from .threads import cpu_threads
 
 
 class StopTraining(Exception):
@@ -323,7 +324,7 @@ class Loop(Steered, Source):
 
         def target():
             if self.device.type == "cpu":
-                torch.set_num_threads(max(1, usable_cpus() - 1))  # this thread's only; see trainer.cpu_threads
+                torch.set_num_threads(cpu_threads(0))  # this thread's only; see threads.cpu_threads
             try:
                 fn(*args, **kwargs)
             except StopTraining:
@@ -335,7 +336,7 @@ class Loop(Steered, Source):
 
         self._thread = threading.Thread(target=target, daemon=True, name=f"lmwidget-run-{self.id}")
         register(self)
-        self._thread.start()
+        threads.start(self._thread, cpu=self.device.type == "cpu")
         if self._dashboard is not None:
             self._dashboard.kick()
         return self
