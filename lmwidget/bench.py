@@ -232,8 +232,6 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
     init_state = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
                              config.n_head, config.n_embd, config.dropout).state_dict()
     n_threads = cpu_threads(config.threads) if device.type == "cpu" else torch.get_num_threads()
-    if device.type == "cpu":  # B on A's thread count: the ratio is lmwidget's own cost (the
-        config = dataclasses.replace(config, threads=n_threads)  # tuner: benchmarks/in_kernel.py)
     a, a_main, b, ui_cpu, ui_rate, update_bytes, msg_bytes = [], [], [], [], [], [], []
     for _ in range(rounds):  # interleaved: A, A on the main thread, B, A, ...
         a.append(in_thread(n_threads, bare_loop, config, dataset, init_state, steps, warmup))
