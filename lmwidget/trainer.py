@@ -24,7 +24,7 @@ from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_
 from .history import DRAIN_EVERY, History
 from .models import GenerateMixin, sample_tokens
 from .steering import Steered, Steering
-from .threads import ThreadTuner, cpu_threads
+from .threads import cpu_threads
 
 SAMPLE_TOKENS = 200
 
@@ -205,11 +205,8 @@ class Trainer(Steered):
     def run(self) -> None:
         self.started = time.time()
         self.history.start_clock(self.clock0)
-        tuner = None
-        if self.device.type == "cpu" and self.config.threads:
-            torch.set_num_threads(self.config.threads)  # this thread's only
-        elif self.device.type == "cpu":  # every CPU or one fewer, whichever trains faster now
-            tuner = ThreadTuner(cpu_threads(0))
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
         # dropout draws from torch's global RNG: seed it as the run starts, like nanoGPT
         # (the curve then repeats unless other code draws from that RNG during the run); a
         # resumed run goes on from the saved states
@@ -226,8 +223,6 @@ class Trainer(Steered):
             self._restore_callbacks()
             while self.step < self.config.max_steps and self.steering.boundary():
                 self._train_step()
-                if tuner is not None:
-                    tuner.tick(time.perf_counter())
             for bad in self.guard.poll(wait=True):  # the last steps' checks (on a GPU)
                 self._nonfinite(*bad)
             self._rng = _global_rng(self.device)  # what a save from now on continues from

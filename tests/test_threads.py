@@ -54,7 +54,7 @@ print(json.dumps([before, with_team, released, after, again, threads.openmp_runt
 
 def test_a_run_started_on_the_cpu_leaves_one_team_of_workers():
     """lmwidget.train() from a thread that had run torch ops: while it trains, the only
-    OpenMP workers are the training thread's team; the starting thread's
+    OpenMP workers are the training thread's (one fewer than the CPUs); the starting thread's
     are gone."""
     two_cpus()
     out = run_python(TASKS + """
@@ -84,29 +84,3 @@ run.stop(); run.wait()
 print(json.dumps(training - idle))
 """).stdout)
     assert extra == extra_without_workers, (extra, extra_without_workers)
-
-
-
-
-def test_the_tuner_keeps_the_faster_thread_count_and_checks_again(monkeypatch):
-    import torch
-
-    set_to = []
-    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
-    tuner = threads.ThreadTuner(2)
-    assert tuner.threads == 2 and set_to == [2]
-    step_time = {2: 0.010, 1: 0.004}  # a busy machine: one fewer thread is faster
-    t = 0.0
-    for _ in range(60):
-        t += step_time[tuner.threads]
-        tuner.tick(t)
-    assert tuner.threads == 1 and set_to == [2, 1]
-    assert tuner.step_times == pytest.approx({2: 0.010, 1: 0.004})
-    step_time = {2: 0.002, 1: 0.004}  # the machine is idle again: after the re-check, 2 threads
-    for _ in range(20_000):
-        t += step_time[tuner.threads]
-        tuner.tick(t)
-        if tuner.threads == 2:
-            break
-    assert tuner.threads == 2 and t >= threads.ThreadTuner.RECHECK
-    assert threads.ThreadTuner(1).choices == [1]  # one CPU: nothing to choose
