@@ -17,8 +17,7 @@ from .health import GradNorms, histogram, nonfinite_cause
 from .history import DRAIN_EVERY
 from .source import Source, register
 from .steering import Steered, Steering, base_lr, scale_lr, unwrapped
-from . import threads
-from .threads import cpu_threads
+from .system import usable_cpus
 
 
 class StopTraining(Exception):
@@ -324,7 +323,7 @@ class Loop(Steered, Source):
 
         def target():
             if self.device.type == "cpu":
-                torch.set_num_threads(cpu_threads(0))  # this thread's only; see threads.cpu_threads
+                torch.set_num_threads(max(1, usable_cpus() - 1))  # this thread's only; see trainer.cpu_threads
             try:
                 fn(*args, **kwargs)
             except StopTraining:
@@ -336,7 +335,7 @@ class Loop(Steered, Source):
 
         self._thread = threading.Thread(target=target, daemon=True, name=f"lmwidget-run-{self.id}")
         register(self)
-        threads.start(self._thread, cpu=self.device.type == "cpu")
+        self._thread.start()
         if self._dashboard is not None:
             self._dashboard.kick()
         return self

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, pretrained, threads
+from . import checkpoint, pretrained
 from .callbacks import Callbacks
 from .config import TrainConfig
 from .control import ENDED
@@ -109,7 +109,7 @@ class Run(Steered, Source):
     def start(self) -> "Run":
         register(self)
         with self._lock:  # a save of the unstarted run is written before or after, never during
-            threads.start(self._thread, cpu=self.device.type == "cpu")
+            self._thread.start()
         if self._dashboard is not None:
             self._dashboard.kick()  # a view made before the start follows it from now
         return self

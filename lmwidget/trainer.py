@@ -24,7 +24,7 @@ from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_
 from .history import DRAIN_EVERY, History
 from .models import GenerateMixin, sample_tokens
 from .steering import Steered, Steering
-from .threads import cpu_threads
+from .system import usable_cpus
 
 SAMPLE_TOKENS = 200
 
@@ -56,6 +56,19 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     if config.schedule == "cosine":
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return config.min_lr_ratio ** progress  # exponential
+
+
+def cpu_threads(requested: int) -> int:
+    """Intra-op threads for a CPU training thread: `requested`, or one fewer than the CPUs.
+
+    A second OpenMP team beside the kernel's own oversubscribes the cores: on 2 CPUs, once
+    the main thread had run torch ops, a background loop on 2 threads ran 20-45% slower than
+    on 1, and collapsed (20 steps/s against 280) with JupyterLab and Chromium drawing on the
+    same machine.
+    """
+    if requested:
+        return requested
+    return max(1, usable_cpus() - 1)
 
 
 def resolve_device(name: str) -> torch.device:
