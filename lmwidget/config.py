@@ -177,7 +177,7 @@ def _check_choice(name, value, choices) -> None:
 # (flag, TrainConfig field, type, help); --steps is the one flag that is not the field's name
 OPTIONS = [
     ("--model", "model", str, "gpt or lstm"),
-    ("--data", "data", str, "builtin, shakespeare, or a path to a UTF-8 text file"),
+    ("--data", "data", str, "builtin, shakespeare, a path to a UTF-8 text file, or a token directory (python -m lmwidget.prepare)"),
     ("--tokenizer", "tokenizer", str, "char, word, bpe, or a tokenizer.json file or directory"),
     ("--vocab-size", "vocab_size", int, "word: most frequent kept; bpe: its size (0: 10000 / 1024)"),
     ("--steps", "max_steps", int, "optimizer steps to train"),
