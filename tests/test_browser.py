@@ -13,8 +13,8 @@ Tests:
   errors; in JupyterLab with comms over subshells on (default) and off
   (``@jupyterlab/apputils-extension:kernels-settings`` ``commsOverSubshells: "disabled"``),
   and in Notebook 7; on a generated notebook and on notebooks/01_quickstart.ipynb.
-* test_long_run_pause_latency_and_heap: 20,000 steps with the dashboard open; Pause takes
-  effect within 1 s; the page's JS heap stops growing once the run has ended.
+* test_long_run_pause_latency_and_heap: 20,000 steps with the dashboard open; five Pauses each
+  take effect within 1 s; the page's JS heap stops growing once the run has ended.
 * test_dashboard_drawn_before_data[0|1]: the charts still work when they are rendered
   before the first step, or with a single step.
 * test_health_panels: per-layer bars, resources, histograms, a divergence that pauses.
@@ -69,6 +69,7 @@ SCENARIO_CELLS = [
     f"run = %lmtrain {TINY} --steps 100000 --lr 3e-3",
 ]
 LONG_RUN_STEPS = 20_000
+LONG_RUN_PAUSES = 5  # clicks on Pause mid-run, each timed
 LONG_RUN_PAGE_SLOWDOWN = 4  # Chromium's CPU throttling of the page in the long run
 LONG_RUN_CELLS = [
     "%load_ext lmwidget",
@@ -624,23 +625,33 @@ def test_long_run_pause_latency_and_heap(opened):
             time.sleep(2.0)
         res["heap_mid"] = nb.heap_usage(cdp)
 
-        # pause mid-run: it must take effect within 1 s of the click, and the page show it
-        # within 1 s more than the longest redraw it handled lately (flow control leaves at
-        # most one redraw in its queue ahead of the status)
+        # pause mid-run, several times: each must take effect within 1 s of the click, and
+        # the page show it within 1 s more than the longest redraw it handled lately (flow
+        # control leaves at most one redraw in its queue ahead of the status)
         pause = page.locator(".lmwidget-pause").first
-        page_times = probe.eval("list(__lmw_run().dashboard.pacer.page_times)")
-        lat = click_pause_and_time(nb, probe, timeout=30)
-        res["pause_latency"], res["page_times_s"] = lat, page_times
-        k1 = probe.eval("[__lmw_run().state, __lmw_run().step]")
-        assert k1[0] == "paused"
-        time.sleep(0.3)
-        assert probe.eval("__lmw_run().step") == k1[1], "training went on after pause"
-        assert page_times, "the page acknowledged no redraw: no flow control"
-        assert lat["kernel_s"] < 1.0, f"pause took effect {lat['kernel_s']} s after the click"
-        assert lat["ui_s"] < 1.0 + max(page_times), f"the status read 'paused' {lat['ui_s']} s after the click: {lat}"
-        nb.screenshot("paused-mid-run", scroll_to=DASHBOARD)
-        pause.click()
-        wait_for(lambda: status_is(page, "running"), 5, message="running again")
+        res["pause_latency"], res["page_times_s"] = [], []
+        for i in range(LONG_RUN_PAUSES):
+            if i and probe.eval("__lmw_run().step") > 0.9 * LONG_RUN_STEPS:
+                break  # a fast machine: leave the run its end
+            page_times = probe.eval("list(__lmw_run().dashboard.pacer.page_times)")
+            lat = click_pause_and_time(nb, probe, timeout=30)
+            res["pause_latency"].append(lat)
+            res["page_times_s"].append(page_times)
+            k1 = probe.eval("[__lmw_run().state, __lmw_run().step]")
+            assert k1[0] == "paused"
+            time.sleep(0.3)
+            assert probe.eval("__lmw_run().step") == k1[1], "training went on after pause"
+            assert page_times, "the page acknowledged no redraw: no flow control"
+            assert lat["kernel_s"] < 1.0, f"pause {i} took effect {lat['kernel_s']} s after the click"
+            assert lat["ui_s"] < 1.0 + max(page_times), f"the status read 'paused' {lat['ui_s']} s after click {i}: {lat}"
+            if i == 0:
+                nb.screenshot("paused-mid-run", scroll_to=DASHBOARD)
+            pause.click()
+            wait_for(lambda: status_is(page, "running"), 5, message="running again")
+            time.sleep(2.0)  # the charts fill their queue again before the next click
+        for side in ("kernel_s", "ui_s"):
+            xs = sorted(lat[side] for lat in res["pause_latency"])
+            res[f"pause_{side}_median_max"] = [xs[len(xs) // 2], xs[-1]]
 
         # run to the end
         wait_for(lambda: status_is(page, "finished"), 400, interval=0.5, message="run to finish")
