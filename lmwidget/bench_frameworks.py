@@ -13,8 +13,7 @@ from torch.nn.utils import clip_grad_norm_
 from .config import TrainConfig
 from .data import Dataset
 from .models import build_model
-from . import threads
-from .threads import cpu_threads
+from .trainer import cpu_threads
 
 
 def _threaded(fn):
@@ -27,7 +26,7 @@ def _threaded(fn):
         out.append(fn())
 
     thread = threading.Thread(target=target)
-    threads.start(thread, cpu=not torch.cuda.is_available())
+    thread.start()
     thread.join()
     return out[0]
 

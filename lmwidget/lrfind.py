@@ -14,9 +14,7 @@ from .config import TrainConfig, check_lr
 from .data import Dataset
 from .hf import unwrap
 from . import pretrained
-from . import threads
-from .threads import cpu_threads
-from .trainer import make_optimizer, resolve_device
+from .trainer import cpu_threads, make_optimizer, resolve_device
 
 UPDATE_INTERVAL = 0.25  # s between chart redraws
 MIN_POINTS = 10         # smoothed points needed before anything is suggested
@@ -142,7 +140,7 @@ class LRFinder:
 
     def start_test(self) -> "LRFinder":
         _running.append(self)
-        threads.start(self._thread, cpu=self.device.type == "cpu")
+        self._thread.start()
         return self
 
     def stop(self) -> None:
