@@ -626,8 +626,11 @@ def test_long_run_pause_latency_and_heap(opened):
         res["heap_mid"] = nb.heap_usage(cdp)
 
         # pause mid-run, several times: each must take effect within 1 s of the click, and
-        # the page show it within 1 s more than the longest redraw it handled lately (flow
-        # control leaves at most one redraw in its queue ahead of the status)
+        # the page show it within 1 s of handling the redraws ahead of it. Flow control
+        # leaves at most one redraw in the page's queue ahead of the status, but the one in
+        # flight at the click may take longer than any before it (on a busy 2-core machine, a
+        # redraw took 3.3 s where the five before it took at most 1.9 s): the bound is 1 s
+        # more than the longest redraw the page handled, before the click or up to the pause
         pause = page.locator(".lmwidget-pause").first
         res["pause_latency"], res["page_times_s"] = [], []
         for i in range(LONG_RUN_PAUSES):
@@ -635,6 +638,8 @@ def test_long_run_pause_latency_and_heap(opened):
                 break  # a fast machine: leave the run its end
             page_times = probe.eval("list(__lmw_run().dashboard.pacer.page_times)")
             lat = click_pause_and_time(nb, probe, timeout=30)
+            time.sleep(0.5)  # the acknowledgement of the redraw in flight at the click
+            page_times = page_times + probe.eval("list(__lmw_run().dashboard.pacer.page_times)")
             res["pause_latency"].append(lat)
             res["page_times_s"].append(page_times)
             k1 = probe.eval("[__lmw_run().state, __lmw_run().step]")

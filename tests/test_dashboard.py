@@ -406,8 +406,8 @@ def test_a_diverging_run_warns_on_the_dashboard_and_marks_the_charts(tiny):
     assert "Lower the learning rate" in d.notice.value and "Resume" in d.notice.value
     wait_for(lambda: any(": anomaly" in label for label in d.charts["loss"].rules.labels), timeout=3)
     for chart in d.timelines:  # every chart over time carries the marker, its tooltip naming it
-        assert any(f"step {step}: anomaly" in label and "the update was skipped" in label
-                   for label in chart.rules.labels)
+        wait_for(lambda chart=chart: any(f"step {step}: anomaly" in label and "the update was skipped" in label
+                                         for label in chart.rules.labels), timeout=3)
     run.stop()
 
 
