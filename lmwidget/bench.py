@@ -25,7 +25,9 @@ from .config import TrainConfig
 from .data import Dataset
 from .models import GPT, build_model, count_params
 from .run import Run
-from .trainer import cpu_threads, make_optimizer, resolve_device
+from . import threads
+from .threads import cpu_threads
+from .trainer import make_optimizer, resolve_device
 
 # dense bf16 tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name()
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -71,16 +73,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def in_thread(threads: int, fn, *args):
-    """fn(*args) in a new thread using `threads` intra-op threads, as lmwidget trains."""
+def in_thread(n_threads: int, fn, *args):
+    """fn(*args) in a new thread using `n_threads` intra-op threads, started as lmwidget starts
+    its training thread."""
     out = []
 
     def target():
-        torch.set_num_threads(threads)
+        torch.set_num_threads(n_threads)
         out.append(fn(*args))
 
     thread = threading.Thread(target=target)
-    thread.start()
+    threads.start(thread, cpu=True)
     thread.join()
     return out[0]
 
@@ -228,10 +231,12 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
     torch.manual_seed(config.seed)
     init_state = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
                              config.n_head, config.n_embd, config.dropout).state_dict()
-    threads = cpu_threads(config.threads) if device.type == "cpu" else torch.get_num_threads()
+    n_threads = cpu_threads(config.threads) if device.type == "cpu" else torch.get_num_threads()
+    if device.type == "cpu":  # B on A's thread count: the ratio is lmwidget's own cost (the
+        config = dataclasses.replace(config, threads=n_threads)  # tuner: benchmarks/in_kernel.py)
     a, a_main, b, ui_cpu, ui_rate, update_bytes, msg_bytes = [], [], [], [], [], [], []
     for _ in range(rounds):  # interleaved: A, A on the main thread, B, A, ...
-        a.append(in_thread(threads, bare_loop, config, dataset, init_state, steps, warmup))
+        a.append(in_thread(n_threads, bare_loop, config, dataset, init_state, steps, warmup))
         a_main.append(bare_loop(config, dataset, init_state, steps, warmup))
         del CountingComm.log[:]
         run, dashboard, tps, cpu_share, rate, sizes = lmwidget_loop(config, dataset, init_state,
@@ -245,7 +250,7 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
     model = run.model
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "training_threads": threads,
+        "torch": torch.__version__, "training_threads": n_threads,
         "main_thread_threads": torch.get_num_threads(),
         "model": config.model, "params": count_params(model), "batch_size": config.batch_size,
         "block_size": config.block_size, "dtype": config.dtype, "compile": config.compile,

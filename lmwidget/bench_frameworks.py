@@ -13,7 +13,8 @@ from torch.nn.utils import clip_grad_norm_
 from .config import TrainConfig
 from .data import Dataset
 from .models import build_model
-from .trainer import cpu_threads
+from . import threads
+from .threads import cpu_threads
 
 
 def _threaded(fn):
@@ -26,7 +27,7 @@ def _threaded(fn):
         out.append(fn())
 
     thread = threading.Thread(target=target)
-    thread.start()
+    threads.start(thread, cpu=not torch.cuda.is_available())
     thread.join()
     return out[0]
 

@@ -46,8 +46,8 @@ class TrainConfig:
     val_fraction: float = 0.1    # the tail of the corpus held out for validation
     seed: int = 1337             # the same seed gives the same loss curve on CPU
     device: str = "auto"         # "auto" picks cuda when available, else cpu
-    threads: int = 0             # CPU threads of the training step (the kernel keeps its own);
-                                 # 0: one fewer than the CPUs, so the kernel and browser keep a core
+    threads: int = 0             # CPU threads of the training step; 0: every usable CPU or one
+                                 # fewer, whichever trains faster now (threads.ThreadTuner)
     dtype: str = "float32"       # "bfloat16": autocast forward passes to bf16 (tensor cores on GPUs)
     compile: bool = False        # torch.compile the model: faster steps after a slow first one
     n_layer: int = 2             # the defaults learn visibly within a minute on 2 CPU cores
@@ -197,7 +197,7 @@ OPTIONS = [
     ("--val-fraction", "val_fraction", float, "fraction of the corpus held out"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
-    ("--threads", "threads", int, "CPU threads for training (0: one fewer than the CPUs)"),
+    ("--threads", "threads", int, "CPU threads for training (0: every CPU or one fewer, whichever is faster)"),
     ("--dtype", "dtype", str, "float32, or bfloat16 for bf16 autocast"),
     ("--n-layer", "n_layer", int, "layers"),
     ("--n-head", "n_head", int, "attention heads (GPT)"),

@@ -17,7 +17,8 @@ from .health import GradNorms, histogram, nonfinite_cause
 from .history import DRAIN_EVERY
 from .source import Source, register
 from .steering import Steered, Steering, base_lr, scale_lr, unwrapped
-from .system import usable_cpus
+from . import threads
+from .threads import ThreadTuner, cpu_threads
 
 
 class StopTraining(Exception):
@@ -103,6 +104,7 @@ class Loop(Steered, Source):
         self._histogram_of = None
         self._began = False
         self._thread = None
+        self._tuner = None        # times the CPU threads of the thread start() made
         self._loop_thread = None  # the thread that ticks
         self._t_last = None
         self.record.add_listener(self._check_finite)
@@ -145,6 +147,12 @@ class Loop(Steered, Source):
         return next(self.model.parameters()).device
 
     @property
+    def threads(self) -> int | None:
+        """The CPU intra-op threads of the thread start() made (timed: every CPU or one
+        fewer); None for a loop on your own thread, or on an accelerator."""
+        return self._tuner.threads if self._tuner is not None else None
+
+    @property
     def started(self) -> bool:
         return self._began
 
@@ -179,6 +187,8 @@ class Loop(Steered, Source):
             raise StopTraining(f"{self.name} was stopped at step {self.step}: tick() returned False "
                                f"then, and the loop should have ended")
         dt = float("nan") if first else now - self._t_last  # the whole step: yours and the optimizer's
+        if self._tuner is not None and threading.current_thread() is self._thread:
+            self._tuner.tick(now)
         if not self.steering.boundary():  # requests, pause; False: stopped
             return False
         grad_norm, layers = self.measure()
@@ -322,8 +332,8 @@ class Loop(Steered, Source):
             raise TypeError(f"start() takes your loop as a function; got {type(fn).__name__}")
 
         def target():
-            if self.device.type == "cpu":
-                torch.set_num_threads(max(1, usable_cpus() - 1))  # this thread's only; see trainer.cpu_threads
+            if self.device.type == "cpu":  # this thread's only: every CPU or one fewer, timed
+                self._tuner = ThreadTuner(cpu_threads(0))
             try:
                 fn(*args, **kwargs)
             except StopTraining:
@@ -335,7 +345,7 @@ class Loop(Steered, Source):
 
         self._thread = threading.Thread(target=target, daemon=True, name=f"lmwidget-run-{self.id}")
         register(self)
-        self._thread.start()
+        threads.start(self._thread, cpu=self.device.type == "cpu")
         if self._dashboard is not None:
             self._dashboard.kick()
         return self

@@ -14,7 +14,9 @@ from .config import TrainConfig, check_lr
 from .data import Dataset
 from .hf import unwrap
 from . import pretrained
-from .trainer import cpu_threads, make_optimizer, resolve_device
+from . import threads
+from .threads import cpu_threads
+from .trainer import make_optimizer, resolve_device
 
 UPDATE_INTERVAL = 0.25  # s between chart redraws
 MIN_POINTS = 10         # smoothed points needed before anything is suggested
@@ -140,7 +142,7 @@ class LRFinder:
 
     def start_test(self) -> "LRFinder":
         _running.append(self)
-        self._thread.start()
+        threads.start(self._thread, cpu=self.device.type == "cpu")
         return self
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, pretrained
+from . import checkpoint, pretrained, threads
 from .callbacks import Callbacks
 from .config import TrainConfig
 from .control import ENDED
@@ -109,7 +109,7 @@ class Run(Steered, Source):
     def start(self) -> "Run":
         register(self)
         with self._lock:  # a save of the unstarted run is written before or after, never during
-            self._thread.start()
+            threads.start(self._thread, cpu=self.device.type == "cpu")
         if self._dashboard is not None:
             self._dashboard.kick()  # a view made before the start follows it from now
         return self
@@ -159,6 +159,12 @@ class Run(Steered, Source):
     @property
     def max_steps(self) -> int:
         return self.config.max_steps
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU intra-op threads the training step uses now: `threads=`, or what the thread
+        tuner settled on; None before the start and on an accelerator."""
+        return self._trainer.threads
 
     @property
     def lr(self) -> float:

@@ -24,7 +24,7 @@ from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_
 from .history import DRAIN_EVERY, History
 from .models import GenerateMixin, sample_tokens
 from .steering import Steered, Steering
-from .system import usable_cpus
+from .threads import ThreadTuner, cpu_threads
 
 SAMPLE_TOKENS = 200
 
@@ -56,19 +56,6 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     if config.schedule == "cosine":
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return config.min_lr_ratio ** progress  # exponential
-
-
-def cpu_threads(requested: int) -> int:
-    """Intra-op threads for a CPU training thread: `requested`, or one fewer than the CPUs.
-
-    A second OpenMP team beside the kernel's own oversubscribes the cores: on 2 CPUs, once
-    the main thread had run torch ops, a background loop on 2 threads ran 20-45% slower than
-    on 1, and collapsed (20 steps/s against 280) with JupyterLab and Chromium drawing on the
-    same machine.
-    """
-    if requested:
-        return requested
-    return max(1, usable_cpus() - 1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +108,7 @@ class Trainer(Steered):
         self.steering = _Boundary(self)
         self.error: BaseException | None = None
         self.started = self.ended = None  # time.time() stamps
+        self.threads = None    # the CPU intra-op threads the step uses now (None on a GPU)
         bpt = getattr(self.data, "bytes_per_token", None)  # a user's dataset may not know its bytes
         self._bits_per_nat_token = None if not bpt else {
             split: 1 / (math.log(2) * n) for split, n in bpt.items()}
@@ -218,8 +206,13 @@ class Trainer(Steered):
     def run(self) -> None:
         self.started = time.time()
         self.history.start_clock(self.clock0)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(self.config.threads))  # this thread's only
+        tuner = None
+        if self.device.type == "cpu" and self.config.threads:
+            torch.set_num_threads(self.config.threads)  # this thread's only
+            self.threads = self.config.threads
+        elif self.device.type == "cpu":  # every CPU or one fewer, whichever trains faster now
+            tuner = ThreadTuner(cpu_threads(0))
+            self.threads = tuner.threads
         # dropout draws from torch's global RNG: seed it as the run starts, like nanoGPT
         # (the curve then repeats unless other code draws from that RNG during the run); a
         # resumed run goes on from the saved states
@@ -236,6 +229,9 @@ class Trainer(Steered):
             self._restore_callbacks()
             while self.step < self.config.max_steps and self.steering.boundary():
                 self._train_step()
+                if tuner is not None:
+                    tuner.tick(time.perf_counter())
+                    self.threads = tuner.threads
             for bad in self.guard.poll(wait=True):  # the last steps' checks (on a GPU)
                 self._nonfinite(*bad)
             self._rng = _global_rng(self.device)  # what a save from now on continues from

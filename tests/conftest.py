@@ -14,7 +14,7 @@ from .pace import scaled, slowdown
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 # ~1 ms per step on 2 CPU cores, still a real GPT
-TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=50,
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=50, threads=1,
             eval_iters=2)
 
 
