@@ -72,23 +72,27 @@ def test_the_lmwidget_loop_reports_its_dashboard_traffic():
 
 @pytest.mark.slow
 def test_the_benchmark_command_prints_its_report_and_holds_a_loose_ratio():
-    """The report's figures. Speed targets belong to the benchmark, not to a test on a machine
-    of unknown load: the ratio is held only to a tripwire (best round >= 0.5) that a collapse
-    of the training thread would trip.
+    """The report's figures, the headline first. Speed targets belong to the benchmark, not to
+    a test on a machine of unknown load: the ratios are held only to a tripwire (best round
+    >= 0.5) that a collapse of the training thread would trip (0.07 was seen once, with two
+    OpenMP teams on 2 CPUs and a page drawing).
 
     On the default GPT, whose rounds last ~2 s: with a tiny model a round lasts a fraction
-    of a second and the ratio is noise (best rounds seen from 0.88 to 0.99).
+    of a second and the ratio is noise.
     """
     code = ("import json, lmwidget.bench as b; r = b.benchmark(rounds=4, steps=150, warmup=20, frameworks=False); "
             "print(json.dumps(r))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(600))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
+    assert next(iter(report)) == "ratio_to_main_thread"
+    assert report["lmwidget_threads"] in (report["bare_thread_threads"], report["bare_thread_threads"] - 1)
     for key in ("tokens_per_sec_bare", "tokens_per_sec_lmwidget", "ratio", "ui_updates_per_sec",
+                "tokens_per_sec_bare_main_thread", "best_ratio_to_main_thread",
                 "chart_update_bytes", "widget_bytes_per_1000_steps", "control_latency",
                 "history_bytes_per_step", "dashboard_cpu_share_of_one_core", "scaling"):
         assert key in report
-    assert report["best_ratio"] >= 0.5, report
+    assert report["best_ratio"] >= 0.5 and report["best_ratio_to_main_thread"] >= 0.5, report
     assert report["chart_update_bytes"]["max"] <= 64 * 1024
     latency = report["control_latency"]
     step_ms = report["step_time_ms"]
