@@ -233,17 +233,21 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
                              config.n_head, config.n_embd, config.dropout).state_dict()
     n_threads = cpu_threads(config.threads) if device.type == "cpu" else torch.get_num_threads()
     a, a_main, b, ui_cpu, ui_rate, update_bytes, msg_bytes = [], [], [], [], [], [], []
-    for _ in range(rounds):  # interleaved: A on the main thread, A in a thread, B, ...
-        a_main.append(bare_loop(config, dataset, init_state, steps, warmup))
-        a.append(in_thread(n_threads, bare_loop, config, dataset, init_state, steps, warmup))
-        del CountingComm.log[:]
-        run, dashboard, tps, cpu_share, rate, sizes = lmwidget_loop(config, dataset, init_state,
-                                                                    steps, warmup)
-        b.append(tps)
-        ui_cpu.append(cpu_share)
-        ui_rate.append(rate)
-        update_bytes += sizes
-        msg_bytes.append(sum(size for _, size in CountingComm.log) * 1000 / run.step)
+    for r in range(rounds):  # interleaved, in turn forwards and backwards: A main, A, B, B, A, A main, ...
+        for side in ("main", "thread", "lmwidget")[::1 if r % 2 == 0 else -1]:
+            if side == "main":
+                a_main.append(bare_loop(config, dataset, init_state, steps, warmup))
+            elif side == "thread":
+                a.append(in_thread(n_threads, bare_loop, config, dataset, init_state, steps, warmup))
+            else:
+                del CountingComm.log[:]
+                run, dashboard, tps, cpu_share, rate, sizes = lmwidget_loop(config, dataset, init_state,
+                                                                            steps, warmup)
+                b.append(tps)
+                ui_cpu.append(cpu_share)
+                ui_rate.append(rate)
+                update_bytes += sizes
+                msg_bytes.append(sum(size for _, size in CountingComm.log) * 1000 / run.step)
     history = run.record
     model = run.model
     report = {

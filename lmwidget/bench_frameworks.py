@@ -127,19 +127,20 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> float:
 
 def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: TrainConfig,
             dataset: Dataset, init_state: dict) -> dict:
-    """Both comparisons, interleaved round by round (bare, steered, bare, ...)."""
+    """Both comparisons, interleaved round by round, in turn bare first and steered first
+    (bare, steered, steered, bare, ...), so a machine that drifts favours neither side."""
     own = {"bare": [], "lmwidget": []}
     hf = {"bare": [], "lmwidget": []}
     try:
         import transformers  # noqa: F401
     except ImportError:
         hf = None
-    for _ in range(rounds):
-        own["bare"].append(own_loop(config, dataset, init_state, own_steps, warmup, steered=False))
-        own["lmwidget"].append(own_loop(config, dataset, init_state, own_steps, warmup, steered=True))
-        if hf is not None:
-            hf["bare"].append(hf_trainer(hf_steps, warmup, steered=False))
-            hf["lmwidget"].append(hf_trainer(hf_steps, warmup, steered=True))
+    for r in range(rounds):
+        for steered in (False, True) if r % 2 == 0 else (True, False):
+            side = "lmwidget" if steered else "bare"
+            own[side].append(own_loop(config, dataset, init_state, own_steps, warmup, steered=steered))
+            if hf is not None:
+                hf[side].append(hf_trainer(hf_steps, warmup, steered=steered))
     report = {"own_loop": _ratio(own)}
     report["hf_trainer"] = _ratio(hf) if hf is not None else "transformers is not installed"
     return report
