@@ -128,7 +128,7 @@ def main() -> None:
         try:
             startup = ast.literal_eval(k.run(STARTUP).strip().splitlines()[-1])
             k.run(SETUP)
-            plain, lmw, cell_ms = [], [], []
+            plain, lmw, cell_ms, lmw_threads = [], [], [], []
             for _ in range(args.rounds):  # interleaved: plain, lmwidget, plain, ...
                 plain.append(k.value(f"plain_loop({args.seconds})"))
                 k.run(START)
@@ -137,6 +137,7 @@ def main() -> None:
                 t0, s0 = time.perf_counter(), k.value("run.step")
                 time.sleep(args.seconds)  # the kernel's main thread is idle, as between cells
                 s1, t1 = k.value("run.step"), time.perf_counter()
+                lmw_threads.append(k.value("run.threads"))
                 c0 = time.perf_counter()  # the kernel stays responsive: a cell runs meanwhile
                 k.run("sum(range(100_000))")
                 cell_ms.append(1e3 * (time.perf_counter() - c0))
@@ -151,6 +152,7 @@ def main() -> None:
     report = {**info, "startup": startup, "rounds": args.rounds, "seconds": args.seconds,
               "plain_loop_tokens_per_sec": [round(v) for v in plain],
               "lmwidget_tokens_per_sec": [round(v) for v in lmw],
+              "lmwidget_threads_at_round_end": lmw_threads,
               "ratio": round(statistics.median(lmw) / statistics.median(plain), 3),
               "ratios_per_round": [round(b / a, 3) for a, b in zip(plain, lmw)],
               "a_cell_while_training_ms": [round(v, 1) for v in cell_ms]}

@@ -47,7 +47,8 @@ class TrainConfig:
     seed: int = 1337             # the same seed gives the same loss curve on CPU
     device: str = "auto"         # "auto" picks cuda when available, else cpu
     threads: int = 0             # CPU threads of the training step; 0: every usable CPU or one
-                                 # fewer, whichever trains faster now (threads.ThreadTuner)
+                                 # fewer, whichever trains faster now, and one fewer while other
+                                 # work wants a CPU (threads.ThreadTuner)
     dtype: str = "float32"       # "bfloat16": autocast forward passes to bf16 (tensor cores on GPUs)
     compile: bool = False        # torch.compile the model: faster steps after a slow first one
     n_layer: int = 2             # the defaults learn visibly within a minute on 2 CPU cores

@@ -187,8 +187,6 @@ class Loop(Steered, Source):
             raise StopTraining(f"{self.name} was stopped at step {self.step}: tick() returned False "
                                f"then, and the loop should have ended")
         dt = float("nan") if first else now - self._t_last  # the whole step: yours and the optimizer's
-        if self._tuner is not None and threading.current_thread() is self._thread:
-            self._tuner.tick(now)
         if not self.steering.boundary():  # requests, pause; False: stopped
             return False
         grad_norm, layers = self.measure()
@@ -197,7 +195,10 @@ class Loop(Steered, Source):
         return True
 
     def push(self, loss, grad_norm, layers, lr, tokens, dt: float) -> None:
-        """Record one optimizer step (its values may be device tensors: nothing is read)."""
+        """Record one optimizer step (its values may be device tensors: nothing is read).
+        Every way of training records its steps here: the thread tuner times them here too."""
+        if self._tuner is not None and threading.current_thread() is self._thread:
+            self._tuner.tick(time.perf_counter())
         step = self.step + 1
         tokens = self.tokens_per_step if tokens is None else tokens
         self.tokens_seen += tokens or 0

@@ -7,6 +7,7 @@ import ctypes
 import os
 import statistics
 import threading
+import time
 from pathlib import Path
 
 from .system import usable_cpus
@@ -80,36 +81,108 @@ def start(thread: threading.Thread, cpu: bool) -> None:
     thread.start()
 
 
+class OtherLoad:
+    """The CPUs' worth of work that is not this run's training, measured between calls to
+    `sample()`: other processes on the CPUs this process may run on (a browser drawing the
+    page, a second job), plus this process's main thread (a cell running, the kernel's
+    messages, the dashboard's redraws). Read from /proc: None where there is no /proc.
+
+    The training thread calls it; the threads of the training team are what is left out."""
+
+    def __init__(self):
+        self._cpus = {f"cpu{c}" for c in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        main = threading.main_thread()
+        self._main_clock = None
+        if threading.current_thread() is not main and hasattr(time, "pthread_getcpuclockid"):
+            try:
+                self._main_clock = time.pthread_getcpuclockid(main.ident)
+            except OSError:
+                pass
+        self._last = self._read()
+
+    def _busy(self) -> float | None:
+        """CPU seconds spent, since boot, on this process's CPUs (idle and iowait left out)."""
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            name, _, rest = line.partition(" ")
+            if name.startswith("cpu") and name != "cpu" and (self._cpus is None or name in self._cpus):
+                ticks = [int(v) for v in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+                busy += sum(ticks) - ticks[3] - ticks[4]
+        return busy / self._hz
+
+    def _read(self):
+        busy = self._busy()
+        if busy is None:
+            return None
+        process = os.times()
+        main = time.clock_gettime(self._main_clock) if self._main_clock is not None else 0.0
+        return time.monotonic(), busy, process.user + process.system, main
+
+    def sample(self) -> float | None:
+        """The CPUs' worth of other work since the last call (0.5: half a CPU), or None."""
+        now, last = self._read(), self._last
+        if now is None or last is None:
+            return None
+        self._last = now
+        wall = now[0] - last[0]
+        if wall <= 0:
+            return None
+        others = (now[1] - last[1]) - (now[2] - last[2]) + (now[3] - last[3])
+        return max(0.0, others / wall)
+
+
 class ThreadTuner:
-    """Chooses a CPU training thread's intra-op threads by timing its own steps: every usable
-    CPU, or one fewer, whichever is faster now. Re-checked from time to time, since what else
-    runs on the machine changes the answer: on 2 CPUs with a page drawing at full speed, a
-    tiny model's steps took 6 times as long on 2 threads as on 1 (a worker waiting for its
-    turn on a core), while on an idle machine 2 threads are faster.
+    """Chooses a CPU training thread's intra-op threads: every usable CPU while nothing else
+    wants one, else one fewer, timed by its own steps and checked again from time to time.
+
+    An OpenMP team as large as the CPUs waits at every parallel region for the worker that
+    lost its core to anything else: on 2 CPUs with a page drawing at full speed, a tiny
+    model's steps took 6 times as long on 2 threads as on 1, and the page and the kernel's
+    replies waited too. So the larger team is used only while the rest of the machine (other
+    processes, and the kernel's main thread) uses less than `BUSY` of a CPU (OtherLoad,
+    sampled every `SAMPLE` s); the moment it uses more, training steps aside to one fewer,
+    and returns `CALM` s after it stops. On an idle machine the two are timed (12 steps
+    each) and the faster kept, re-checked every 30 s.
 
     `tick()` is called by the training thread once per step."""
 
     SETTLE = 2        # steps after a change that are not timed (the team is rebuilt)
     TRIAL = 12        # steps timed for each choice: their median
     RECHECK = 30.0    # s between checks at least, and 20 times what a check cost
+    SAMPLE = 1.0      # s between readings of the other load
+    BUSY = 0.25       # CPUs of other work above which the larger team steps aside
+    CALM = 5.0        # s of less other work before it comes back
 
-    def __init__(self, cpus: int):
+    def __init__(self, cpus: int, load: OtherLoad | None = None):
         import torch
 
         self._set = torch.set_num_threads
         self.choices = [cpus, cpus - 1] if cpus > 1 else [cpus]
         self.threads = self.choices[0]
         self.step_times: dict[int, float] = {}  # the last median step time of each choice
+        self.busy_since: float | None = None  # when other work last went above BUSY
+        self.other_load: float | None = None  # the last reading, in CPUs
+        self._load = (load or OtherLoad()) if len(self.choices) > 1 else None
         self._todo = list(self.choices) if len(self.choices) > 1 else []
         self._times: list[float] = []
         self._last = self._check_started = None
-        self._next_check = 0.0
+        self._next_check = self._next_sample = 0.0
         self._set(self.threads)
 
     def tick(self, now: float) -> None:
         last, self._last = self._last, now
         if last is None or len(self.choices) == 1:
             self._check_started = now
+            self._next_sample = now + self.SAMPLE
+            return
+        if now >= self._next_sample and self._sample(now):
+            return
+        if self.busy_since is not None:  # others want a CPU: one fewer, nothing timed
             return
         if not self._todo:
             if now >= self._next_check:  # time the current choice, then the other
@@ -127,6 +200,27 @@ class ThreadTuner:
         else:
             self._use(best)
             self._next_check = now + max(self.RECHECK, 20 * (now - self._check_started))
+
+    def _sample(self, now: float) -> bool:
+        """Reads the other load; True when this tick steps aside or comes back."""
+        self._next_sample = now + self.SAMPLE
+        self.other_load = self._load.sample()
+        if self.other_load is None:
+            return False
+        if self.other_load > self.BUSY:
+            stepping_aside = self.busy_since is None
+            self.busy_since = now
+            if stepping_aside:
+                self._todo, self._times = [], []  # a timing made now would time the others
+                self._use(self.choices[-1])
+            return stepping_aside
+        if self.busy_since is not None and now - self.busy_since >= self.CALM:
+            self.busy_since = None
+            if self.step_times:
+                self._use(min(self.step_times, key=self.step_times.get))
+            self._next_check = 0.0 if len(self.step_times) < len(self.choices) else self._next_check
+            return True
+        return False
 
     def _use(self, threads: int) -> None:
         if threads != self.threads:

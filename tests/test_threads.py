@@ -89,6 +89,14 @@ print(json.dumps(training - idle))
     assert extra == extra_without_workers, (extra, extra_without_workers)
 
 
+class Load:
+    """A stand-in for OtherLoad: the CPUs of other work that the next sample reads."""
+
+    def __init__(self, cpus=0.0):
+        self.cpus = cpus
+
+    def sample(self):
+        return self.cpus
 
 
 def test_the_tuner_keeps_the_faster_thread_count_and_checks_again(monkeypatch):
@@ -96,7 +104,7 @@ def test_the_tuner_keeps_the_faster_thread_count_and_checks_again(monkeypatch):
 
     set_to = []
     monkeypatch.setattr(torch, "set_num_threads", set_to.append)
-    tuner = threads.ThreadTuner(2)
+    tuner = threads.ThreadTuner(2, Load(0.0))
     assert tuner.threads == 2 and set_to == [2]
     step_time = {2: 0.010, 1: 0.004}  # a busy machine: one fewer thread is faster
     t = 0.0
@@ -115,6 +123,86 @@ def test_the_tuner_keeps_the_faster_thread_count_and_checks_again(monkeypatch):
     assert threads.ThreadTuner(1).choices == [1]  # one CPU: nothing to choose
 
 
+def test_the_larger_team_steps_aside_while_other_work_wants_a_cpu(monkeypatch):
+    """A page drawing, another process or a cell on the kernel's main thread: training drops
+    to one fewer thread within a sample, times nothing meanwhile, and comes back CALM s after."""
+    import torch
+
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    load = Load(0.0)
+    tuner = threads.ThreadTuner(2, load)
+    step_time = {2: 0.002, 1: 0.004}  # idle: 2 threads are faster
+    t = 0.0
+
+    def steps(seconds):
+        nonlocal t
+        end = t + seconds
+        while t < end:
+            t += step_time[tuner.threads]
+            tuner.tick(t)
+
+    steps(1.0)
+    assert tuner.threads == 2 and tuner.step_times == pytest.approx({2: 0.002, 1: 0.004})
+    load.cpus = 0.6  # a browser redraws the dashboard
+    steps(threads.ThreadTuner.SAMPLE + 0.01)
+    assert tuner.threads == 1 and tuner.busy_since is not None and tuner.other_load == 0.6
+    steps(60.0)  # past a re-check: still one fewer while the load lasts, and nothing timed
+    assert tuner.threads == 1 and tuner.step_times == pytest.approx({2: 0.002, 1: 0.004})
+    load.cpus = 0.05
+    steps(threads.ThreadTuner.CALM - threads.ThreadTuner.SAMPLE - 0.1)
+    assert tuner.threads == 1  # not yet: the load must stay low for CALM s
+    steps(2 * threads.ThreadTuner.SAMPLE)
+    assert tuner.threads == 2 and tuner.busy_since is None
+    assert set_to[:5] == [2, 1, 2, 1, 2]  # then the re-check that fell due meanwhile times both
+
+
+def test_other_load_counts_other_processes_and_the_main_thread_not_the_training_team():
+    """Read from /proc, over real work: a process spinning beside this one, then this process's
+    main thread spinning, then only the sampling thread's own busy team."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import torch
+
+    two_cpus()
+    readings = {}
+
+    def spin(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    def training_thread():
+        load = threads.OtherLoad()
+        load.sample()
+        time.sleep(1.0)  # the main thread spins meanwhile
+        readings["main"] = load.sample()
+        spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 1.5\n"
+                                    "while time.monotonic() < end: pass"])
+        time.sleep(0.3)  # the child has started spinning
+        load.sample()
+        time.sleep(1.0)
+        readings["process"] = load.sample()
+        spinner.wait()
+        a = torch.randn(256, 256)
+        load.sample()
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # this thread's own team, busy
+            a = torch.tanh(a @ a)
+        readings["own"] = load.sample()
+
+    worker = threading.Thread(target=training_thread)
+    worker.start()
+    spin(1.0)
+    worker.join()
+    assert readings["main"] > 0.6, readings
+    assert readings["process"] > 0.6, readings
+    assert readings["own"] < 0.25, readings
+
+
 def test_a_run_reports_the_threads_it_trains_on():
     fixed = lmwidget.train(display=False, max_steps=5, **TINY)  # TINY fixes threads=1
     assert fixed.threads is None or fixed.threads == 1  # None only before the thread starts
@@ -126,13 +214,52 @@ def test_a_run_reports_the_threads_it_trains_on():
     assert tuned.threads in {cpus, max(1, cpus - 1)}
 
 
-def test_your_own_loop_in_a_background_thread_is_timed_too():
-    model, optimizer, scheduler, train = own_loop(40)
-    run = lmwidget.steer(model, optimizer, scheduler, display=False, tokens_per_step=8 * 32)
-    train.run = run
-    assert run.threads is None  # not started: your own thread is yours
-    run.start(train)
-    assert run.wait(timeout=scaled(60))
+class CountingTuner(threads.ThreadTuner):
+    ticks = []
+
+    def tick(self, now):
+        CountingTuner.ticks.append(now)
+        super().tick(now)
+
+
+def timed_steps(monkeypatch, start):
+    """How many steps the tuner of the run `start()` returns timed, once it has ended."""
+    CountingTuner.ticks = []
+    monkeypatch.setattr(lmwidget.loop, "ThreadTuner", CountingTuner)
+    run = start()
+    assert run.wait(timeout=scaled(120)) and run.state == "finished", run.error
     cpus = threads.cpu_threads(0)
     assert run.threads in {cpus, max(1, cpus - 1)}
+    return run, len(CountingTuner.ticks)
 
+
+def test_your_own_loop_in_a_background_thread_is_timed_too(monkeypatch):
+    model, optimizer, scheduler, train = own_loop(40)
+
+    def start():
+        run = lmwidget.steer(model, optimizer, scheduler, display=False, tokens_per_step=8 * 32)
+        train.run = run
+        assert run.threads is None  # not started: your own thread is yours
+        return run.start(train)
+
+    run, ticks = timed_steps(monkeypatch, start)
+    assert ticks == run.step == 40
+
+
+def test_the_hugging_face_trainer_in_a_background_thread_is_timed(monkeypatch, tmp_path):
+    """Each framework records its steps its own way; every one of them is timed (the Trainer's
+    and Lightning's runs once trained on every CPU whatever else the machine ran)."""
+    pytest.importorskip("transformers")
+    from .frameworks import hf_trainer
+
+    run, ticks = timed_steps(monkeypatch, lambda: lmwidget.fit(hf_trainer(tmp_path, max_steps=30), display=False))
+    assert ticks == run.step == 30
+
+
+def test_a_lightning_fit_in_a_background_thread_is_timed(monkeypatch):
+    pytest.importorskip("lightning")
+    from .frameworks import lightning_setup
+
+    module, trainer, train, val = lightning_setup(max_steps=30)
+    run, ticks = timed_steps(monkeypatch, lambda: lmwidget.fit(trainer, module, train, val, display=False))
+    assert ticks == run.step == 30
