@@ -7,6 +7,15 @@ import weakref
 
 STATES = ("running", "paused", "stopped", "finished", "failed")
 ENDED = ("stopped", "finished", "failed")
+# the controls that act only on a loop still training, and what each would have done
+LIVE_ONLY = {"pause": "pause or resume", "stop": "stop", "lr": "change its learning rate",
+             "grad_clip": "change its clip norm"}
+
+
+def ended_refusal(name: str, state: str, step: int, control: str) -> str:
+    """Why `control` cannot act on a run that has ended."""
+    return (f"{name} has ended ({state} at step {step}): it cannot {LIVE_ONLY[control]} any more; "
+            f"sample, save, histograms and exports still work")
 
 
 class Control:

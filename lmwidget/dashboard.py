@@ -15,7 +15,7 @@ import numpy as np
 
 from .charts import Chart, view_bundle
 from .compare import labels_for
-from .control import ENDED
+from .control import ENDED, LIVE_ONLY
 from .frontends import prepare, track_cells
 from .pacing import Pacer
 from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
@@ -409,6 +409,11 @@ class Dashboard(w.VBox):
             self.progress.bar_style = BAR_STYLES[state]
         self.pause_button.description = "Resume" if paused else "Pause"
         self.pause_button.icon = "play" if paused else "pause"
+        if state in ENDED:  # what acts only on a loop still training says why it cannot
+            for control in LIVE_ONLY:
+                if control not in run.unsupported:
+                    self._controls[control].disabled = True
+                    self._controls[control].tooltip = f"the run has {state}: it cannot {LIVE_ONLY[control]} any more"
         # show a value applied elsewhere (code, a policy) once; a user's edit in flight stays
         if lr != self._drawn_lr and math.isfinite(lr) and lr > 0:
             self._drawn_lr = lr
@@ -420,7 +425,8 @@ class Dashboard(w.VBox):
             self._drawn_clip = clip
             self.clip_input.value = clip
         tps = run.record.last("tokens_per_sec")
-        self.speed.value = f"{tps:,.0f} tokens/s" if math.isfinite(tps) else ""
+        self.speed.value = (f"{tps:,.0f} tokens/s" if math.isfinite(tps) and state == "running"
+                            else "— tokens/s" if math.isfinite(tps) else "")
         t0, s0, rate = self._rate
         now = time.monotonic()
         if state == "running" and now - t0 >= 1.0:

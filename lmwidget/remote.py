@@ -292,15 +292,18 @@ class RemoteRun(Source):
         return self._call(kind, body)
 
     def pause(self) -> None:
-        self.control.pause()
-        self._send("pause")
+        if not self._past("pause"):
+            self.control.pause()
+            self._send("pause")
 
     def resume(self) -> None:
-        self.control.resume()
-        self._send("resume")
+        if not self._past("pause"):
+            self.control.resume()
+            self._send("resume")
 
     def stop(self, note: str = "") -> None:
-        self._send("stop", {"note": str(note)})
+        if not self._past("stop"):
+            self._send("stop", {"note": str(note)})
 
     def _request(self, kind: str, value=None, note: str = "") -> None:
         """set_lr, set_grad_clip, request_sample, request_histogram, evaluate: sent to the job."""

@@ -11,7 +11,7 @@ import warnings
 import torch
 
 from .config import check_grad_clip, check_lr
-from .control import ENDED, Control
+from .control import ENDED, LIVE_ONLY, Control, ended_refusal
 from .history import History
 
 # what a source may be asked to do; a view shows each one a source cannot do disabled
@@ -115,8 +115,8 @@ class Source:
 
     @property
     def paused(self) -> bool:
-        """Paused, or asked to pause (the Pause button reads "Resume")."""
-        return self.control.paused
+        """Paused, or asked to pause (the Pause button reads "Resume"); never once ended."""
+        return self.control.paused and not self.ended
 
     @property
     def self_paused(self) -> bool:
@@ -222,22 +222,35 @@ class Source:
         return control not in self.unsupported
 
     def _check(self, control: str) -> None:
-        """Refuse a control this source cannot carry out, saying why."""
+        """Refuse a control this source cannot carry out, or one that acts only on a loop
+        still training once the run has ended, saying why."""
         if control in self.unsupported:
             raise NotImplementedError(f"{self.name} cannot {control}: {self.unsupported[control]}")
+        if control in LIVE_ONLY and self.ended:
+            raise RuntimeError(ended_refusal(self.name, self.state, self.step, control))
 
+    # pause, resume and stop ask for a state that an ended run is past: then they do nothing
     def pause(self) -> None:
-        self._check("pause")
-        self.control.pause()
+        """Pause at the next step boundary; nothing once the run has ended."""
+        if not self._past("pause"):
+            self.control.pause()
 
     def resume(self) -> None:
-        self._check("pause")
-        self.control.resume()
+        if not self._past("pause"):
+            self.control.resume()
 
     def stop(self, note: str = "") -> None:
-        """Stop at the next step boundary; `note` (why) goes into the stop event."""
-        self._check("stop")
-        self.control.stop(note)
+        """Stop at the next step boundary; `note` (why) goes into the stop event. Nothing
+        once the run has ended."""
+        if not self._past("stop"):
+            self.control.stop(note)
+
+    def _past(self, control: str) -> bool:
+        """True when the run has ended (the control has nothing to do); refuses a control
+        this source cannot carry out."""
+        if control in self.unsupported:
+            self._check(control)
+        return self.ended
 
     def set_lr(self, lr, note: str = "") -> None:
         """Set the base learning rate, applied at the next step; a schedule still shapes it."""

@@ -10,7 +10,7 @@ import threading
 
 import torch
 
-from .control import ENDED
+from .control import ENDED, LIVE_ONLY, ended_refusal
 
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")  # what a schedule keeps in a param group
 
@@ -166,10 +166,15 @@ class Steering:
         self.record.record_event(self.source.step, kind, value, note)
 
     def request(self, kind: str, value=None, note: str = "") -> None:
-        """A request from any thread: queued for the loop, or carried out now once it has ended."""
+        """A request from any thread: queued for the loop, or, once it has ended, carried
+        out now (a sample, a histogram) or refused (a new LR or clip norm: RuntimeError).
+        Under the end's lock: a request is either among the end's leftovers or after them."""
         with self._lock:
-            if not self.control.request(kind, value, note):
-                self._carry_out(kind, value, note)
+            if self.control.request(kind, value, note):
+                return
+            if kind in LIVE_ONLY:
+                raise RuntimeError(ended_refusal(self.source.name, self._state, self.source.step, kind))
+            self._carry_out(kind, value, note)
 
     def end(self, state: str | None = None) -> None:
         """The loop is over: the requests left are carried out, and the state is final

@@ -133,6 +133,18 @@ def test_pause_button_pauses_and_resumes(tiny):
     wait_for(lambda: steering() == [(f"step {frozen}: pause · resume", [frozen, frozen])], timeout=2)
 
 
+def test_the_header_shows_no_throughput_while_paused(tiny):
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    wait_for(lambda: d.speed.value.endswith(" tokens/s") and d.speed.value[0].isdigit(), timeout=10)
+    run.pause()
+    wait_for(lambda: text_of(d.status) == "paused", timeout=5)
+    assert d.speed.value == "— tokens/s"
+    run.resume()
+    wait_for(lambda: d.speed.value[0].isdigit(), timeout=5)
+    run.stop()
+
+
 def test_slider_and_clip_input_steer_the_run(tiny):
     run = start(tiny, max_steps=LONG, lr=3e-3)
     d = run.dashboard
@@ -170,6 +182,14 @@ def test_stop_button(tiny):
     assert run.wait(2)
     settle(d, run)
     assert text_of(d.status) == "stopped"
+    # what can no longer act is disabled and says why; what still works stays enabled
+    for control, what in ((d.pause_button, "pause or resume"), (d.stop_button, "stop"),
+                          (d.lr_slider, "change its learning rate"), (d.clip_input, "change its clip norm")):
+        assert control.disabled and control.tooltip == f"the run has stopped: it cannot {what} any more"
+    assert not any(c.disabled for c in (d.sample_button, d.save_button, d.evaluate_button, d.histograms.button))
+    d.pause_button.click()  # a click that reaches it anyway (an old page) changes nothing shown
+    settle(d, run)
+    assert (text_of(d.status), d.pause_button.description, run.paused) == ("stopped", "Pause", False)
     # this dashboard's updater has exited (another test's may still be finishing)
     wait_for(lambda: not [t for t in threading.enumerate() if t.name == f"lmwidget-ui-{run.id}"], 5)
 

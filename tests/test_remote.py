@@ -28,7 +28,12 @@ def test_an_ended_job_is_shown_from_its_record(tmp_path, start_job):
     wait_for(lambda: len(d.charts["loss"].marks["train"].x) > 0, timeout=10)
     wait_for(lambda: d.step_label.value == "80", timeout=10)
     with pytest.raises(ConnectionError, match=r"not connected to the job at tcp://127\.0\.0\.1:\d+ \(it has ended\)"):
+        run.request_sample()
+    with pytest.raises(RuntimeError, match=r"has ended \(finished at step 80\): it cannot change its learning rate"):
         run.set_lr(1e-3)
+    run.pause()  # an ended run is past pausing and stopping: nothing happens
+    run.stop()
+    assert run.state == "finished" and not run.paused
     with pytest.raises(FileNotFoundError, match="no connection file at"):
         lmwidget.attach(tmp_path / "nowhere", display=False)
 

@@ -361,15 +361,25 @@ def test_same_seed_same_curve_with_dropout(tiny):
     np.testing.assert_array_equal(*curves)
 
 
-def test_requests_after_the_end_are_carried_out_not_left_pending(tiny):
+def test_after_the_end_steering_is_refused_and_the_state_shown_stays(tiny):
+    """A new LR or clip norm is refused, saying why; pause, resume and stop ask for a state
+    the run is past, and do nothing; a sample is still taken."""
     run = start(tiny, max_steps=3)
     run.wait(30)
-    run.set_lr(1e-2)
-    run.set_grad_clip(0.5)
+    lr, clip = run.lr, run.grad_clip
+    for call, value, what in (("set_lr", 1e-2, "change its learning rate"),
+                              ("set_grad_clip", 0.5, "change its clip norm")):
+        with pytest.raises(RuntimeError, match=rf"^run {run.id} has ended \(finished at step 3\): "
+                                               rf"it cannot {what} any more; sample, save"):
+            getattr(run, call)(value)
+    run.pause()
+    run.resume()
+    run.pause()
+    run.stop()
+    assert (run.state, run.paused, run.lr, run.grad_clip) == ("finished", False, lr, clip)
     first, second = run.sample(), run.sample()
-    assert run.lr == 1e-2 and run.grad_clip == 0.5
     assert first != second  # each sample draws anew, even at the same step
-    assert kinds(run) == ["lr", "grad_clip", "sample", "sample"]
+    assert kinds(run) == ["sample", "sample"]
     assert not run.control.pending("lr")
 
 
