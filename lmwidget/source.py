@@ -340,6 +340,26 @@ class Source:
             self.unwatch(changed)
         return True
 
+    def wait_for_step(self, step: int, timeout: float | None = None) -> bool:
+        """Block until the run has done `step` steps (True): a cell that pauses, samples or
+        inspects the run waits for it to have learned something first. False when `timeout`
+        s pass, or the run ends or pauses itself (a non-finite step) before that step;
+        re-raises a failure. A pause of yours is waited through."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0; got {step!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.step < step:
+            if self.ended:
+                if self.error is not None:
+                    raise self.error
+                return False
+            if self.self_paused:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)  # the caller's thread: the run is never touched
+        return True
+
     # -- views --------------------------------------------------------------------------------
     @property
     def dashboard(self):

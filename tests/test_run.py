@@ -97,6 +97,28 @@ def test_controls_are_idempotent(tiny):
     assert kinds(run) == ["pause", "resume", "stop"]
 
 
+def test_wait_for_step(tiny):
+    run = start(tiny, max_steps=LONG)
+    assert run.wait_for_step(20, timeout=scaled(30)) and run.step >= 20
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=5)
+    assert run.wait_for_step(run.step + 1, timeout=0.3) is False  # timed out, paused by you
+    run.stop()
+    run.wait(10)
+    assert run.wait_for_step(run.step + 1) is False  # ended before it: at once, never forever
+    assert run.wait_for_step(run.step) is True
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="step must be an int >= 0; got"):
+            run.wait_for_step(bad)
+    diverging = start(tiny, max_steps=LONG, lr=1e4)  # pauses itself on a non-finite step
+    assert diverging.wait_for_step(LONG, timeout=scaled(60)) is False and diverging.self_paused
+    diverging.stop()
+    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
+    failing = start(tiny, model=Boom(vocab, fail_at=12), max_steps=LONG, eval_interval=1000)
+    with pytest.raises(RuntimeError, match="boom at call 12"):  # its failure, raised here
+        failing.wait_for_step(LONG, timeout=scaled(60))
+
+
 def test_set_lr_applies_within_one_step(tiny):
     run = start(tiny, max_steps=LONG, lr=3e-3)
     wait_for(lambda: run.step > 10)
