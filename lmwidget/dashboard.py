@@ -18,7 +18,7 @@ from .compare import labels_for
 from .control import ENDED, LIVE_ONLY
 from .frontends import prepare, track_cells
 from .pacing import Pacer
-from .panels import SAMPLE_INTERVAL, HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
+from .panels import HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 from .schema import CHARTS, user_chart
 from .summary import summary_html
 
@@ -155,7 +155,6 @@ class Dashboard(w.VBox):
         self._n_samples = 0
         self._shown = None       # the last (state, step, paused, lr, clip) drawn
         self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
-        self._sampled = -math.inf  # when resources were last sampled (monotonic s)
         self._notice = None      # what the notice shows: (kind, ...)
         self._save_shown = None  # the save outcome drawn
         self._displays = []      # (display_id, parent header) of each cell showing this dashboard
@@ -316,9 +315,6 @@ class Dashboard(w.VBox):
             self._shown = shown
         self._feed(new)
         now = time.monotonic()
-        if now - self._sampled >= SAMPLE_INTERVAL and run.state not in ENDED and run.started:
-            self._sampled = now
-            run.sample_resources()
         self._held = bool(self.pacer.held())
         if self._held:  # the page has not caught up: the charts wait, the status went
             if changed:

@@ -19,7 +19,6 @@ from .control import ENDED
 RECORDS = "metrics.jsonl"      # every record the job published, one JSON object a line
 CONNECTION = "connection.json"  # ports and key, 0600: what attach() needs
 TICK = 0.25          # s between two publications (and the longest a request waits)
-RESOURCE_EVERY = 1.0  # s between resource samples
 REPLAY_LIMIT = 2000  # records per replay answer
 REPLAY_BYTES = 4 << 20  # and about this many bytes at most
 
@@ -74,7 +73,6 @@ class Job:
         self._rows = self._events = self._samples = self._resources = self._histograms = self._logged = 0
         self._status = None
         self._val = float("nan")  # the latest validation loss, for the progress line
-        self._sampled = 0.0
         self._progress, self._progress_interval, self._printed = progress, progress_interval, 0.0
         self._lock = threading.Lock()  # the record file and seq: save replies come from threads
         self.info = {"run_dir": str(self.run_dir), "pid": os.getpid(), "max_steps": run.max_steps,
@@ -121,10 +119,6 @@ class Job:
         """What happened since the last call: rows, events, samples, resources, histograms,
         and the status when it changed; plus a live message (step, per-rank metrics)."""
         run, history = self.run, self.run.record
-        now = time.monotonic()
-        if now - self._sampled >= RESOURCE_EVERY and run.state not in ENDED:
-            self._sampled = now
-            run.sample_resources()
         history.drain()
         cols = history.since(self._rows)
         if len(cols["step"]):

@@ -14,7 +14,6 @@ import torch
 
 from .charts import TIME, Chart
 
-SAMPLE_INTERVAL = 1.0  # s between resource samples: NVML and psutil never run more often
 FIG_LAYOUT = dict(width="auto", height="260px", min_width="300px")
 
 

@@ -30,10 +30,14 @@ warnings.simplefilter("always", LmwidgetWarning)
 
 
 def register(source: "Source") -> None:
-    """A source starts training in this process (runs() lists it)."""
+    """A source starts training in this process (runs() lists it, and its resources are
+    sampled about once a second until it ends)."""
+    from . import monitor
+
     with _runs_lock:
         if source not in _runs:
             _runs.append(source)
+    monitor.watch()
 
 
 def runs() -> list:
@@ -159,7 +163,7 @@ class Source:
 
     @property
     def resources(self):
-        """Every resource sample (about one a second while a view shows the run)."""
+        """Every resource sample: about one a second while the run trains (lmwidget.monitor)."""
         return self.record.resources_frame()
 
     @property
@@ -201,8 +205,8 @@ class Source:
         return self._resource_sampler().gpu_status
 
     def sample_resources(self) -> dict:
-        """Sample CPU, memory and GPU now and record it (an observer calls this about once a
-        second; never the training loop)."""
+        """Sample CPU, memory and GPU now and record it (the resource monitor calls this about
+        once a second; never the training loop)."""
         sampler = self._resource_sampler()
         with self._lock:
             sample = sampler.sample()

@@ -14,6 +14,7 @@ import torch
 
 MB = 1024 * 1024
 MIN_CPU_INTERVAL = 0.1  # s: a CPU share measured over less is noise
+SAMPLE_INTERVAL = 1.0   # s between resource samples (lmwidget.monitor): NVML and psutil never run more often
 _nvml_lock = threading.Lock()
 _nvml_state: dict = {}  # "module", or "error": NVML is initialised once per process
 _handles: dict = {}     # torch device index -> NVML handle

@@ -1,0 +1,46 @@
+"""The resource monitor: one daemon thread that samples CPU, memory and GPU for every live run
+of this process about once a second, off the training threads, with or without a view."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .system import SAMPLE_INTERVAL
+
+_lock = threading.Lock()
+_state: dict = {"thread": None}
+
+
+def watch() -> None:
+    """Make sure the monitor runs (a run has just been registered)."""
+    with _lock:
+        thread = _state["thread"]
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(target=_loop, name="lmwidget-resources", daemon=True)
+            _state["thread"] = thread
+            thread.start()
+
+
+def running() -> bool:
+    """Whether the monitor's thread is alive (it ends once every run has ended)."""
+    thread = _state["thread"]
+    return thread is not None and thread.is_alive()
+
+
+def _loop() -> None:
+    from .source import runs
+
+    while True:
+        with _lock:  # decided under the lock watch() takes: a run registered now is seen
+            waiting = [r for r in runs() if not r.ended]
+            if not waiting:
+                _state["thread"] = None
+                return
+        for run in waiting:
+            if run.started and not run.ended:
+                try:
+                    run.sample_resources()
+                except Exception:  # a GPU gone, a process table unreadable: the next second may do
+                    pass
+        time.sleep(SAMPLE_INTERVAL)
