@@ -25,6 +25,8 @@ from .summary import summary_html
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 SUMMARY_QUIET = 1.0     # s with nothing redrawn before the static summary joins the cell
 GHOST_COLOR = "#9e9e9e"
+LR_DECADES = 2.0            # the LR slider spans this many decades either side of the current LR,
+LR_SLIDER_WIDTH = "460px"   # over a track of ~290 px: 10 px of drag is x1.37 at most
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
 STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
                 "finished": "#1565c0", "failed": "#c62828"}
@@ -38,6 +40,12 @@ def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def lr_range(lr: float) -> tuple[float, float]:
+    """The LR slider's (min, max) exponents: centred on `lr`, LR_DECADES either side."""
+    centre = math.log10(lr)
+    return centre - LR_DECADES, centre + LR_DECADES
 
 
 def redraw_interval(sent_bytes: int) -> float:
@@ -68,10 +76,10 @@ class Dashboard(w.VBox):
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
                                     layout=w.Layout(width="90px"))
         lr = run.lr if math.isfinite(run.lr) and run.lr > 0 else 1e-3
-        lo, hi = min(-6.0, math.floor(math.log10(lr))), max(0.0, math.ceil(math.log10(lr)))
+        lo, hi = lr_range(lr)
         self.lr_slider = w.FloatLogSlider(value=lr, base=10, min=lo, max=hi, step=0.01,
                                           description="lr", readout_format=".2e",
-                                          continuous_update=False, layout=w.Layout(width="360px"))
+                                          continuous_update=False, layout=w.Layout(width=LR_SLIDER_WIDTH))
         self.clip_input = w.BoundedFloatText(value=run.grad_clip or 0.0, min=0, max=1e30, step=0.1,
                                              description="clip norm", layout=w.Layout(width="180px"))
         self.sample_button = w.Button(description="Sample", icon="comment")
@@ -413,10 +421,12 @@ class Dashboard(w.VBox):
         # show a value applied elsewhere (code, a policy) once; a user's edit in flight stays
         if lr != self._drawn_lr and math.isfinite(lr) and lr > 0:
             self._drawn_lr = lr
+            lo, hi = lr_range(lr)  # centred on the LR applied, from the slider or elsewhere
             with self.lr_slider.hold_sync():  # widen first, or the slider would clamp it
-                self.lr_slider.min = min(self.lr_slider.min, math.floor(math.log10(lr)))
-                self.lr_slider.max = max(self.lr_slider.max, math.ceil(math.log10(lr)))
+                self.lr_slider.min = min(self.lr_slider.min, lo)
+                self.lr_slider.max = max(self.lr_slider.max, hi)
                 self.lr_slider.value = lr
+                self.lr_slider.min, self.lr_slider.max = lo, hi
         if clip is not None and clip != self._drawn_clip:
             self._drawn_clip = clip
             self.clip_input.value = clip

@@ -538,6 +538,14 @@ def run_scenario(nb: NotebookPage, expected_mode: str | None, res: dict) -> dict
     res["lr_chart_points_before_after"] = [len(pts_before), n_points(page, "lr")]
     nb.screenshot("lr-changed", scroll_to=DASHBOARD)
 
+    # the slider re-centred on the typed LR, and a small drag is a small change (<= x1.5 per 10 px)
+    low, high = probe.eval("[__lmw_run().dashboard.lr_slider.min, __lmw_run().dashboard.lr_slider.max]")
+    assert math.isclose(low, math.log10(new_lr) - 2) and math.isclose(high, math.log10(new_lr) + 2), (low, high)
+    track = page.locator(".lmwidget-lr .slider-container").first.bounding_box()["width"]
+    res["lr_slider"] = {"decades": high - low, "track_px": track,
+                        "factor_per_10px": 10 ** ((high - low) * 10 / track)}
+    assert res["lr_slider"]["factor_per_10px"] <= 1.5, res["lr_slider"]
+
     # 6. Sample: generated text appears
     sample_text = page.locator(".lmwidget-sample-text").first
     before = sample_text.inner_text().strip() if sample_text.count() else ""

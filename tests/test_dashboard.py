@@ -1,5 +1,6 @@
 """The dashboard built without a frontend: its widget state is what a browser would draw."""
 
+import math
 import re
 import threading
 import time
@@ -169,10 +170,22 @@ def test_code_changes_show_on_the_controls(tiny):
     assert kinds(run) == ["lr", "grad_clip"]  # reflecting them asked for nothing new
 
 
-def test_slider_range_covers_the_starting_lr(tiny):
-    run = start(tiny, max_steps=3, lr=5.0)
-    assert run.dashboard.lr_slider.max >= 1 and run.dashboard.lr_slider.value == 5.0
-    run.wait(10)
+def test_the_lr_slider_is_centred_on_the_current_lr_and_follows_it(tiny):
+    """Two decades either side of the LR applied: re-centred after a drag, a typed value or a
+    change from code, so a small drag is always a small change."""
+    run = start(tiny, max_steps=LONG, lr=2e-3, spike_factor=0)
+    d = run.dashboard
+    assert d.lr_slider.value == 2e-3
+    assert (d.lr_slider.min, d.lr_slider.max) == pytest.approx((math.log10(2e-3) - 2, math.log10(2e-3) + 2))
+    d.lr_slider.value = 2e-5  # the slider's far end: applied, then the range follows it
+    wait_for(lambda: d.lr_slider.min == pytest.approx(math.log10(2e-5) - 2), timeout=5)
+    assert d.lr_slider.max == pytest.approx(math.log10(2e-5) + 2) and run.lr == 2e-5
+    run.set_lr(3e-10)  # from code, far outside the slider's range: shown exactly, centred
+    wait_for(lambda: d.lr_slider.value == 3e-10, timeout=5)
+    assert (d.lr_slider.min, d.lr_slider.max) == pytest.approx((math.log10(3e-10) - 2, math.log10(3e-10) + 2))
+    time.sleep(3 * UPDATE_INTERVAL)
+    assert run.lr == 3e-10 and kinds(run) == ["lr", "lr"]  # re-centring asked for nothing
+    run.stop()
 
 
 def test_stop_button(tiny):
