@@ -8,6 +8,7 @@ import bqplot as bq
 import numpy as np
 from ipywidgets import Layout
 
+from .axes import finite_range, x_domain, y_domain
 from .downsample import MinMaxSeries
 
 MAX_POINTS = 1000   # per series, whatever the run length
@@ -20,12 +21,41 @@ PRIORITY = ("anomaly", "stop", "pause", "resume", "restore", "branch", "lr", "gr
 STEP, TIME = 0, 1  # where an event tuple (step, time, kind, value, detail) keeps each x
 
 
-class Chart:
-    """A figure whose marks are only ever written by the dashboard's updater thread."""
+class SharedX:
+    """One x scale (steps, or seconds) shared by several charts: from 0 to the furthest x
+    any of them has drawn, with round ticks on every chart's axis."""
 
-    def __init__(self, title: str, x_scale, series: dict, css_class: str, log: bool = False,
+    def __init__(self, integer: bool = True):
+        self.scale = bq.LinearScale(min=0.0, max=1.0)
+        self.integer = integer
+        self.charts: list = []
+        self._hi = 0.0
+        self.ticks = None
+
+    def follow(self, last: float) -> None:
+        if not last > self._hi:
+            return
+        lo, hi, ticks = x_domain(last, self.integer)
+        self._hi = hi
+        self.scale.max = hi
+        if self.ticks is None or not np.array_equal(ticks, self.ticks):
+            self.ticks = ticks
+            for chart in self.charts:
+                chart.x_axis.tick_values = ticks
+
+
+class Chart:
+    """A figure whose marks are only ever written by the dashboard's updater thread.
+
+    `x`: a SharedX (its axis starts at 0 and follows the data) or a bqplot scale. The value
+    axis has round ticks over what is drawn; `zero`: the quantity cannot be negative, so it
+    starts at 0."""
+
+    def __init__(self, title: str, x, series: dict, css_class: str, log: bool = False,
                  tick_format: str | None = None, x_label: str = "step", x_format: str = "d",
-                 event_x: int = STEP, y_label: str = ""):
+                 event_x: int = STEP, y_label: str = "", zero: bool = False):
+        self.shared = x if isinstance(x, SharedX) else None
+        x_scale = x.scale if self.shared else x
         y_scale = bq.LogScale() if log else bq.LinearScale()
         self.series = {name: MinMaxSeries(MAX_POINTS) for name in series}
         self.marks = {}
@@ -41,14 +71,21 @@ class Chart:
         self.extra = {}  # marks on the value scale that are not series (a threshold line)
         self.y_scale = y_scale
         self.log = log
+        self.zero = zero
         self.event_x = event_x
+        self._ranges: dict = {}  # series or line -> (smallest, largest) finite value drawn
+        self._domain = None
+        # round tick values are set as data arrive (no num_ticks: bqplot spaces those evenly
+        # over the domain, at values like 3.33 and -3, 98, 199)
+        self.x_axis = bq.Axis(scale=x_scale, label=x_label, side="bottom", tick_format=x_format)
+        self.y_axis = bq.Axis(scale=y_scale, side="left", tick_format=tick_format, label=y_label)
+        if self.shared:
+            self.shared.charts.append(self)
+            if self.shared.ticks is not None:
+                self.x_axis.tick_values = self.shared.ticks
         self.figure = bq.Figure(
             title=title, marks=[*self.marks.values(), self.rules],
-            # bqplot cannot draw a log axis created empty with num_ticks, nor guess a tick
-            # format for a one-step domain: so integer steps, and default ticks on log axes
-            axes=[bq.Axis(scale=x_scale, label=x_label, side="bottom", tick_format=x_format, num_ticks=5),
-                  bq.Axis(scale=y_scale, side="left", tick_format=tick_format, label=y_label,
-                          num_ticks=None if log else 5)],
+            axes=[self.x_axis, self.y_axis],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
             animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))
         self.figure.add_class(css_class)
@@ -78,7 +115,27 @@ class Chart:
             with mark.hold_sync():
                 mark.x, mark.y = x, y
             sent += x.nbytes + y.nbytes
+            self._ranges[name] = finite_range(y)
+            if self.shared and len(x):
+                self.shared.follow(float(np.nanmax(x)))
+        self.rescale()
         return sent
+
+    def rescale(self) -> None:
+        """The value axis over everything drawn: round ticks; sent only when it changes."""
+        ranges = [r for r in self._ranges.values() if r is not None]
+        if self.log:
+            ranges = [(lo if lo > 0 else hi, hi) for lo, hi in ranges if hi > 0]
+        if not ranges:
+            return
+        lo, hi, ticks = y_domain(min(r[0] for r in ranges), max(r[1] for r in ranges), self.log, self.zero)
+        domain = (lo, hi, tuple(ticks.tolist()))
+        if domain == self._domain:
+            return
+        self._domain = domain
+        with self.y_scale.hold_sync():
+            self.y_scale.min, self.y_scale.max = float(lo), float(hi)
+        self.y_axis.tick_values = ticks
 
     def add_hline(self, name: str, color: str) -> None:
         mark = bq.Lines(x=np.zeros(0), y=np.zeros(0), colors=[color], line_style="dash_dotted",
@@ -89,11 +146,14 @@ class Chart:
 
     def draw_hline(self, name: str, x0: float, x1: float, value: float) -> None:
         mark = self.extra[name]
+        shown = value > 0 and x1 > x0
         with mark.hold_sync():
-            if value > 0 and x1 > x0:
+            if shown:
                 mark.x, mark.y = np.array([x0, x1], np.float32), np.array([value, value], np.float32)
             else:
                 mark.x, mark.y = np.zeros(0, np.float32), np.zeros(0, np.float32)
+        self._ranges[name] = (value, value) if shown else None  # the line stays in view
+        self.rescale()
 
     def draw_events(self, events) -> None:
         """A vertical rule per step with events (the newest MAX_RULES), its tooltip naming

@@ -7,11 +7,10 @@ import threading
 import time
 import traceback
 
-import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
-from .charts import Chart, show_in_notebook
+from .charts import Chart, SharedX, show_in_notebook
 from .control import ENDED
 from .schema import BY_NAME, CHARTS, COLUMNS, PER_BYTE
 from .source import Source
@@ -75,7 +74,7 @@ class Compare(w.VBox):
         if len(self.labels) != len(self.runs):
             raise ValueError(f"{len(self.labels)} labels for {len(self.runs)} runs")
         colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(self.labels)}
-        x = bq.LinearScale()
+        x = SharedX()  # every chart's step axis, from 0
         self.per_byte = tokenizers_differ(self.runs) if per_byte is None else bool(per_byte)
         self.metrics = [BY_NAME[PER_BYTE[m.name]] if self.per_byte and m.name in PER_BYTE else m
                         for m in COLUMNS if m.compare]
@@ -85,7 +84,7 @@ class Compare(w.VBox):
             series = {label: (colors[label], "circle" if m.sparse else None) for label in self.labels}
             css = f"lmwidget-compare-{m.name.replace('_', '-')}"
             self.charts[m.name] = Chart(m.title or spec.title, x, series, css, log=spec.log,
-                                        tick_format=spec.tick_format, y_label=spec.unit)
+                                        tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero)
         self.table = w.HTML()
         self.table.add_class("lmwidget-compare-table")
         grid = w.GridBox([c.figure for c in self.charts.values()], layout=w.Layout(

@@ -9,11 +9,10 @@ import time
 import traceback
 import uuid
 
-import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
-from .charts import Chart, view_bundle
+from .charts import Chart, SharedX, view_bundle
 from .compare import labels_for
 from .control import ENDED, LIVE_ONLY
 from .frontends import prepare, track_cells
@@ -104,7 +103,7 @@ class Dashboard(w.VBox):
         # earlier runs of this kernel, drawn faintly on the loss chart (train(ghosts=N))
         self._ghosts = [g for g in run.ghosts if g is not run]
         self._ghost_labels = labels_for([*self._ghosts, run])[:-1] if self._ghosts else []
-        self._x = bq.LinearScale()  # one step axis shared by every chart
+        self._x = SharedX()  # one step axis shared by every chart, from 0
         self._metrics = [m for m in run.record.metrics() if m.chart in CHARTS]
         self.charts = {}
         for spec in CHARTS.values():
@@ -113,7 +112,7 @@ class Dashboard(w.VBox):
             if spec.key == "loss":
                 series.update({label: (GHOST_COLOR, None) for label in self._ghost_labels})
             self.charts[spec.key] = Chart(spec.title, self._x, series, _css(spec.key), log=spec.log,
-                                          tick_format=spec.tick_format, y_label=spec.unit)
+                                          tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero)
         self.charts["grad_norm"].add_hline("clip", "#c62828")
         for label in self._ghost_labels:
             self.charts["loss"].marks[label].opacities = [0.6]

@@ -126,6 +126,18 @@ need nothing.</p>
 """
 
 
+def _cell(column: str, value) -> str:
+    """An events-table cell as a person reads it: seconds to 0.01 s, values to 4 digits,
+    nothing where there is nothing (never "nan" or "None")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if column == "time":
+        return f"{float(value):.2f} s"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def to_html(run, path) -> Path:
     """One standalone page: the static curves (inline SVG), the options, the events, and the
     dashboard's embedded widget state."""
@@ -141,7 +153,7 @@ def to_html(run, path) -> Path:
     events = run.events
     events = events[events["kind"] != "eval"]
     event_rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(_cell(c, v))}</td>" for c, v in zip(events.columns, row)) + "</tr>"
         for row in events.itertuples(index=False))
     event_table = ("<table><tr>" + "".join(f"<th>{c}</th>" for c in events.columns) + "</tr>"
                    + event_rows + "</table>")

@@ -12,7 +12,8 @@ import ipywidgets as w
 import numpy as np
 import torch
 
-from .charts import TIME, Chart
+from .axes import y_domain
+from .charts import TIME, Chart, SharedX
 
 FIG_LAYOUT = dict(width="auto", height="260px", min_width="300px")
 
@@ -29,16 +30,16 @@ class ResourcesPanel:
     """CPU and GPU utilisation and memory against time since the run started."""
 
     def __init__(self, gpu: bool):
-        t = bq.LinearScale()
+        t = SharedX(integer=False)  # seconds since the run started, from 0
         util = {"CPU % (of one core)": ("#37474f", None)}
         memory = {"process RSS": ("#37474f", None)}
         if gpu:  # no empty GPU lines in the legend of a CPU run
             util["GPU %"] = ("#2e7d32", None)
             memory.update({"GPU used": ("#2e7d32", None), "torch allocated": ("#6a1b9a", None)})
-        self.utilisation = Chart("utilisation %", t, util, "lmwidget-chart-utilisation",
-                                 tick_format=".3g", x_label="time (s)", x_format=".3g", event_x=TIME)
-        self.memory = Chart("memory (MB)", t, memory, "lmwidget-chart-memory", tick_format=".4s",
-                            x_label="time (s)", x_format=".3g", event_x=TIME)
+        self.utilisation = Chart("utilisation", t, util, "lmwidget-chart-utilisation", y_label="%",
+                                 tick_format=".3g", x_label="time (s)", x_format=".3g", event_x=TIME, zero=True)
+        self.memory = Chart("memory", t, memory, "lmwidget-chart-memory", tick_format=".4s", y_label="MB",
+                            x_label="time (s)", x_format=".3g", event_x=TIME, zero=True)
         self.gpu_label = w.HTML()
         self.gpu_label.add_class("lmwidget-gpu-status")
         self.charts = [self.utilisation, self.memory]
@@ -73,17 +74,22 @@ class LayersPanel:
 
     def __init__(self, layers: list[str]):
         self.layers = layers
-        x, y = bq.OrdinalScale(), bq.LinearScale(min=0)
-        self.bars = bq.Bars(x=layers, y=np.zeros(len(layers), np.float32), scales={"x": x, "y": y},
-                            colors=["#2e7d32"], padding=0.2,
+        # horizontal bars: every layer group's full name reads across, one row each, however
+        # many there are (a 24-layer model gets a taller chart, not truncated labels)
+        names, values = bq.OrdinalScale(reverse=True), bq.LinearScale(min=0)
+        self.bars = bq.Bars(x=layers, y=np.zeros(len(layers), np.float32), orientation="horizontal",
+                            scales={"x": names, "y": values}, colors=["#2e7d32"], padding=0.2,
                             tooltip=bq.Tooltip(fields=["x", "y"], formats=["", ".3g"],
                                                labels=["layer", "grad norm"]))
-        self.figure = _figure("grad norm per layer",
-                              [self.bars],
-                              [bq.Axis(scale=x, side="bottom", tick_rotate=-30, tick_style={"font-size": "10px"}),
-                               bq.Axis(scale=y, side="left", tick_format=".2g", num_ticks=4)],
-                              "lmwidget-chart-layers")
+        self.values = bq.Axis(scale=values, side="bottom", tick_format=".2g", label="grad norm")
+        self.figure = _figure("grad norm per layer", [self.bars],
+                              [bq.Axis(scale=names, side="left", tick_style={"font-size": "11px"}),
+                               self.values], "lmwidget-chart-layers")
+        longest = max((len(n) for n in layers), default=4)
+        self.figure.fig_margin = dict(top=40, bottom=56, left=min(240, 16 + 7 * longest), right=16)
+        self.figure.layout.height = f"{max(260, 96 + 18 * len(layers))}px"
         self._step = None
+        self._domain = None
 
     def refresh(self, run) -> int:
         latest = run.record.layer_grad_norms
@@ -94,8 +100,13 @@ class LayersPanel:
         y = torch.as_tensor(norms).detach().float().cpu().numpy()  # a few floats, read here, not by the loop
         bad = [name for name, v in zip(self.layers, y) if not np.isfinite(v)]
         y = np.where(np.isfinite(y), y, 0).astype(np.float32)  # a bar cannot stand at NaN
+        _, hi, ticks = y_domain(0.0, float(y.max()) if len(y) else 1.0, zero=True)
         with self.figure.hold_sync(), self.bars.hold_sync():
             self.bars.y = y
+            if (hi, len(ticks)) != self._domain:  # round ticks, from 0
+                self._domain = (hi, len(ticks))
+                self.bars.scales["y"].max = float(hi)
+                self.values.tick_values = ticks
             self.figure.title = f"grad norm per layer (step {step})" + (
                 f" · not finite: {', '.join(bad)}" if bad else "")
         return y.nbytes

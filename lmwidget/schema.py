@@ -25,6 +25,7 @@ class Chart:
     unit: str = ""           # the value axis' label
     log: bool = False        # a log axis
     tick_format: str = ".3g"
+    zero: bool = False       # the quantity cannot be negative: its axis starts at 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ CHARTS = {c.key: c for c in (
     Chart("bpb", "bits per byte", "bits/byte"),
     Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2g"),
     Chart("lr", "learning rate", log=True, tick_format=".1e"),
-    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s"),
+    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s", zero=True),
 )}
 
 COLUMNS = (

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import html
-import math
 
 import numpy as np
 
+from .axes import tick_label, x_domain, y_domain
 from .charts import EVENT_COLORS, event_label
 from .downsample import MinMaxSeries
 from .schema import CHARTS, user_chart
@@ -27,24 +27,11 @@ def _points(x, y, log: bool):
         series.extend(x, y)
         x, y = series.points()
         x, y = x.astype(np.float64), y.astype(np.float64)
-    return x, (np.log10(y) if log else y)
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    span = hi - lo
-    raw = span / max(1, n - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.1e}"
+    return x, y
 
 
 def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label: str = "step",
-              css_class: str = "") -> str:
+              css_class: str = "", zero: bool = False) -> str:
     """One chart as an SVG string. `series`: (label, x, y, color, dots) tuples; `events`:
     (step, time, kind, value, detail) tuples drawn as vertical rules with a tooltip."""
     drawn = [(label, *_points(x, y, log), color, dots) for label, x, y, color, dots in series]
@@ -62,31 +49,27 @@ def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label
         return "".join(out)
     xs = np.concatenate([d[1] for d in drawn])
     ys = np.concatenate([d[2] for d in drawn])
-    x0, x1 = float(xs.min()), float(xs.max())
-    y0, y1 = float(ys.min()), float(ys.max())
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    pad = (y1 - y0) * 0.05 or (abs(y0) * 0.1 or 1.0)
-    y0, y1 = y0 - pad, y1 + pad
+    x0, x1, x_ticks = x_domain(float(xs.max()), integer=x_label == "step")  # as the dashboard's axes
+    low, high, y_ticks = y_domain(float(ys.min()), float(ys.max()), log=log, zero=zero)
+
+    def scale(v):
+        return np.log10(v) if log else v
+
+    y0, y1 = scale(low), scale(high)
 
     def px(v):
         return left + (v - x0) / (x1 - x0) * w
 
     def py(v):
-        return top + h - (v - y0) / (y1 - y0) * h
+        return top + h - (scale(v) - y0) / (y1 - y0) * h
 
     out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#bdbdbd"/>')
-    y_ticks = [t for t in range(math.ceil(y0), math.floor(y1) + 1)] if log else _nice_ticks(y0, y1)
-    if log and len(y_ticks) < 2:  # less than a decade: linear ticks in log space
-        y_ticks = _nice_ticks(y0, y1, 3)
     for t in y_ticks:
-        label = _fmt(10 ** t) if log else _fmt(t)
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
                    f'stroke="#eeeeee"/><text x="{left - 4}" y="{py(t) + 3:.1f}" '
-                   f'text-anchor="end">{label}</text>')
-    for t in _nice_ticks(x0, x1):
-        label = f"{t:.0f}" if x_label == "step" else _fmt(t)
-        out.append(f'<text x="{px(t):.1f}" y="{top + h + 13}" text-anchor="middle">{label}</text>')
+                   f'text-anchor="end">{tick_label(t)}</text>')
+    for t in x_ticks:
+        out.append(f'<text x="{px(t):.1f}" y="{top + h + 13}" text-anchor="middle">{tick_label(t)}</text>')
     out.append(f'<text x="{left + w / 2}" y="{HEIGHT - 3}" text-anchor="middle" '
                f'fill="#616161">{x_label}</text>')
     for event in events:
@@ -151,7 +134,7 @@ def summary_html(run) -> str:
             values = frame[m.name].to_numpy(dtype=np.float64)
             keep = ~np.isnan(values) if (m.sparse or m.user) else slice(None)
             series.append((m.label, step[keep], values[keep], m.color, m.sparse))
-        charts.append(svg_chart(spec.title, series, log=spec.log, events=events,
+        charts.append(svg_chart(spec.title, series, log=spec.log, events=events, zero=spec.zero,
                                 css_class="lmwidget-summary-" + key.replace("_", "-").replace(":", "-")))
     return (f'<div class="lmwidget-summary" style="font-family:sans-serif">'
             f'<div style="margin:4px 0">{headline(run, frame)}</div>'

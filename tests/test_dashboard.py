@@ -14,7 +14,7 @@ import lmwidget
 from lmwidget.charts import MAX_POINTS
 from lmwidget.dashboard import BYTES_PER_SEC, UPDATE_INTERVAL, Dashboard, redraw_interval
 
-from .conftest import kinds, wait_for
+from .conftest import kinds, scaled, wait_for
 
 LONG = 1_000_000
 
@@ -258,6 +258,7 @@ def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
     wait_for(lambda: run.state == "paused", timeout=2)
     time.sleep(2 * UPDATE_INTERVAL)
     resources = {id(m) for c in d.resources.charts for m in c.marks.values()}
+    resources |= {id(w) for c in d.resources.charts for w in (c.y_scale, c.x_axis, c.y_axis, c.shared.scale)}
     resources.add(id(d.pacer.drawn))  # each redraw's number, for a front end to acknowledge
     before = len(sent)
     time.sleep(8 * UPDATE_INTERVAL)
@@ -267,13 +268,46 @@ def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
     assert 1 <= len(new) <= 2 * 3 * len(resources)  # 2 s: at most 3 samples per series (and number)
 
 
+def test_axes_have_round_ticks_start_at_0_and_keep_a_constant_inside(tiny):
+    run = start(tiny, max_steps=LONG, lr=3e-3, schedule="constant")
+    d = run.dashboard
+    wait_for(lambda: np.isfinite(run.resources.cpu_percent).sum() >= 2, timeout=scaled(10))
+    run.stop()
+    run.wait(10)
+    settle(d, run)
+    drawn = [c for c in (*d.charts.values(), *d.resources.charts) if any(len(m.x) for m in c.marks.values())]
+    assert {c.figure.title for c in drawn} >= {"loss", "learning rate", "tokens / s", "memory"}
+    for chart in drawn:
+        ticks = np.asarray(chart.y_axis.tick_values, dtype=float)
+        assert 2 <= len(ticks) <= 6, (chart.figure.title, ticks)
+        lo, hi = chart.y_scale.min, chart.y_scale.max
+        assert lo <= ticks.min() and ticks.max() <= hi * (1 + 1e-9), (chart.figure.title, lo, hi, ticks)
+        x = np.asarray(chart.x_axis.tick_values, dtype=float)
+        assert chart.shared.scale.min == 0 and x[0] == 0 and (x >= 0).all(), (chart.figure.title, x)
+        gaps = np.diff(x)
+        assert np.allclose(gaps, gaps[0]) and axes_step_is_round(gaps[0]), x
+    step_ticks = np.asarray(d.charts["loss"].x_axis.tick_values)
+    assert (step_ticks == np.round(step_ticks)).all() and d.charts["loss"].shared.scale.max == run.step
+    for chart in (d.charts["throughput"], *d.resources.charts):  # cannot be negative
+        assert chart.y_scale.min == 0, chart.figure.title
+    lr = d.charts["lr"]  # a constant LR: inside the chart, not on its edge
+    assert lr.y_scale.min < 3e-3 / 2 and lr.y_scale.max > 3e-3 * 2
+    assert d.layers.bars.orientation == "horizontal" and list(d.layers.bars.x) == run.layers  # full names
+
+
+def axes_step_is_round(step: float) -> bool:
+    mantissa = step / 10 ** np.floor(np.log10(step) + 1e-12)
+    return any(np.isclose(mantissa, m) for m in (1, 2, 5))
+
+
 def test_a_redraw_sends_each_series_once(tiny, sent):
     run = start(tiny, max_steps=300, eval_interval=100)
     run.wait(30)
     sent.clear()
     d = Dashboard(run)  # a second view: its first redraw draws the whole run
     wait_for(lambda: d._updater is None, timeout=5)
-    marks = [m for c in d.charts.values() for m in (*c.marks.values(), *c.extra.values())]
+    charts = [*d.charts.values(), *d.resources.charts]  # resources: sampled with no view too
+    marks = [m for c in charts for m in (*c.marks.values(), *c.extra.values())]
     updates = [widget for widget, keys, _ in sent if keys == ("x", "y")]
     assert sorted(map(id, updates)) == sorted(map(id, marks))  # each mark: x and y in one message
     assert all(len(m.x) > 0 for m in marks)
@@ -327,7 +361,7 @@ def test_refresh_reports_the_bytes_it_sent(tiny):
     run.wait(30)
     d = Dashboard(run)
     wait_for(lambda: d._updater is None, timeout=10)
-    marks = [m for c in d.charts.values() for m in c.marks.values()]
+    marks = [m for c in (*d.charts.values(), *d.resources.charts) for m in c.marks.values()]
     assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks) + d.layers.bars.y.nbytes
 
 

@@ -79,6 +79,8 @@ def test_to_html_is_one_standalone_page(run, tmp_path):
     assert not re.search(r"<script|<link|<img|src=", static)
     assert static.count("<polyline") == 5 and "lmwidget-summary-loss" in static
     assert "finished at step 60/60" in static
+    events = static[static.index("<th>step</th>"):]
+    assert "nan" not in events and not re.search(r"\d\.\d{7,}", events)  # no 16-digit times
     # the dashboard's widget state, for the interactive charts
     state = json.loads(re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>',
                                  page, re.S).group(1))

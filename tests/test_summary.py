@@ -45,6 +45,18 @@ def test_log_chart_leaves_out_non_positive_values_and_labels_decades():
     assert {"0.001", "0.01", "0.1"} <= labels
 
 
+def test_ticks_are_round_readable_and_the_step_axis_starts_at_0():
+    x = np.arange(1, 402)
+    labels = lambda root: [t.text for t in root.iter(f"{SVG}text")]  # noqa: E731
+    throughput = labels(parse(svg_chart("tokens / s", [("t", x, np.linspace(513, 39_800, 401), "#000", False)],
+                                        zero=True)))
+    assert {"0", "10,000", "20,000", "30,000", "40,000"} <= set(throughput)  # not 4e+04
+    assert {"0", "100", "200", "300", "400"} <= set(throughput)  # steps from 0, never negative
+    norms = labels(parse(svg_chart("grad norm", [("g", x, np.linspace(0.6, 0.8, 401), "#000", False)], log=True)))
+    assert {"0.6", "0.7", "0.8"} <= set(norms)  # within a decade: more than one tick
+    assert not any(re.fullmatch(r"-?\d*\.\d{5,}", t) for t in throughput + norms)
+
+
 def test_long_series_are_downsampled_keeping_spikes():
     x = np.arange(100_000)
     y = np.ones(100_000)
@@ -52,7 +64,8 @@ def test_long_series_are_downsampled_keeping_spikes():
     root = parse(svg_chart("grad norm", [("g", x, y, "#000", False)]))
     (points,) = polyline_points(root)
     assert len(points) <= MAX_POINTS
-    assert min(p[1] for p in points) < 40  # the spike is drawn at the top (the flat line at ~165)
+    ys = sorted(p[1] for p in points)
+    assert ys[0] < 60 and ys[-1] > 160  # the spike near the top (50 of 0..60), the flat line at ~168
 
 
 def test_charts_with_nothing_to_draw():
