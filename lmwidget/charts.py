@@ -10,6 +10,7 @@ from ipywidgets import Layout
 
 from .axes import finite_range, x_domain, y_domain
 from .downsample import MinMaxSeries
+from .smoothing import DEFAULT as DEFAULT_SMOOTHING, ema
 
 MAX_POINTS = 1000   # per series, whatever the run length
 MAX_RULES = 200     # the most recent events drawn as vertical rules
@@ -18,6 +19,7 @@ EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr"
                 "eval": "#cfd8dc", "checkpoint": "#1565c0", "restore": "#00695c",
                 "branch": "#ad1457"}
 PRIORITY = ("anomaly", "stop", "pause", "resume", "restore", "branch", "lr", "grad_clip", "checkpoint")  # rule colour
+RAW_OPACITY = 0.3  # a smoothed chart's raw curve, faint behind it: its spikes stay visible
 STEP, TIME = 0, 1  # where an event tuple (step, time, kind, value, detail) keeps each x
 
 
@@ -49,11 +51,12 @@ class Chart:
 
     `x`: a SharedX (its axis starts at 0 and follows the data) or a bqplot scale. The value
     axis has round ticks over what is drawn; `zero`: the quantity cannot be negative, so it
-    starts at 0."""
+    starts at 0. `smooth`: each line is also drawn smoothed (an exponential moving average
+    of weight `smoothing`, over the points drawn), over its raw curve drawn faintly."""
 
     def __init__(self, title: str, x, series: dict, css_class: str, log: bool = False,
                  tick_format: str | None = None, x_label: str = "step", x_format: str = "d",
-                 event_x: int = STEP, y_label: str = "", zero: bool = False):
+                 event_x: int = STEP, y_label: str = "", zero: bool = False, smooth: bool = False):
         self.shared = x if isinstance(x, SharedX) else None
         x_scale = x.scale if self.shared else x
         y_scale = bq.LogScale() if log else bq.LinearScale()
@@ -64,6 +67,14 @@ class Chart:
                 x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
                 colors=[color], marker=marker, marker_size=16,
                 scales={"x": x_scale, "y": y_scale}, display_legend=len(series) > 1)
+        self.smoothing = DEFAULT_SMOOTHING if smooth else 0.0
+        self.smoothed = {name: bq.Lines(x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
+                                        colors=[color], scales={"x": x_scale, "y": y_scale},
+                                        display_legend=len(series) > 1)
+                         for name, (color, marker) in series.items() if smooth and marker is None}
+        for name in self.smoothed:  # the legend and the tooltip belong to the smoothed line
+            self.marks[name].display_legend = False
+            self.marks[name].opacities = [RAW_OPACITY]
         # vertical rules at events, on a private 0..1 y scale so they span the whole height
         self.rules = bq.Lines(x=np.zeros(0), y=np.zeros(0), labels=[], colors=[], stroke_width=1,
                               line_style="dashed", scales={"x": x_scale, "y": bq.LinearScale(min=0, max=1)},
@@ -84,7 +95,7 @@ class Chart:
             if self.shared.ticks is not None:
                 self.x_axis.tick_values = self.shared.ticks
         self.figure = bq.Figure(
-            title=title, marks=[*self.marks.values(), self.rules],
+            title=title, marks=[*self.marks.values(), *self.smoothed.values(), self.rules],
             axes=[self.x_axis, self.y_axis],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
             animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))
@@ -115,11 +126,26 @@ class Chart:
             with mark.hold_sync():
                 mark.x, mark.y = x, y
             sent += x.nbytes + y.nbytes
+            if name in self.smoothed:  # once per redraw, over at most the points drawn
+                smooth = self.smoothed[name]
+                sy = ema(y, self.smoothing).astype(np.float32) if self.smoothing > 0 else y[:0]
+                with smooth.hold_sync():
+                    smooth.x, smooth.y = (x, sy) if self.smoothing > 0 else (x[:0], sy)
+                sent += smooth.x.nbytes + sy.nbytes
             self._ranges[name] = finite_range(y)
             if self.shared and len(x):
                 self.shared.follow(float(np.nanmax(x)))
         self.rescale()
         return sent
+
+    def set_smoothing(self, weight: float) -> int:
+        """Smooth with `weight` from now on (0: raw only) and redraw; returns the bytes sent."""
+        if not self.smoothed or weight == self.smoothing:
+            return 0
+        self.smoothing = weight
+        for name in self.smoothed:
+            self.marks[name].opacities = [RAW_OPACITY if weight > 0 else 1.0]
+        return self.draw([name for name in self.smoothed if len(self.marks[name].x)])
 
     def rescale(self) -> None:
         """The value axis over everything drawn: round ticks; sent only when it changes."""

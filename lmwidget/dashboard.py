@@ -13,6 +13,7 @@ import ipywidgets as w
 import numpy as np
 
 from .charts import Chart, SharedX, view_bundle
+from .smoothing import DEFAULT as DEFAULT_SMOOTHING
 from .compare import labels_for
 from .control import ENDED, LIVE_ONLY
 from .frontends import prepare, track_cells
@@ -81,6 +82,11 @@ class Dashboard(w.VBox):
                                           continuous_update=False, layout=w.Layout(width=LR_SLIDER_WIDTH))
         self.clip_input = w.BoundedFloatText(value=run.grad_clip or 0.0, min=0, max=1e30, step=0.1,
                                              description="clip norm", layout=w.Layout(width="180px"))
+        self.smoothing = w.FloatSlider(value=DEFAULT_SMOOTHING, min=0.0, max=0.99, step=0.01, description="smoothing",
+                                       readout_format=".2f", continuous_update=False,
+                                       tooltip="exponential moving average of loss, perplexity and tokens/s "
+                                               "(0: raw); the raw curve stays faint behind",
+                                       layout=w.Layout(width="260px"))
         self.sample_button = w.Button(description="Sample", icon="comment")
         self.save_button = w.Button(description="Save", icon="save",
                                     tooltip="write a checkpoint of this step (run.save())")
@@ -97,7 +103,7 @@ class Dashboard(w.VBox):
                             (self.sample_text, "lmwidget-sample-text"), (self.notice, "lmwidget-notice"),
                             (self.clip_input, "lmwidget-clip"), (self.save_button, "lmwidget-save"),
                             (self.save_status, "lmwidget-save-status"), (self.title, "lmwidget-title"),
-                            (self.evaluate_button, "lmwidget-evaluate")):
+                            (self.evaluate_button, "lmwidget-evaluate"), (self.smoothing, "lmwidget-smoothing")):
             widget.add_class(css)
 
         # earlier runs of this kernel, drawn faintly on the loss chart (train(ghosts=N))
@@ -112,7 +118,8 @@ class Dashboard(w.VBox):
             if spec.key == "loss":
                 series.update({label: (GHOST_COLOR, None) for label in self._ghost_labels})
             self.charts[spec.key] = Chart(spec.title, self._x, series, _css(spec.key), log=spec.log,
-                                          tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero)
+                                          tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero,
+                                          smooth=spec.smooth)
         self.charts["grad_norm"].add_hline("clip", "#c62828")
         for label in self._ghost_labels:
             self.charts["loss"].marks[label].opacities = [0.6]
@@ -129,6 +136,7 @@ class Dashboard(w.VBox):
         self.histograms.button.on_click(lambda _: self._ask(run.request_histogram, self.histograms.layer.value))
         self.lr_slider.observe(self._on_lr, names="value")
         self.clip_input.observe(self._on_clip, names="value")
+        self.smoothing.observe(lambda _: self.kick(), names="value")  # the updater redraws with it
         self._controls = {"pause": self.pause_button, "stop": self.stop_button, "lr": self.lr_slider,
                           "grad_clip": self.clip_input, "sample": self.sample_button,
                           "save": self.save_button, "histogram": self.histograms.button,
@@ -141,7 +149,7 @@ class Dashboard(w.VBox):
                          w.Label(f"/ {total}" if total else ""), self.progress, self.speed, self.timing],
                         layout=w.Layout(align_items="center", grid_gap="8px"))
         controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
-                           self.sample_button, self.evaluate_button, self.save_button],
+                           self.sample_button, self.evaluate_button, self.save_button, self.smoothing],
                           layout=w.Layout(align_items="center", grid_gap="8px", flex_flow="row wrap"))
         figures = [c.figure for c in self.charts.values()] + [self.layers.figure] + [
             c.figure for c in self.resources.charts]
@@ -229,8 +237,9 @@ class Dashboard(w.VBox):
         notebook viewed with no kernel (nbviewer, GitHub, a reopened file) shows the HTML."""
         if not self._displays or self._run.state not in ENDED:
             return
-        key = (self._run.state, self._run.step, len(self._run.record.events_since(0)))
-        if key != self._summary:  # the run moved on (a save, a sample after the end)
+        smoothing = self.smoothing.value
+        key = (self._run.state, self._run.step, len(self._run.record.events_since(0)), smoothing)
+        if key != self._summary:  # the run moved on (a save, a sample after the end), or the smoothing
             self._summary, self._summarized = key, set()
         todo = [(i, parent) for i, parent in self._displays if i not in self._summarized]
         self._summarized.update(i for i, _ in todo)  # tried once, even if it fails
@@ -239,7 +248,7 @@ class Dashboard(w.VBox):
         pub = getattr(get_ipython(), "display_pub", None)
         if pub is None or not todo:  # nothing new, or no kernel to send it through
             return
-        bundle = self._bundle(summary_html(self._run))
+        bundle = self._bundle(summary_html(self._run, smoothing))
         for display_id, parent in todo:
             # the update must carry its cell's request: a front end routes it by that
             token = (pub.set_thread_parent(parent)
@@ -331,6 +340,8 @@ class Dashboard(w.VBox):
         if self._x0 is not None and "grad_norm" in fed:  # the clip threshold, up to this step
             self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), run.grad_clip or 0.0)
         self._sent = sum(self.charts[chart].draw(sorted(names)) for chart, names in fed.items())
+        weight = self.smoothing.value  # a new weight: every smoothed curve redrawn, once
+        self._sent += sum(chart.set_smoothing(weight) for chart in self.charts.values())
         self._sent += self.layers.refresh(run)
         self._sent += self.resources.refresh(run)
         self._sent += self.histograms.refresh(run)

@@ -161,7 +161,7 @@ def to_html(run, path) -> Path:
     what = run.describe()
     page = PAGE.format(title=html.escape(f"lmwidget {run.name}: " + " on ".join(
                            str(what[k]) for k in ("model", "data") if k in what)),
-                       summary=summary_html(run), config=config, events=event_table,
+                       summary=summary_html(run, dashboard.smoothing.value), config=config, events=event_table,
                        n_events=len(events), widgets=widgets)
     path.write_text(page, encoding="utf-8")
     return path

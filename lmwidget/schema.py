@@ -26,6 +26,7 @@ class Chart:
     log: bool = False        # a log axis
     tick_format: str = ".3g"
     zero: bool = False       # the quantity cannot be negative: its axis starts at 0
+    smooth: bool = False     # noisy from step to step: drawn smoothed over the faint raw curve
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,12 @@ def _exp(name: str):
 
 
 CHARTS = {c.key: c for c in (
-    Chart("loss", "loss", "nats/token"),
-    Chart("perplexity", "perplexity", log=True),
-    Chart("bpb", "bits per byte", "bits/byte"),
+    Chart("loss", "loss", "nats/token", smooth=True),
+    Chart("perplexity", "perplexity", log=True, smooth=True),
+    Chart("bpb", "bits per byte", "bits/byte", smooth=True),
     Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2g"),
     Chart("lr", "learning rate", log=True, tick_format=".1e"),
-    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s", zero=True),
+    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s", zero=True, smooth=True),
 )}
 
 COLUMNS = (

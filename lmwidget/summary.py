@@ -7,8 +7,9 @@ import html
 import numpy as np
 
 from .axes import tick_label, x_domain, y_domain
-from .charts import EVENT_COLORS, event_label
+from .charts import EVENT_COLORS, RAW_OPACITY, event_label
 from .downsample import MinMaxSeries
+from .smoothing import DEFAULT as DEFAULT_SMOOTHING, check_weight, ema
 from .schema import CHARTS, user_chart
 
 WIDTH, HEIGHT = 340, 200
@@ -31,9 +32,11 @@ def _points(x, y, log: bool):
 
 
 def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label: str = "step",
-              css_class: str = "", zero: bool = False) -> str:
+              css_class: str = "", zero: bool = False, smoothing: float = 0.0) -> str:
     """One chart as an SVG string. `series`: (label, x, y, color, dots) tuples; `events`:
-    (step, time, kind, value, detail) tuples drawn as vertical rules with a tooltip."""
+    (step, time, kind, value, detail) tuples drawn as vertical rules with a tooltip.
+    `smoothing` > 0: each line is drawn smoothed as the dashboard draws it, over its raw
+    curve drawn faintly."""
     drawn = [(label, *_points(x, y, log), color, dots) for label, x, y, color, dots in series]
     drawn = [d for d in drawn if len(d[1])]
     left, top = MARGIN["left"], MARGIN["top"]
@@ -83,16 +86,24 @@ def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label
         if dots:
             out.extend(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="{color}"/>'
                        for a, b in zip(x, y))
+        elif smoothing > 0:
+            out.append(_polyline(x, y, px, py, color, label + " (raw)", 'class="lmwidget-summary-raw" '
+                                 f'stroke-opacity="{RAW_OPACITY}" '))
+            out.append(_polyline(x, ema(y, smoothing), px, py, color, label, 'class="lmwidget-summary-smoothed" '))
         else:
-            pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
-            out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.3">'
-                       f'<title>{html.escape(label)}</title></polyline>')
+            out.append(_polyline(x, y, px, py, color, label, ""))
     if len(drawn) > 1:
         for i, (label, *_, color, _dots) in enumerate(drawn):
             out.append(f'<text x="{left + w - 4}" y="{top + 12 + 12 * i}" text-anchor="end" '
                        f'fill="{color}">{html.escape(label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _polyline(x, y, px, py, color, label, attributes) -> str:
+    pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y))
+    return (f'<polyline {attributes}points="{pts}" fill="none" stroke="{color}" stroke-width="1.3">'
+            f'<title>{html.escape(label)}</title></polyline>')
 
 
 def headline(run, frame) -> str:
@@ -118,10 +129,11 @@ def headline(run, frame) -> str:
     return " · ".join(parts)
 
 
-def summary_html(run) -> str:
+def summary_html(run, smoothing: float = DEFAULT_SMOOTHING) -> str:
     """The run's final curves (every chart of the schema's summary metrics, and the user's
     metrics) and headline, as HTML with inline SVG: it renders in any notebook viewer, with
-    no kernel or script."""
+    no kernel or script. The noisy curves are smoothed as the dashboard smooths them."""
+    smoothing = check_weight(smoothing)
     frame = run.history
     events = [e for e in run.record.events_since(0) if e[2] in STEERING]
     step = frame["step"].to_numpy()
@@ -135,6 +147,7 @@ def summary_html(run) -> str:
             keep = ~np.isnan(values) if (m.sparse or m.user) else slice(None)
             series.append((m.label, step[keep], values[keep], m.color, m.sparse))
         charts.append(svg_chart(spec.title, series, log=spec.log, events=events, zero=spec.zero,
+                                smoothing=smoothing if spec.smooth else 0.0,
                                 css_class="lmwidget-summary-" + key.replace("_", "-").replace(":", "-")))
     return (f'<div class="lmwidget-summary" style="font-family:sans-serif">'
             f'<div style="margin:4px 0">{headline(run, frame)}</div>'

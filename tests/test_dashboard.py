@@ -300,6 +300,38 @@ def axes_step_is_round(step: float) -> bool:
     return any(np.isclose(mantissa, m) for m in (1, 2, 5))
 
 
+def test_smoothing_draws_the_average_over_the_faint_raw_curve(tiny, monkeypatch):
+    from lmwidget import charts
+    from lmwidget.smoothing import ema
+
+    run = start(tiny, max_steps=LONG)
+    d = run.dashboard
+    assert d.smoothing.value == 0.6 and (d.smoothing.min, d.smoothing.max) == (0.0, 0.99)
+    loss = d.charts["loss"]
+    wait_for(lambda: len(loss.smoothed["train"].x) > 20, timeout=scaled(10))
+    run.pause()
+    wait_for(lambda: run.state == "paused", timeout=5)
+    raw, smooth = loss.marks["train"], loss.smoothed["train"]
+    wait_for(lambda: raw.x.size and raw.x[-1] == run.step and len(smooth.x) == len(raw.x), timeout=5)
+    np.testing.assert_allclose(smooth.y, ema(raw.y, 0.6), rtol=1e-5)
+    assert raw.opacities == [0.3] and not raw.display_legend
+    for chart in ("loss", "perplexity", "throughput"):  # smoothed; the LR and grad norm are not
+        assert d.charts[chart].smoothed
+    assert not d.charts["lr"].smoothed and not d.charts["grad_norm"].smoothed
+    calls = []  # once per redraw, never per step: while paused, nothing is smoothed again
+    monkeypatch.setattr(charts, "ema", lambda y, w: calls.append(w) or ema(y, w))
+    time.sleep(4 * UPDATE_INTERVAL)
+    assert calls == []
+    before = np.asarray(smooth.y).copy()
+    d.smoothing.value = 0.95  # the drawn path changes at once, still paused
+    wait_for(lambda: len(smooth.y) == len(before) and not np.allclose(smooth.y, before), timeout=5)
+    np.testing.assert_allclose(smooth.y, ema(raw.y, 0.95), rtol=1e-5)
+    assert len(calls) >= 3  # each smoothed series of each chart, once
+    d.smoothing.value = 0.0  # raw only, at full strength
+    wait_for(lambda: len(smooth.x) == 0 and raw.opacities == [1.0], timeout=5)
+    run.stop()
+
+
 def test_a_redraw_sends_each_series_once(tiny, sent):
     run = start(tiny, max_steps=300, eval_interval=100)
     run.wait(30)
@@ -307,7 +339,7 @@ def test_a_redraw_sends_each_series_once(tiny, sent):
     d = Dashboard(run)  # a second view: its first redraw draws the whole run
     wait_for(lambda: d._updater is None, timeout=5)
     charts = [*d.charts.values(), *d.resources.charts]  # resources: sampled with no view too
-    marks = [m for c in charts for m in (*c.marks.values(), *c.extra.values())]
+    marks = [m for c in charts for m in (*c.marks.values(), *c.extra.values(), *c.smoothed.values())]
     updates = [widget for widget, keys, _ in sent if keys == ("x", "y")]
     assert sorted(map(id, updates)) == sorted(map(id, marks))  # each mark: x and y in one message
     assert all(len(m.x) > 0 for m in marks)
@@ -361,7 +393,7 @@ def test_refresh_reports_the_bytes_it_sent(tiny):
     run.wait(30)
     d = Dashboard(run)
     wait_for(lambda: d._updater is None, timeout=10)
-    marks = [m for c in (*d.charts.values(), *d.resources.charts) for m in c.marks.values()]
+    marks = [m for c in (*d.charts.values(), *d.resources.charts) for m in (*c.marks.values(), *c.smoothed.values())]
     assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks) + d.layers.bars.y.nbytes
 
 

@@ -77,7 +77,9 @@ def test_to_html_is_one_standalone_page(run, tmp_path):
     # the curves are inline SVG: no script, stylesheet or image is fetched for them
     static = page[:page.index("<h3>Dashboard</h3>")]
     assert not re.search(r"<script|<link|<img|src=", static)
-    assert static.count("<polyline") == 5 and "lmwidget-summary-loss" in static
+    smoothed = static.count('class="lmwidget-summary-smoothed"')  # as the dashboard smooths them
+    assert smoothed >= 2 and static.count('class="lmwidget-summary-raw"') == smoothed
+    assert static.count("<polyline") == 5 + smoothed and "lmwidget-summary-loss" in static
     assert "finished at step 60/60" in static
     events = static[static.index("<th>step</th>"):]
     assert "nan" not in events and not re.search(r"\d\.\d{7,}", events)  # no 16-digit times

@@ -57,6 +57,23 @@ def test_ticks_are_round_readable_and_the_step_axis_starts_at_0():
     assert not any(re.fullmatch(r"-?\d*\.\d{5,}", t) for t in throughput + norms)
 
 
+def test_the_summary_smooths_as_the_dashboard_does():
+    from lmwidget.smoothing import ema
+
+    x = np.arange(1, 201)
+    y = 3 + np.sin(x)  # noisy
+    root = parse(svg_chart("loss", [("train", x, y, "#000", False)], smoothing=0.9))
+    raw, smooth = polyline_points(root)
+    assert [p.get("class") for p in root.findall(f"{SVG}polyline")] == ["lmwidget-summary-raw", "lmwidget-summary-smoothed"]
+    assert root.findall(f"{SVG}polyline")[0].get("stroke-opacity") == "0.3"  # faint, its spikes visible
+    spread = lambda pts: np.ptp([p[1] for p in pts[50:]])  # noqa: E731
+    assert spread(smooth) < spread(raw) / 3
+    both = [("train", x, y, "#000", False), ("average", x, ema(y, 0.9), "#000", False)]
+    expected = polyline_points(parse(svg_chart("loss", both)))[1]
+    np.testing.assert_allclose(np.array(expected), np.array(smooth), atol=0.11)  # the same average
+    assert len(polyline_points(parse(svg_chart("loss", [("train", x, y, "#000", False)])))) == 1  # 0: raw only
+
+
 def test_long_series_are_downsampled_keeping_spikes():
     x = np.arange(100_000)
     y = np.ones(100_000)
