@@ -13,6 +13,7 @@ from .downsample import MinMaxSeries
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING, ema
 
 MAX_POINTS = 1000   # per series, whatever the run length
+HOVER_POINTS = 250  # per series: invisible dots whose tooltip gives the value under the cursor
 MAX_RULES = 200     # the most recent events drawn as vertical rules
 EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr": "#6a1b9a",
                 "grad_clip": "#00838f", "sample": "#9e9e9e", "anomaly": "#c62828",
@@ -56,7 +57,8 @@ class Chart:
 
     def __init__(self, title: str, x, series: dict, css_class: str, log: bool = False,
                  tick_format: str | None = None, x_label: str = "step", x_format: str = "d",
-                 event_x: int = STEP, y_label: str = "", zero: bool = False, smooth: bool = False):
+                 event_x: int = STEP, y_label: str = "", zero: bool = False, smooth: bool = False,
+                 hover_format: str = ".4g"):
         self.shared = x if isinstance(x, SharedX) else None
         x_scale = x.scale if self.shared else x
         y_scale = bq.LogScale() if log else bq.LinearScale()
@@ -67,6 +69,15 @@ class Chart:
                 x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
                 colors=[color], marker=marker, marker_size=16,
                 scales={"x": x_scale, "y": y_scale}, display_legend=len(series) > 1)
+        # the value under the cursor: on every series, dots that show only when hovered
+        x_name, x_format_hover = ("step", "d") if event_x == STEP else (x_label, ".1f")
+        self.hover = {name: bq.Scatter(x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), colors=[color],
+                                       opacities=[0.0], default_size=36,
+                                       hovered_style={"opacity": 1.0, "stroke": "white"},
+                                       scales={"x": x_scale, "y": y_scale}, display_legend=False,
+                                       tooltip=bq.Tooltip(fields=["x", "y"], labels=[x_name, name],
+                                                          formats=[x_format_hover, hover_format]))
+                      for name, (color, _) in series.items()}
         self.smoothing = DEFAULT_SMOOTHING if smooth else 0.0
         self.smoothed = {name: bq.Lines(x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
                                         colors=[color], scales={"x": x_scale, "y": y_scale},
@@ -95,7 +106,7 @@ class Chart:
             if self.shared.ticks is not None:
                 self.x_axis.tick_values = self.shared.ticks
         self.figure = bq.Figure(
-            title=title, marks=[*self.marks.values(), *self.smoothed.values(), self.rules],
+            title=title, marks=[*self.marks.values(), *self.smoothed.values(), self.rules, *self.hover.values()],
             axes=[self.x_axis, self.y_axis],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
             animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))
@@ -132,6 +143,12 @@ class Chart:
                 with smooth.hold_sync():
                     smooth.x, smooth.y = (x, sy) if self.smoothing > 0 else (x[:0], sy)
                 sent += smooth.x.nbytes + sy.nbytes
+            keep = np.isfinite(y)  # a dot cannot stand at NaN
+            every = max(1, int(np.ceil(keep.sum() / HOVER_POINTS)))
+            hover = self.hover[name]
+            with hover.hold_sync():
+                hover.x, hover.y = x[keep][::every], y[keep][::every]
+            sent += hover.x.nbytes + hover.y.nbytes
             self._ranges[name] = finite_range(y)
             if self.shared and len(x):
                 self.shared.follow(float(np.nanmax(x)))

@@ -258,7 +258,8 @@ def test_redraws_are_throttled_and_stop_when_nothing_changes(tiny, sent):
     wait_for(lambda: run.state == "paused", timeout=2)
     time.sleep(2 * UPDATE_INTERVAL)
     resources = {id(m) for c in d.resources.charts for m in c.marks.values()}
-    resources |= {id(w) for c in d.resources.charts for w in (c.y_scale, c.x_axis, c.y_axis, c.shared.scale)}
+    resources |= {id(w) for c in d.resources.charts for w in (c.y_scale, c.x_axis, c.y_axis, c.shared.scale,
+                                                             *c.hover.values())}
     resources.add(id(d.pacer.drawn))  # each redraw's number, for a front end to acknowledge
     before = len(sent)
     time.sleep(8 * UPDATE_INTERVAL)
@@ -300,6 +301,26 @@ def axes_step_is_round(step: float) -> bool:
     return any(np.isclose(mantissa, m) for m in (1, 2, 5))
 
 
+def test_every_curve_gives_its_value_under_the_cursor(tiny):
+    """Invisible dots along each series (at most HOVER_POINTS), shown when hovered, whose
+    tooltip reads the step (the time on resource charts) and the value."""
+    from lmwidget.charts import HOVER_POINTS
+
+    run = start(tiny, max_steps=600, eval_interval=100)
+    run.wait(60)
+    d = run.dashboard
+    settle(d, run)
+    loss = d.charts["loss"]
+    dots = loss.hover["train"]
+    assert 0 < len(dots.x) <= HOVER_POINTS and list(dots.opacities) == [0.0] and dots.hovered_style["opacity"] == 1
+    assert set(np.asarray(dots.x)) <= set(np.asarray(loss.marks["train"].x))  # on the curve's own points
+    assert (dots.tooltip.fields, dots.tooltip.labels) == (["x", "y"], ["step", "train"])
+    assert len(loss.hover["val"].x) == len(run.history.val_loss.dropna())  # the evaluations' dots too
+    cpu = d.resources.utilisation.hover["CPU % (of one core)"]
+    assert cpu.tooltip.labels == ["time (s)", "CPU % (of one core)"]
+    assert d.charts["lr"].rules.tooltip.fields == ["name"]  # the event rules keep their labels
+
+
 def test_smoothing_draws_the_average_over_the_faint_raw_curve(tiny, monkeypatch):
     from lmwidget import charts
     from lmwidget.smoothing import ema
@@ -318,6 +339,7 @@ def test_smoothing_draws_the_average_over_the_faint_raw_curve(tiny, monkeypatch)
     for chart in ("loss", "perplexity", "throughput"):  # smoothed; the LR and grad norm are not
         assert d.charts[chart].smoothed
     assert not d.charts["lr"].smoothed and not d.charts["grad_norm"].smoothed
+    time.sleep(2 * UPDATE_INTERVAL)  # the redraw in flight at the pause ends
     calls = []  # once per redraw, never per step: while paused, nothing is smoothed again
     monkeypatch.setattr(charts, "ema", lambda y, w: calls.append(w) or ema(y, w))
     time.sleep(4 * UPDATE_INTERVAL)
@@ -339,7 +361,8 @@ def test_a_redraw_sends_each_series_once(tiny, sent):
     d = Dashboard(run)  # a second view: its first redraw draws the whole run
     wait_for(lambda: d._updater is None, timeout=5)
     charts = [*d.charts.values(), *d.resources.charts]  # resources: sampled with no view too
-    marks = [m for c in charts for m in (*c.marks.values(), *c.extra.values(), *c.smoothed.values())]
+    marks = [m for c in charts for m in (*c.marks.values(), *c.extra.values(), *c.smoothed.values(),
+                                         *c.hover.values())]
     updates = [widget for widget, keys, _ in sent if keys == ("x", "y")]
     assert sorted(map(id, updates)) == sorted(map(id, marks))  # each mark: x and y in one message
     assert all(len(m.x) > 0 for m in marks)
@@ -393,7 +416,8 @@ def test_refresh_reports_the_bytes_it_sent(tiny):
     run.wait(30)
     d = Dashboard(run)
     wait_for(lambda: d._updater is None, timeout=10)
-    marks = [m for c in (*d.charts.values(), *d.resources.charts) for m in (*c.marks.values(), *c.smoothed.values())]
+    marks = [m for c in (*d.charts.values(), *d.resources.charts)
+             for m in (*c.marks.values(), *c.smoothed.values(), *c.hover.values())]
     assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks) + d.layers.bars.y.nbytes
 
 
