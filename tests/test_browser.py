@@ -570,6 +570,7 @@ def run_scenario(nb: NotebookPage, expected_mode: str | None, res: dict) -> dict
     assert "LMW stopped False" in out, out
     mark("stopped")
     nb.screenshot("stopped", scroll_to=DASHBOARD)
+    what_a_person_sees(nb, probe, res)
 
     # 8. no console errors from lmwidget, ipywidgets or bqplot
     errs = widget_errors(nb)
@@ -577,6 +578,66 @@ def run_scenario(nb: NotebookPage, expected_mode: str | None, res: dict) -> dict
     record(nb, res)
     assert not errs, "console errors:\n" + "\n".join(e["text"] for e in errs)
     return res
+
+
+TICKS_JS = """
+(fig) => Array.from(fig.querySelectorAll('.axis')).map(axis => ({
+  cls: axis.getAttribute('class') || '',
+  labels: Array.from(axis.querySelectorAll('.tick text')).map(t => t.textContent.trim()).filter(t => t)}))
+"""
+SI = {"k": 1e3, "M": 1e6, "G": 1e9, "m": 1e-3, "µ": 1e-6, "u": 1e-6, "n": 1e-9}
+
+
+def tick_value(label: str) -> float:
+    label = label.replace(",", "").replace("\u2212", "-")
+    return float(label[:-1]) * SI[label[-1]] if label and label[-1] in SI else float(label)
+
+
+def is_round_tick(value: float) -> bool:
+    """At most two significant digits (1, 2.5, 40k, 0.65), as a person writes a tick."""
+    if value == 0:
+        return True
+    scaled_value = abs(value) / 10 ** (math.floor(math.log10(abs(value))) - 1)
+    return math.isclose(scaled_value, round(scaled_value), abs_tol=1e-6)
+
+
+def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
+    """After Stop, read from the page: round tick labels and no negative step; the
+    controls that can no longer act disabled; a hover's value; smoothing redrawing a curve."""
+    page = nb.page
+    ticks = {}
+    for chart in ("loss", "perplexity", "grad-norm", "lr", "throughput", "utilisation", "memory"):
+        axes = page.locator(f".lmwidget-chart-{chart}").first.evaluate(TICKS_JS)
+        labels = [label for axis in axes for label in axis["labels"]]
+        ticks[chart] = labels
+        assert labels and all(is_round_tick(tick_value(t)) for t in labels), (chart, labels)
+        assert all(tick_value(t) >= 0 for t in axes[0]["labels"]), (chart, axes[0])  # steps, seconds
+    res["tick_labels"] = ticks
+    for control in (".lmwidget-pause", ".lmwidget-stop"):
+        assert page.locator(f"{control} button, button{control}").first.is_disabled(), control
+    assert page.locator(".lmwidget-lr input, .lmwidget-lr .noUi-target[disabled]").count() >= 1
+    assert not page.locator("button.lmwidget-sample, .lmwidget-sample button").first.is_disabled()
+    # the value under the cursor, on the loss curve
+    dot = page.locator(".lmwidget-chart-loss .dot").nth(10)
+    box = dot.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 - 15)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tip = page.locator(".tooltiptext", has_text="step").first
+    tip.wait_for(state="visible", timeout=5000)
+    res["hover"] = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
+    assert re.search(r"step\s*\d+", res["hover"]) and re.search(r"train\s*-?\d", res["hover"]), res["hover"]
+    nb.screenshot("hover", scroll_to=".lmwidget-chart-loss")
+    page.mouse.move(0, 0)
+    # smoothing: the run has ended, so only the slider can change the curves now
+    before = line_points(page, "loss")
+    readout = page.locator(".lmwidget-smoothing .widget-readout").first
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0.95")
+    page.keyboard.press("Enter")
+    wait_for(lambda: line_points(page, "loss") != before, 10, message="the smoothed curve to redraw")
+    assert probe.eval("__lmw_run().dashboard.smoothing.value") == 0.95
+    nb.screenshot("smoothed", scroll_to=".lmwidget-chart-loss")
 
 
 NOTEBOOKS = ["generated", "quickstart"]
