@@ -143,17 +143,41 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _as_float(value) -> float:
+    """`value` as the float that will be used (NaN when it is no number, or does not fit:
+    10**400 overflows; Fraction(1, 10**400) becomes 0.0 and is judged as 0.0)."""
+    if not _is_number(value):
+        return math.nan
+    try:
+        return float(value)
+    except (OverflowError, ValueError, TypeError):
+        return math.nan
+
+
+def _shown(value, as_float: float) -> str:
+    """The value given, shortened, and what it became as a float where that is the reason."""
+    text = repr(value)
+    text = text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+    if _is_number(value) and math.isnan(as_float) and not isinstance(value, float):
+        return f"{text} (too large for a float)"
+    if _is_number(value) and as_float == 0 and value != 0:
+        return f"{text} (0.0 as a float)"
+    return text
+
+
 def check_lr(lr) -> float:
-    if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0 (for example 3e-3); got {lr!r}")
-    return float(lr)
+    value = _as_float(lr)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"lr must be a finite number > 0 (for example 3e-3); got {_shown(lr, value)}")
+    return value
 
 
 def check_grad_clip(grad_clip) -> float:
-    if not _is_number(grad_clip) or not math.isfinite(grad_clip) or grad_clip < 0:
+    value = _as_float(grad_clip)
+    if not math.isfinite(value) or value < 0 or (value == 0 and grad_clip != 0):  # not "off" by rounding
         raise ValueError(f"grad_clip must be a finite number >= 0 (0 turns clipping off); "
-                         f"got {grad_clip!r}")
-    return float(grad_clip)
+                         f"got {_shown(grad_clip, value)}")
+    return value
 
 
 def _check_int(name, value, minimum) -> None:
