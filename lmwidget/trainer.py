@@ -131,6 +131,11 @@ class Trainer(Steered):
 
     # -- checkpoints ------------------------------------------------------------------------
     @property
+    def name(self) -> str:
+        """The run's name in messages ("run 3")."""
+        return getattr(self.handle, "name", "the run")
+
+    @property
     def max_steps(self) -> int:
         return self.config.max_steps
 

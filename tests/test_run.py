@@ -427,6 +427,37 @@ def test_requests_during_the_last_step_are_applied(tiny):
     assert sorted(kinds(run)) == ["lr", "sample"]
 
 
+def test_a_request_as_the_run_ends_is_applied_in_order_or_refused(tiny, monkeypatch):
+    """The loop closes the control, then applies the requests left from its last step (a
+    0.2 s delay injected between the two). A set_lr made in that gap waits for the end and
+    is refused: it can neither be applied and then overwritten by a leftover, nor lost."""
+    from lmwidget.control import Control
+
+    close = Control.close
+
+    def slow_close(self):
+        left = close(self)
+        time.sleep(0.2)
+        return left
+
+    monkeypatch.setattr(Control, "close", slow_close)
+
+    class Slow(Boom):
+        def forward(self, idx, targets=None):
+            if targets is not None and idx.size(0) == 8:
+                time.sleep(0.3)  # the training step, not the contract check
+            return super().forward(idx, targets)
+
+    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
+    run = start(tiny, model=Slow(vocab), max_steps=1, eval_interval=0)
+    time.sleep(0.1)  # inside the only step
+    run.set_lr(1e-2)  # left over when the loop ends: applied by the end
+    wait_for(lambda: run.control.closed, timeout=5)
+    with pytest.raises(RuntimeError, match="has ended .* it cannot change its learning rate"):
+        run.set_lr(2e-2)  # in the gap: waits for the end, then refused
+    assert run.wait(10) and run.lr == 1e-2 and kinds(run) == ["lr"]
+
+
 def test_repr_does_not_copy_the_users_model(tiny):
     vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
     model = Boom(vocab)
