@@ -101,7 +101,7 @@ class OtherLoad:
                 pass
         self._last = self._read()
 
-    def _busy(self) -> float | None:
+    def busy(self) -> float | None:
         """CPU seconds spent, since boot, on this process's CPUs (idle and iowait left out)."""
         try:
             lines = Path("/proc/stat").read_text().splitlines()
@@ -116,7 +116,7 @@ class OtherLoad:
         return busy / self._hz
 
     def _read(self):
-        busy = self._busy()
+        busy = self.busy()
         if busy is None:
             return None
         process = os.times()
