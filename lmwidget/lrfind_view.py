@@ -43,7 +43,7 @@ class LRFinderView(w.VBox):
             title="LR range test: smoothed loss against learning rate",
             marks=[self.raw, self.smoothed, self.points, self.marks, self.chosen_rule],
             axes=[bq.Axis(scale=x, side="bottom", label="learning rate", tick_format=".0e"),
-                  bq.Axis(scale=y, side="left", label="loss", tick_format=".3g")],
+                  bq.Axis(scale=y, side="left", label="loss", tick_format=".3~g")],
             animation_duration=0, layout=w.Layout(width="auto", height="320px", min_width="420px"),
             fig_margin=dict(top=40, bottom=50, left=60, right=20))
         self.figure.add_class("lmwidget-lrfind-chart")

@@ -37,9 +37,9 @@ class ResourcesPanel:
             util["GPU %"] = ("#2e7d32", None)
             memory.update({"GPU used": ("#2e7d32", None), "torch allocated": ("#6a1b9a", None)})
         self.utilisation = Chart("utilisation", t, util, "lmwidget-chart-utilisation", y_label="%",
-                                 tick_format=".3g", x_label="time (s)", x_format=".3g", event_x=TIME, zero=True)
-        self.memory = Chart("memory", t, memory, "lmwidget-chart-memory", tick_format=".4s", y_label="MB",
-                            x_label="time (s)", x_format=".3g", event_x=TIME, zero=True)
+                                 tick_format=".3~g", x_label="time (s)", x_format=".3~g", event_x=TIME, zero=True)
+        self.memory = Chart("memory", t, memory, "lmwidget-chart-memory", tick_format=".4~s", y_label="MB",
+                            x_label="time (s)", x_format=".3~g", event_x=TIME, zero=True)
         self.gpu_label = w.HTML()
         self.gpu_label.add_class("lmwidget-gpu-status")
         self.charts = [self.utilisation, self.memory]
@@ -81,7 +81,7 @@ class LayersPanel:
                             scales={"x": names, "y": values}, colors=["#2e7d32"], padding=0.2,
                             tooltip=bq.Tooltip(fields=["x", "y"], formats=["", ".3g"],
                                                labels=["layer", "grad norm"]))
-        self.values = bq.Axis(scale=values, side="bottom", tick_format=".2g", label="grad norm")
+        self.values = bq.Axis(scale=values, side="bottom", tick_format=".2~g", label="grad norm")
         self.figure = _figure("grad norm per layer", [self.bars],
                               [bq.Axis(scale=names, side="left", tick_style={"font-size": "11px"}),
                                self.values], "lmwidget-chart-layers")

@@ -24,7 +24,7 @@ class Chart:
     title: str
     unit: str = ""           # the value axis' label
     log: bool = False        # a log axis
-    tick_format: str = ".3g"
+    tick_format: str = ".3~g"
     zero: bool = False       # the quantity cannot be negative: its axis starts at 0
     smooth: bool = False     # noisy from step to step: drawn smoothed over the faint raw curve
 
@@ -67,9 +67,9 @@ CHARTS = {c.key: c for c in (
     Chart("loss", "loss", "nats/token", smooth=True),
     Chart("perplexity", "perplexity", log=True, smooth=True),
     Chart("bpb", "bits per byte", "bits/byte", smooth=True),
-    Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2g"),
-    Chart("lr", "learning rate", log=True, tick_format=".1e"),
-    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3s", zero=True, smooth=True),
+    Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2~g"),
+    Chart("lr", "learning rate", log=True, tick_format=".1~e"),
+    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3~s", zero=True, smooth=True),
 )}
 
 COLUMNS = (

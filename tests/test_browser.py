@@ -611,19 +611,30 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
         labels = [label for axis in axes for label in axis["labels"]]
         ticks[chart] = labels
         assert labels and all(is_round_tick(tick_value(t)) for t in labels), (chart, labels)
-        assert all(tick_value(t) >= 0 for t in axes[0]["labels"]), (chart, axes[0])  # steps, seconds
+        assert all(tick_value(t) >= 0 for t in labels), (chart, labels)  # steps, seconds, and these values
     res["tick_labels"] = ticks
     for control in (".lmwidget-pause", ".lmwidget-stop"):
         assert page.locator(f"{control} button, button{control}").first.is_disabled(), control
     assert page.locator(".lmwidget-lr input, .lmwidget-lr .noUi-target[disabled]").count() >= 1
     assert not page.locator("button.lmwidget-sample, .lmwidget-sample button").first.is_disabled()
     # the value under the cursor, on the loss curve
-    dot = page.locator(".lmwidget-chart-loss .dot").nth(10)
-    box = dot.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 - 15)
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    dots = page.locator(".lmwidget-chart-loss").first.evaluate("""
+    (fig) => Array.from(fig.querySelectorAll('.dot'))  // the hover dots: invisible until hovered
+      .filter(d => !d.closest('.g_legend') && getComputedStyle(d).opacity === '0')
+      .map(d => { const r = d.getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })
+    """)
+    assert dots, "no hover dots on the loss chart"
+    res["hover_dots"] = len(dots)
     tip = page.locator(".tooltiptext", has_text="step").first
-    tip.wait_for(state="visible", timeout=5000)
+    for i in range(5):  # a few dots along the curve, as a person moves the mouse
+        dot = dots[len(dots) * (i + 1) // 6]
+        page.mouse.move(dot["x"], dot["y"] - 30)
+        page.mouse.move(dot["x"], dot["y"], steps=5)
+        try:
+            tip.wait_for(state="visible", timeout=2000)
+            break
+        except Exception:  # noqa: BLE001 - the assertion below says what was seen
+            continue
     res["hover"] = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
     assert re.search(r"step\s*\d+", res["hover"]) and re.search(r"train\s*-?\d", res["hover"]), res["hover"]
     nb.screenshot("hover", scroll_to=".lmwidget-chart-loss")
