@@ -410,7 +410,8 @@ def test_after_the_end_steering_is_refused_and_the_state_shown_stays(tiny):
     assert not run.control.pending("lr")
 
 
-def test_requests_during_the_last_step_are_applied(tiny):
+def one_slow_step(tiny):
+    """A run of one 0.3 s step, 0.1 s into it."""
     class Slow(Boom):
         def forward(self, idx, targets=None):
             if targets is not None and idx.size(0) == 8:
@@ -420,6 +421,11 @@ def test_requests_during_the_last_step_are_applied(tiny):
     vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
     run = start(tiny, model=Slow(vocab), max_steps=1, eval_interval=0)
     time.sleep(0.1)  # inside the only step
+    return run
+
+
+def test_requests_during_the_last_step_are_applied(tiny):
+    run = one_slow_step(tiny)
     run.request_sample()
     run.set_lr(1e-2)
     assert run.wait(10)
@@ -442,15 +448,7 @@ def test_a_request_as_the_run_ends_is_applied_in_order_or_refused(tiny, monkeypa
 
     monkeypatch.setattr(Control, "close", slow_close)
 
-    class Slow(Boom):
-        def forward(self, idx, targets=None):
-            if targets is not None and idx.size(0) == 8:
-                time.sleep(0.3)  # the training step, not the contract check
-            return super().forward(idx, targets)
-
-    vocab = lmwidget.Dataset(lmwidget.data.builtin_text()).vocab_size
-    run = start(tiny, model=Slow(vocab), max_steps=1, eval_interval=0)
-    time.sleep(0.1)  # inside the only step
+    run = one_slow_step(tiny)
     run.set_lr(1e-2)  # left over when the loop ends: applied by the end
     wait_for(lambda: run.control.closed, timeout=5)
     with pytest.raises(RuntimeError, match="has ended .* it cannot change its learning rate"):
