@@ -957,9 +957,9 @@ def test_health_panels(opened):
 
 CELL_OUTPUTS_JS = "return app.shell.currentWidget.content.model.cells.get(arg).outputs.toJSON();"
 VISIBLE_POLYLINES_JS = """
-() => Array.from(document.querySelectorAll('svg.lmwidget-summary-chart polyline'))
+() => Array.from(document.querySelectorAll('svg.lmwidget-summary-chart polyline:not(.lmwidget-summary-raw)'))
   .filter(p => p.getBoundingClientRect().width > 100).length
-"""
+"""  # one per curve: a smoothed curve's faint raw line behind it is not counted again
 
 
 def static_view(page, path: Path, stage: str) -> int:
