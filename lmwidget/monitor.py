@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 from .system import SAMPLE_INTERVAL
 
+TICK = 0.1  # s between looks: a run is first sampled within this of its start, however short
 _lock = threading.Lock()
 _state: dict = {"thread": None}
+_sampled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # run -> when last sampled
 
 
 def watch() -> None:
@@ -37,10 +40,12 @@ def _loop() -> None:
             if not waiting:
                 _state["thread"] = None
                 return
+        now = time.monotonic()
         for run in waiting:
-            if run.started and not run.ended:
+            if run.started and not run.ended and now - _sampled.get(run, -SAMPLE_INTERVAL) >= SAMPLE_INTERVAL:
+                _sampled[run] = now
                 try:
                     run.sample_resources()
                 except Exception:  # a GPU gone, a process table unreadable: the next second may do
                     pass
-        time.sleep(SAMPLE_INTERVAL)
+        time.sleep(TICK)

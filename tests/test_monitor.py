@@ -47,3 +47,12 @@ def test_the_samples_are_taken_off_the_training_thread_and_stop_at_the_end():
     wait_for(lambda: not monitor.running() or any(not r.ended for r in lmwidget.runs()), timeout=5)
     time.sleep(1.5)
     assert len(run.resources) == before  # an ended run is not sampled any more
+
+
+def test_a_run_shorter_than_a_second_is_sampled_too():
+    """The first sample is taken within a tenth of a second of the start (a short job's
+    resources.csv is never empty)."""
+    run = lmwidget.train(display=False, max_steps=10**6, **TINY)
+    wait_for(lambda: len(run.resources) >= 1, timeout=scaled(0.5))
+    run.stop()
+    run.wait()
