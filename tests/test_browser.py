@@ -640,14 +640,25 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     nb.screenshot("hover", scroll_to=".lmwidget-chart-loss")
     page.mouse.move(0, 0)
     # smoothing: the run has ended, so only the slider can change the curves now
+    # Once ended, the dashboard leaves its static summary in the cell and the page redraws the
+    # output: let that happen first, then type into whatever readout the page shows.
+    probe.eval("__lmw_run().dashboard.settle()")
     before = line_points(page, "loss")
-    readout = page.locator(".lmwidget-smoothing .widget-readout").first
-    readout.click()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("0.95")
-    page.keyboard.press("Enter")
-    wait_for(lambda: line_points(page, "loss") != before, 10, message="the smoothed curve to redraw")
-    assert probe.eval("__lmw_run().dashboard.smoothing.value") == 0.95
+    attempts = 0
+
+    def typed() -> bool:  # by locator, never by page-wide keys: those would be notebook shortcuts
+        nonlocal attempts
+        attempts += 1
+        readout = page.locator(".lmwidget-smoothing .widget-readout").first
+        readout.fill("0.95")
+        readout.press("Enter")
+        return wait_for(lambda: probe.eval("__lmw_run().dashboard.smoothing.value") == 0.95, 5,
+                        message="the typed smoothing to reach the kernel")  # raised: typed again
+
+    wait_for(typed, 30, interval=0, message=lambda: "the smoothing readout to take 0.95 (the kernel "
+             f"has {probe.eval('__lmw_run().dashboard.smoothing.value')} after {attempts} tries)")
+    res["smoothing_attempts"] = attempts
+    wait_for(lambda: line_points(page, "loss") != before, 20, message="the smoothed curve to redraw")
     nb.screenshot("smoothed", scroll_to=".lmwidget-chart-loss")
 
 
