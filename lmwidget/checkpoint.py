@@ -7,14 +7,13 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from . import tokens
+from . import atomic, tokens
 from .data import CharTokenizer
 
 FORMAT = "lmwidget-checkpoint"
@@ -30,37 +29,13 @@ class CheckpointError(ValueError):
 
 
 def write(payload: dict, path) -> int:
-    """Save `payload` to `path` atomically; returns the file's size in bytes.
-
-    It is written to a temporary file in the same directory, flushed and fsynced, then
-    renamed over `path`: a crash at any moment leaves either the old file or the new one,
-    never a mix. A digest of the contents is stored with it, so damage is detected on load.
-    """
+    """Save `payload` to `path` atomically (atomic.write), with a digest of its contents, so
+    damage is detected on load; returns the file's size in bytes. Temporaries of checkpoint
+    saves into the same directory that were killed are removed once it is written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(payload, digest=digest(payload))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)  # the rename itself survives a power cut
-    return path.stat().st_size
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return atomic.write(path, lambda f: torch.save(payload, f),
+                        lambda name: name in (path.name, BEST) or _STEP_FILE.match(name) is not None)
 
 
 def read(path) -> dict:
