@@ -12,10 +12,11 @@ from .models import GPT, LSTM
 from .fit import fit
 from .loop import Loop, StopTraining, steer
 from .remote import RemoteRun, attach
+from .retention import keep_runs
 from .run import Run, train
 from .source import CONTROLS, LmwidgetWarning, Source, runs
 
 __version__ = "0.2.0"
-__all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CONTROLS", "attach", "RemoteRun", "runs", "lr_find", "LRFinder", "compare", "prepare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
+__all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CONTROLS", "attach", "RemoteRun", "runs", "keep_runs", "lr_find", "LRFinder", "compare", "prepare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
            "Callback", "EarlyStopping", "ReduceLROnPlateau", "LmwidgetWarning", "CheckpointError",
            "load_ipython_extension"]

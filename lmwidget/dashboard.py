@@ -7,11 +7,11 @@ import math
 import threading
 import time
 import traceback
-import uuid
 
 import ipywidgets as w
 import numpy as np
 
+from .cells import Cells, close_widgets
 from .charts import Chart, SharedX, view_bundle
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING
 from .compare import labels_for
@@ -172,9 +172,8 @@ class Dashboard(w.VBox):
         self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
         self._notice = None      # what the notice shows: (kind, ...)
         self._save_shown = None  # the save outcome drawn
-        self._displays = []      # (display_id, parent header) of each cell showing this dashboard
-        self._summary = None     # what the summary last left in those cells showed
-        self._summarized = set() # the display ids that have it
+        self.cells = Cells(f"lmwidget-{run.id}")  # the cells showing it: the summary goes there
+        self._retiring = False   # the run was closed: leave the summary, close the widgets
         self._drawn_at = -math.inf  # when the last refresh changed anything (monotonic s)
         self._updater = None
         self._updater_lock = threading.Lock()
@@ -209,15 +208,9 @@ class Dashboard(w.VBox):
     def show(self) -> None:
         """Display in the running cell under a display id, so that when the run ends the
         cell's output can also carry a static summary (see _leave_summary)."""
-        from IPython import get_ipython
-        from IPython.display import display
-
         prepare()
         track_cells()  # whether a redraw's acknowledgement can reach this kernel now
-        pub = getattr(get_ipython(), "display_pub", None)
-        display_id = f"lmwidget-{self._run.id}-{uuid.uuid4().hex[:12]}"
-        display(self._bundle(), raw=True, display_id=display_id)
-        self._displays.append((display_id, getattr(pub, "parent_header", None)))
+        self.cells.show(self._bundle())
         self.kick()  # an ended run's updater leaves the summary in this cell too
 
     def _ipython_display_(self) -> None:
@@ -231,35 +224,32 @@ class Dashboard(w.VBox):
             bundle["text/html"] = summary
         return bundle
 
+    def _summary_key(self) -> tuple:
+        run = self._run
+        return (run.state, run.step, len(run.record.events_since(0)), self.smoothing.value)
+
     def _leave_summary(self) -> None:
         """Once the run has ended: add the final curves as HTML to every cell showing this
         dashboard. A live front end keeps drawing the widget (its richer type); a saved
-        notebook viewed with no kernel (nbviewer, GitHub, a reopened file) shows the HTML."""
-        if not self._displays or self._run.state not in ENDED:
-            return
-        smoothing = self.smoothing.value
-        key = (self._run.state, self._run.step, len(self._run.record.events_since(0)), smoothing)
-        if key != self._summary:  # the run moved on (a save, a sample after the end), or the smoothing
-            self._summary, self._summarized = key, set()
-        todo = [(i, parent) for i, parent in self._displays if i not in self._summarized]
-        self._summarized.update(i for i, _ in todo)  # tried once, even if it fails
-        from IPython import get_ipython
+        notebook viewed with no kernel (nbviewer, GitHub, a reopened file) shows the HTML.
+        Redone when the run moves on (a save, a sample after the end) or the smoothing."""
+        if self._run.state in ENDED:
+            smoothing = self.smoothing.value
+            self.cells.update(lambda: self._bundle(summary_html(self._run, smoothing)), self._summary_key())
 
-        pub = getattr(get_ipython(), "display_pub", None)
-        if pub is None or not todo:  # nothing new, or no kernel to send it through
-            return
-        bundle = self._bundle(summary_html(self._run, smoothing))
-        for display_id, parent in todo:
-            # the update must carry its cell's request: a front end routes it by that
-            token = (pub.set_thread_parent(parent)
-                     if parent and hasattr(pub, "set_thread_parent") else None)
-            try:
-                pub.publish(data=bundle, metadata={}, transient={"display_id": display_id}, update=True)
-            finally:
-                if token is not None:
-                    pub.reset_thread_parent(token)
+    def retire(self) -> None:
+        """The run was closed: its cells keep only the static summary of its curves, and
+        every widget of this dashboard is closed (on the updater's thread, which draws)."""
+        self._retiring = True
+        self.kick()
 
-    # -- the updater thread ------------------------------------------------------------------
+    def _retire_now(self) -> None:
+        run, smoothing = self._run, self.smoothing.value
+        self.cells.update(lambda: {"text/plain": f"lmwidget: {run.name} ({run.state} at step {run.step}), closed",
+                                   "text/html": summary_html(run, smoothing)}, "closed")
+        run.unwatch(self._wake)
+        close_widgets(self, self.pacer.drawn, self.pacer.acked, self.pacer.link, self.histograms.figures)
+
     def kick(self) -> None:
         """Make sure the updater runs (it exits once the run has ended and all is drawn), and
         wake it now: a click shows its effect without waiting out a long redraw interval."""
@@ -286,6 +276,11 @@ class Dashboard(w.VBox):
 
     def _update_loop(self) -> None:
         while True:
+            if self._retiring:
+                with self._updater_lock:
+                    self._retire_now()
+                    self._updater = None
+                    return
             idle = self._idle()  # read first: the last draw sees the end
             try:
                 self.refresh()
@@ -298,8 +293,7 @@ class Dashboard(w.VBox):
             with self._updater_lock:  # a start kicks under this lock: no lost start
                 drawn = (not self._held and self._n_samples == len(self._run.record.samples_since(0))
                          and not self.histograms.pending(self._run)
-                         and (self._run.state not in ENDED
-                              or all(i in self._summarized for i, _ in self._displays)))
+                         and (self._run.state not in ENDED or self.cells.up_to_date(self._summary_key())))
                 if idle and self._idle() and drawn:
                     self._updater = None
                     return

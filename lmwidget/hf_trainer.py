@@ -67,6 +67,10 @@ class HFRun(Loop):
             out["evaluate"] = "the Trainer has no eval_dataset"
         return out
 
+    def _release(self) -> None:
+        super()._release()
+        self.trainer = self.tokenizer = self._loss = self._norms = None
+
     def describe(self) -> dict:
         out = super().describe()
         out["trainer"] = "Hugging Face Trainer"

@@ -67,6 +67,11 @@ class LightningRun(Loop):
     def describe(self) -> dict:
         return {**super().describe(), "trainer": "Lightning"}
 
+    def _release(self) -> None:
+        super()._release()
+        self.trainer, self._optimizers, self._schedulers = None, [], []
+        self._loss = self._norms = None
+
     def hook(self) -> None:
         trainer = self.trainer
         bar = getattr(_package(trainer).callbacks, "ProgressBar", None)

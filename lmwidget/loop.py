@@ -122,8 +122,19 @@ class Loop(Steered, Source):
             out["evaluate"] = "pass evaluate=fn, a function that returns the validation loss"
         return out
 
+    def _release(self) -> None:
+        """Drop lmwidget's references to your model, optimizer, scheduler and functions (you
+        may hold your own); what it showed of them stays."""
+        self._closed_as = {"describe": self.describe(), "options": self.options(), "lr": self.lr,
+                           "device": self.device}
+        self.model = self.optimizer = self.lr_scheduler = self._sample = self._evaluate = None
+        self.norms.params = []
+        self._histogram_of = None
+
     # -- what it is -------------------------------------------------------------------------
     def describe(self) -> dict:
+        if self.closed:
+            return dict(self._closed_as["describe"])
         params = sum(p.numel() for p in self.model.parameters())
         out = {"model": f"{self._label} ({params:,} parameters)"}
         if self.optimizer is not None:  # a framework's is made as its training begins
@@ -133,6 +144,8 @@ class Loop(Steered, Source):
         return out
 
     def options(self) -> dict:
+        if self.closed:
+            return dict(self._closed_as["options"])
         return {"model": self._label, "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
                 "lr_scheduler": type(self.lr_scheduler).__name__ if self.lr_scheduler else None,
                 "max_steps": self.max_steps, "tokens_per_step": self.tokens_per_step, "lr": self.lr,
@@ -144,7 +157,7 @@ class Loop(Steered, Source):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._closed_as["device"] if self.closed else next(self.model.parameters()).device
 
     @property
     def threads(self) -> int | None:
@@ -159,6 +172,8 @@ class Loop(Steered, Source):
     @property
     def lr(self) -> float:
         """The base LR: the scheduler's first base LR, else the first param group's LR."""
+        if self.closed:
+            return self._closed_as["lr"]
         if self.optimizer is None:  # a framework's, not made yet
             return self._lr0
         return base_lr(self.optimizer, self.lr_scheduler)

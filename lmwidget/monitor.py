@@ -1,5 +1,6 @@
 """The resource monitor: one daemon thread that samples CPU, memory and GPU for every live run
-of this process about once a second, off the training threads, with or without a view."""
+of this process about once a second, off the training threads, with or without a view; it
+also closes the finished runs that keep_runs() no longer keeps whole."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 import weakref
 
+from . import retention
 from .system import SAMPLE_INTERVAL
 
 TICK = 0.1  # s between looks: a run is first sampled within this of its start, however short
@@ -35,6 +37,11 @@ def _loop() -> None:
     from .source import runs
 
     while True:
+        for run in retention.to_close(runs()):  # here, never on a training thread
+            try:
+                run.close()
+            except Exception:  # a view failing to let go must not end the sampling
+                pass
         with _lock:  # decided under the lock watch() takes: a run registered now is seen
             waiting = [r for r in runs() if not r.ended]
             if not waiting:

@@ -358,6 +358,9 @@ class RemoteRun(Source):
             time.sleep(0.05)
         return True
 
+    def _release(self) -> None:
+        self.detach()  # the model is the job's: what this side holds is its connection
+
     def detach(self) -> None:
         """Stop following the job; it goes on training. attach() again picks it up."""
         if self._closed.is_set():

@@ -105,6 +105,7 @@ class Run(Steered, Source):
                                 restore=restore, sync=sync)
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,
                                         name=f"lmwidget-run-{self.id}")
+        self._described = None
 
     def start(self) -> "Run":
         register(self)
@@ -131,10 +132,16 @@ class Run(Steered, Source):
 
     # -- what the run is and does -----------------------------------------------------------
     def describe(self) -> dict:
-        model = pretrained.describe(self.model, self.config.model)
-        return {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
-                "tokenizer": self.tokenizer.describe(),
-                "data": str(self.config.summary()["data"])}
+        if self._described is None:  # fixed for the run's life, and kept once it is closed
+            model = pretrained.describe(self.model, self.config.model)
+            self._described = {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
+                               "tokenizer": self.tokenizer.describe(),
+                               "data": str(self.config.summary()["data"])}
+        return dict(self._described)
+
+    def _release(self) -> None:
+        self.describe()
+        self._trainer.release()
 
     def options(self) -> dict:
         return self.config.summary()
@@ -176,16 +183,18 @@ class Run(Steered, Source):
         return self._trainer.grad_clip
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> torch.nn.Module | None:
+        """The model it trains; None once the run was closed."""
         return self._trainer.model
 
     @property
     def tokenizer(self):
-        return self._trainer.data.tokenizer
+        return self._trainer.data.tokenizer if self._trainer.data is not None else self._trainer.tokenizer
 
     @property
-    def dataset(self) -> Dataset:
-        """The tokens it trains on (memory-mapped when `data` is a token directory)."""
+    def dataset(self) -> Dataset | None:
+        """The tokens it trains on (memory-mapped when `data` is a token directory); None
+        once the run was closed."""
         return self._trainer.data
 
     @property
@@ -260,6 +269,7 @@ class Run(Steered, Source):
     # -- checkpoints ------------------------------------------------------------------------
     def request_save(self, path=None) -> checkpoint.SaveJob:
         """Ask for a checkpoint without waiting (the Save button); see save()."""
+        self._check("save")
         return self._ask(checkpoint.SaveJob(path))
 
     def save(self, path=None, timeout: float | None = 60.0) -> Path:
@@ -297,6 +307,7 @@ class Run(Steered, Source):
         This run goes on untouched, so two choices can be tried from the same point and
         compared. Options that shape the model or the data split cannot change.
         """
+        self._check("save")
         copied = self._ask(checkpoint.SaveJob(memory=True)).wait(timeout)
         payload = copied["payload"]
         payload["path"] = f"run {self.id} at step {copied['step']}"

@@ -129,6 +129,15 @@ class Trainer(Steered):
         if restore is not None:
             self._restore(restore)
 
+    def release(self) -> None:
+        """Let go of the model, its optimizer and the data (the run ended and was closed):
+        what they hold on the host or the device can be freed. The layer names stay."""
+        self.tokenizer = self.data.tokenizer
+        self.model = self.forward = self._local_forward = self._ddp = None
+        self.optimizer = self.guard = self.params = self.data = None
+        self.grad_norms.params = []
+        self._histogram_of = None
+
     # -- checkpoints ------------------------------------------------------------------------
     @property
     def name(self) -> str:

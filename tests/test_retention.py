@@ -1,0 +1,165 @@
+"""Finished runs let go of their memory: run.close(), and keep_runs() for the older ones."""
+
+import gc
+import weakref
+
+from ipywidgets.widgets.widget import _instances as registered  # ipywidgets' registry
+import psutil
+import pytest
+import torch
+
+import lmwidget
+from lmwidget import retention
+
+from .conftest import wait_for
+
+
+@pytest.fixture
+def keep():
+    before = lmwidget.keep_runs()
+    yield lmwidget.keep_runs
+    lmwidget.keep_runs(before)
+
+
+def finished(tiny, **options):
+    run = lmwidget.train(display=False, **{**tiny, "max_steps": 3, **options})
+    assert run.wait(120)
+    return run
+
+
+def test_keep_runs_reads_sets_and_refuses_what_is_not_a_count(keep):
+    assert keep() == retention.KEEP == 3
+    assert keep(5) == 3 and keep() == 5
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=rf"keep_runs takes an integer >= 0 .*got {bad!r}"):
+            keep(bad)
+    assert keep() == 5
+
+
+def test_close_lets_go_of_the_model_and_keeps_the_record(tiny):
+    run = finished(tiny)
+    dashboard = run.dashboard
+    model, optimizer = weakref.ref(run.model), weakref.ref(run._trainer.optimizer)
+    described, history, layers = run.describe(), run.history, run.layers
+    run.close()
+    assert run.closed and run.model is None and run.dataset is None
+    gc.collect()
+    assert model() is None and optimizer() is None, "the closed run still holds its model or optimizer"
+    # what it showed of itself stays
+    assert run.describe() == described and run.layers == layers and run.tokenizer is not None
+    assert run.history.equals(history) and run.state == "finished" and run.step == 3
+    assert len(lmwidget.compare(run, finished(tiny)).runs) == 2
+    assert sorted(run.export("exported")) == sorted(finished(tiny).export("exported2"))
+    # what needs the model is refused, saying so
+    for act in (run.sample, run.save, run.evaluate, lambda: run.request_histogram(layers[0]), run.branch):
+        with pytest.raises(NotImplementedError, match=rf"run {run.id} cannot \w+: run {run.id} was closed: "
+                                                      r"its model was released \(its record stays\)"):
+            act()
+    assert not run.supports("sample") and run.supports("pause")
+    run.close()  # again: nothing
+    # its dashboard closed every widget it had; a new one shows the record, those controls disabled
+    wait_for(lambda: dashboard.comm is None and dashboard.charts["loss"].figure.comm is None)
+    again = run.dashboard
+    assert again is not dashboard and again.sample_button.disabled and again.save_button.disabled
+    assert "was closed" in again.sample_button.tooltip
+
+
+def test_close_stops_a_run_that_still_trains_first(tiny):
+    run = lmwidget.train(display=False, **{**tiny, "max_steps": 100_000})
+    wait_for(lambda: run.step >= 2, timeout=60)
+    run.close()
+    assert run.state == "stopped" and run.closed and not run.alive and run.model is None
+    assert "closed" in run.events.query("kind == 'stop'")["detail"].iloc[0]
+
+
+def test_a_closed_dashboard_leaves_only_the_summary_in_its_cells(tiny, monkeypatch):
+    from .test_dashboard import FakePublisher
+    import IPython
+
+    pub = FakePublisher()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: type("Shell", (), {"display_pub": pub})())
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw)))
+    run = finished(tiny)
+    run.dashboard.show()
+    wait_for(lambda: len(pub.published) == 1)  # the summary beside the live widget
+    run.close()
+    wait_for(lambda: len(pub.published) == 2)
+    data, transient, update, parent = pub.published[1]
+    assert update and transient == {"display_id": shown[0][1]["display_id"]} and parent == {"msg_id": "cell-1"}
+    assert "application/vnd.jupyter.widget-view+json" not in data  # the widget is gone, its curves stay
+    assert data["text/html"].count("<svg") == 5 and "finished at step 3/3" in data["text/html"]
+    assert data["text/plain"] == f"lmwidget: run {run.id} (finished at step 3), closed"
+
+
+def test_older_finished_runs_are_closed_as_new_ones_start(tiny, keep):
+    keep(2)
+    runs = [finished(tiny) for _ in range(4)]
+    # while the 4th trained, 3 had finished: the monitor closed the oldest, off the training
+    # thread (and the 2nd too if it saw the 4th's thread end)
+    wait_for(lambda: runs[0].closed)
+    assert not runs[2].closed and not runs[3].closed
+    newest = finished(tiny)
+    wait_for(lambda: runs[1].closed)
+    assert not runs[3].closed and not newest.closed
+    assert len(runs[0].history) == 3  # history only, still listed
+    assert all(r in lmwidget.runs() for r in runs)
+
+
+def test_your_own_loop_lets_go_of_your_model_when_closed(tiny):
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loop = lmwidget.steer(model, opt, display=False)
+    for _ in range(3):
+        loss = model(torch.ones(2, 4)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        loop.tick(loss)
+        opt.step()
+    loop.end()
+    described = loop.describe()
+    loop.close()
+    ref = weakref.ref(model)
+    del model, opt
+    gc.collect()
+    assert ref() is None, "a closed loop still holds your model"
+    assert loop.describe() == described and loop.device.type == "cpu" and loop.lr == 0.1
+    assert loop.options()["optimizer"] == "SGD" and len(loop.history) == 3
+
+
+@pytest.mark.slow
+def test_forty_runs_in_one_process_hold_the_memory_of_a_few(tiny):
+    """The issue's measurement: 40 runs, each with its dashboard; before, every run kept its
+    model, optimizer, data and widgets (about 4 MB a run at n_embd 64, 23 MB at 256)."""
+    options = {**tiny, "n_layer": 2, "n_embd": 192, "block_size": 64, "max_steps": 2}
+    proc = psutil.Process()
+
+    def tensor_bytes():
+        gc.collect()
+        return sum(t.numel() * t.element_size() for t in gc.get_objects()
+                   if type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_meta)
+
+    rss, widgets = [], []
+    for i in range(40):
+        run = finished(options)
+        run.dashboard.settle()
+        if i in (9, 39):
+            gc.collect()
+            rss.append(proc.memory_info().rss)
+            widgets.append(len(registered))
+    per_run = sum(p.numel() * 4 * 4 for p in run.model.parameters())  # weights, grads, AdamW's two
+    held = tensor_bytes()
+    assert held < (retention.KEEP + 2) * per_run, f"{held / 2**20:.1f} MB of tensors held after 40 runs"
+    # a dashboard registers about 260 widgets: 30 runs that kept theirs would add ~7,800
+    assert widgets[1] - widgets[0] < 600, f"widgets registered after 10 and 40 runs: {widgets}"
+    growth = rss[1] - rss[0]
+    assert growth < 30 * per_run / 2, f"RSS grew {growth / 2**20:.0f} MB over the last 30 runs"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_close_releases_cuda_memory(tiny):
+    run = finished(tiny, device="cuda", n_embd=256, n_layer=4)
+    before = torch.cuda.memory_allocated()
+    run.close()
+    gc.collect()
+    assert torch.cuda.memory_allocated() < before / 10
