@@ -220,7 +220,9 @@ def scaling(sizes=SCALING_SIZES, new_points: int = 100, repeats: int = 20) -> li
 
 
 def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: bool = True,
-              **options) -> dict:
+              progress=None, **options) -> dict:
+    """The rounds described in the README's Performance section; `progress(line)` is told
+    of each side measured (the command prints it on stderr)."""
     install_counting_comm()
     torch.get_num_threads()  # fix this thread's count before any training thread sets its own
     config = TrainConfig.from_options(**{"eval_interval": 0, **options,
@@ -248,6 +250,9 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
                 ui_rate.append(rate)
                 update_bytes += sizes
                 msg_bytes.append(sum(size for _, size in CountingComm.log) * 1000 / run.step)
+            if progress is not None:
+                done = {"main": a_main, "thread": a, "lmwidget": b}[side][-1]
+                progress(f"round {r + 1}/{rounds}, {side}: {done:,.0f} tokens/s")
     history = run.record
     model = run.model
     report = {
@@ -326,7 +331,8 @@ def main(argv=None) -> None:
     else:
         sizes = {name: getattr(args, name) for name in SIZES if getattr(args, name) is not None}
         report = benchmark(args.rounds or 5, args.steps, device=args.device, dtype=args.dtype,
-                           compile=args.compile, frameworks=not args.no_frameworks, **sizes)
+                           compile=args.compile, frameworks=not args.no_frameworks,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True), **sizes)
     json.dump(report, sys.stdout, indent=2)
     print()
 
