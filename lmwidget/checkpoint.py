@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pickle
 import re
 import threading
 import time
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, tokens
+from . import atomic, ckptcheck, tokens
+from .ckptcheck import CheckpointError, check_fits  # noqa: F401  (their callers import them from here)
 from .data import CharTokenizer
 
 FORMAT = "lmwidget-checkpoint"
@@ -22,10 +22,6 @@ PERIODIC = "step-{:07d}.pt"   # every `checkpoint_every` steps; the newest `keep
 SAVED = "saved-{:07d}.pt"     # run.save() and the Save button, never pruned
 BEST = "best.pt"              # the lowest validation loss so far
 _STEP_FILE = re.compile(r"^(?:step|saved)-(\d+)(?:\.\d+)?\.pt$")  # .N: beside another run's file
-
-
-class CheckpointError(ValueError):
-    """A file that cannot be used as a checkpoint; the message names it and says why."""
 
 
 def write(payload: dict, path) -> int:
@@ -46,19 +42,7 @@ def read(path) -> dict:
     values (which only an unsafe unpickler would turn into objects, running their code).
     """
     path = resolve(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"checkpoint {path} is damaged: {_first_line(e)}") from None
-        raise CheckpointError(
-            f"checkpoint {path} was refused: it holds pickled objects other than tensors and "
-            f"plain values, which could run code when loaded, and lmwidget only loads with "
-            f"weights_only=True. Nothing was loaded. ({_reason(e)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is damaged or truncated ({path.stat().st_size:,} bytes) and "
-            f"cannot be read: {_first_line(e)}. Nothing was loaded.") from None
+    payload = ckptcheck.load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an lmwidget checkpoint (it has no format={FORMAT!r}): save one with "
@@ -73,18 +57,6 @@ def read(path) -> dict:
             f"corrupted after it was saved. Nothing was loaded.")
     payload["path"] = str(path)
     return payload
-
-
-def _reason(error: BaseException) -> str:
-    """The line of torch's weights-only error that says what was refused."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    line = next((line for line in lines if line.startswith("WeightsUnpickler error")), _first_line(error))
-    return line.split(". Please use", 1)[0]  # never the advice to allow it
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 def resolve(path) -> Path:
@@ -383,6 +355,7 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
     if payload.get("source", "run") != "run":
         raise CheckpointError(f"checkpoint {payload['path']} was written by lmwidget.steer() (your own "
                               f"loop): resume it with lmwidget.steer(model, optimizer, ..., resume=path)")
+    ckptcheck.check_keys(payload)
     path, saved, state = payload["path"], dict(payload["config"]), payload["trainer"]
     for name in FIXED:
         if name in options and options[name] != saved.get(name):
@@ -418,22 +391,8 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
     if data is not None:
         merged["data"] = data
     config = TrainConfig.from_options(**merged)
+    ckptcheck.check_model(payload, config, saved_tokenizer.vocab_size)  # before anything is built
     if state["step"] >= config.max_steps:
         raise ValueError(f"checkpoint {path} is at step {state['step']}, and max_steps is "
                          f"{config.max_steps}: pass max_steps > {state['step']} (--steps) to train on")
     return config
-
-
-def check_fits(model: torch.nn.Module, saved: dict, path: str) -> None:
-    """Refuse saved weights that do not fit `model` exactly, naming what differs."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    shapes = [f"{k}: saved {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in saved and saved[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
-                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
-                 f"different shapes ({'; '.join(shapes[:5])})" if shapes else ""]
-        raise CheckpointError(f"the weights in checkpoint {path} do not fit model "
-                              f"{type(model).__name__}: " + "; ".join(p for p in parts if p))

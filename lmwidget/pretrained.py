@@ -58,6 +58,20 @@ def load(model) -> nn.Module:
     return adapt(net.float())
 
 
+def skeleton(model) -> nn.Module:
+    """The causal LM of the directory `model` names, built from its config.json alone on the
+    current device (under torch.device("meta"): names and shapes, no memory); its weights are
+    never read."""
+    path = check_directory(model)
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return transformers.AutoModelForCausalLM.from_config(config)
+    except Exception as e:
+        raise ValueError(f"could not build a causal language model from the config.json of model "
+                         f"directory {os.fspath(model)!r}: {e}") from e
+
+
 def source(model) -> str:
     """Where a pretrained model's weights came from: the directory given, or the directory or
     hub name it was loaded from; "" for gpt, lstm, and a model built from a config."""

@@ -247,7 +247,7 @@ def test_process_killed_mid_write_leaves_the_old_checkpoint(tmp_path):
     assert 0 < partial[0].stat().st_size < path.stat().st_size
     assert checkpoint.read(path)["step"] == 5
     assert checkpoint.resolve(path.parent) == path
-    with pytest.raises(CheckpointError, match="damaged or truncated"):
+    with pytest.raises(CheckpointError, match="is truncated"):
         checkpoint.read(partial[0])
     resumed = train(resume=path.parent, max_steps=8)
     assert resumed.step == 8
@@ -259,14 +259,16 @@ def saved(tmp_path):
     return run.save(tmp_path / "good.pt")
 
 
-def test_truncated_file_is_refused_by_name(saved, tmp_path):
+def test_truncated_file_is_refused_by_name_in_whole_words(saved, tmp_path):
     bad = tmp_path / "cut.pt"
-    bad.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=f"{bad}.*damaged or truncated"):
-        lmwidget.train(resume=bad, display=False)
-    bad.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="damaged or truncated"):
-        checkpoint.read(bad)
+    for size in (saved.stat().st_size // 2, saved.stat().st_size - 1, 100, 3, 0):
+        bad.write_bytes(saved.read_bytes()[:size])
+        with pytest.raises(CheckpointError) as error:
+            lmwidget.train(resume=bad, display=False)
+        assert str(error.value) == (
+            f"checkpoint {bad} is truncated: its {size:,} bytes end before the end of the zip archive "
+            f"a whole checkpoint is (a copy or a save that was cut short, or a file still being "
+            f"written). Nothing was loaded")
 
 
 def rewrite_record(src: Path, dest: Path, change) -> None:
@@ -304,7 +306,7 @@ def test_malicious_checkpoint_is_refused_and_its_code_never_runs(saved, tmp_path
     torch.save(payload, evil)
     with pytest.raises(CheckpointError, match="refused.*weights_only=True") as error:
         lmwidget.train(resume=evil, display=False)
-    assert str(evil) in str(error.value) and "GLOBAL exec was not an allowed global" in str(error.value)
+    assert str(evil) in str(error.value) and "a reference to builtins.exec" in str(error.value)
     assert "safe_globals" not in str(error.value)  # no advice to allow it
     assert not marker.exists()
     torch.load(evil, weights_only=False)  # what an unsafe loader would have done
