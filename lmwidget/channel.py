@@ -15,9 +15,15 @@ from pathlib import Path
 
 import zmq
 
-SCHEME = "hmac-sha256"
+from .replay import ReplayWindow
+
+SCHEME = "hmac-sha256-purpose"
+# what a signature is for: each purpose signs with a key of its own, derived from the
+# connection file's, so that a published record or a reply sent back to the job can never
+# pass for a request
+REQUEST, REPLY, PUBLISH = "request", "reply", "publish"
 MAX_AGE = 60.0  # s: a control message older than this (or from the future) is refused
-SEEN = 4096     # control message ids remembered: a replayed one is refused
+MAX_SEEN = 100_000  # request ids remembered at once (all of the last MAX_AGE s; about 25 MB)
 MAX_MESSAGE = 1 << 20  # bytes: a control message larger than this is dropped by ZeroMQ itself
 PER_CALL = 256  # messages read per requests() call: a flood cannot keep the job from its work
 
@@ -59,18 +65,20 @@ def read_connection_file(path) -> dict:
 
 
 class Signer:
-    """HMAC-SHA256 over a message's frames; compared in constant time."""
+    """HMAC-SHA256 over a message's payload, with a key of its own for each purpose (request,
+    reply, publish); compared in constant time."""
 
     def __init__(self, key: str):
         if not key:
             raise ValueError("an empty key would sign nothing: pass the connection file's key")
-        self._key = key.encode()
+        self._keys = {purpose: hmac.new(key.encode(), f"lmwidget {purpose}".encode(), hashlib.sha256).digest()
+                      for purpose in (REQUEST, REPLY, PUBLISH)}
 
-    def sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
+    def sign(self, purpose: str, payload: bytes) -> bytes:
+        return hmac.new(self._keys[purpose], payload, hashlib.sha256).hexdigest().encode()
 
-    def verify(self, signature: bytes, payload: bytes) -> bool:
-        return hmac.compare_digest(self.sign(payload), signature)
+    def verify(self, purpose: str, signature: bytes, payload: bytes) -> bool:
+        return hmac.compare_digest(self.sign(purpose, payload), signature)
 
 
 def _message(kind: str, body, re: str | None = None) -> tuple[str, bytes]:
@@ -83,12 +91,15 @@ def _message(kind: str, body, re: str | None = None) -> tuple[str, bytes]:
 
 
 class JobEndpoint:
-    """The job's side: publishes metrics, takes signed control requests. Binds 127.0.0.1
-    unless another address is asked for."""
+    """The job's side: publishes metrics, takes signed control requests of the `kinds` it
+    knows. Binds 127.0.0.1 unless another address is asked for."""
 
-    def __init__(self, key: str, ip: str = "127.0.0.1", metrics_port: int = 0, control_port: int = 0):
+    def __init__(self, key: str, kinds, ip: str = "127.0.0.1", metrics_port: int = 0, control_port: int = 0):
         self.signer = Signer(key)
+        self.kinds = frozenset(kinds)
         self.ip = ip
+        self.rejected = collections.Counter()  # why -> count of dropped control messages
+        self._window = ReplayWindow(MAX_AGE, MAX_SEEN)
         self._context = zmq.Context()
         self._pub = self._context.socket(zmq.PUB)
         self._router = self._context.socket(zmq.ROUTER)
@@ -97,8 +108,6 @@ class JobEndpoint:
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.metrics_port = self._bind(self._pub, metrics_port)
         self.control_port = self._bind(self._router, control_port)
-        self.rejected = collections.Counter()  # why -> count of dropped control messages
-        self._seen: collections.deque = collections.deque(maxlen=SEEN)
         # ZeroMQ sockets are not thread-safe: one lock per socket
         self._pub_lock, self._router_lock = threading.Lock(), threading.Lock()
 
@@ -115,12 +124,13 @@ class JobEndpoint:
     def publish(self, kind: str, body) -> None:
         _, payload = _message(kind, body)
         with self._pub_lock:
-            self._pub.send_multipart([self.signer.sign(payload), payload])
+            self._pub.send_multipart([self.signer.sign(PUBLISH, payload), payload])
 
     def requests(self, timeout: float = 0.0) -> list[tuple[bytes, dict]]:
         """Verified control requests that arrived, as (peer, message); waits up to `timeout` s
-        for the first. Unsigned, wrongly signed, malformed, stale and replayed messages are
-        dropped and counted in `rejected`, never returned."""
+        for the first. Unsigned, wrongly signed, malformed, stale and replayed messages, and
+        requests of a kind not taken, are dropped unanswered and counted in `rejected`, never
+        returned."""
         out = []
         with self._router_lock:
             if not self._router.poll(int(timeout * 1000)):
@@ -129,40 +139,34 @@ class JobEndpoint:
                 if not self._router.poll(0):
                     break
                 frames = self._router.recv_multipart()
-                message = self._check(frames)
-                if message is not None:
+                why, message = self._check(frames)
+                if why is None:
                     out.append((frames[0], message))
+                else:
+                    self.rejected[why] += 1
         return out
 
-    def _check(self, frames: list[bytes]) -> dict | None:
+    def _check(self, frames: list[bytes]) -> tuple[str | None, dict | None]:
+        """(None, the request), or (why it is refused, ...)."""
         if len(frames) != 3:
-            self.rejected["unsigned or malformed"] += 1
-            return None
+            return "unsigned or malformed", None
         _, signature, payload = frames
-        if not self.signer.verify(signature, payload):
-            self.rejected["bad signature"] += 1
-            return None
+        if not self.signer.verify(REQUEST, signature, payload):
+            return "bad signature", None
         try:
             message = json.loads(payload)
-            stamp, ident = float(message["time"]), str(message["id"])
-            message["kind"]
+            stamp, ident, kind = float(message["time"]), str(message["id"]), message["kind"]
         except (ValueError, KeyError, TypeError):
-            self.rejected["unsigned or malformed"] += 1
-            return None
-        if not abs(time.time() - stamp) <= MAX_AGE:  # NaN too
-            self.rejected["stale"] += 1
-            return None
-        if ident in self._seen:
-            self.rejected["replayed"] += 1
-            return None
-        self._seen.append(ident)
-        return message
+            return "unsigned or malformed", None
+        if not isinstance(kind, str) or kind not in self.kinds:
+            return "unknown kind", None
+        return self._window.check(ident, stamp, time.time()), message
 
     def reply(self, peer: bytes, request: dict, body) -> None:
         """Answer `request` (a message from requests()) with a signed `body`."""
         _, payload = _message("reply", body, re=request["id"])
         with self._router_lock:
-            self._router.send_multipart([peer, self.signer.sign(payload), payload])
+            self._router.send_multipart([peer, self.signer.sign(REPLY, payload), payload])
 
     def close(self) -> None:
         with self._pub_lock, self._router_lock:
@@ -191,8 +195,8 @@ class ClientEndpoint:
         self.rejected = 0
         self._lock = threading.Lock()
 
-    def _verified(self, frames: list[bytes]) -> dict | None:
-        if len(frames) != 2 or not self.signer.verify(frames[0], frames[1]):
+    def _verified(self, purpose: str, frames: list[bytes]) -> dict | None:
+        if len(frames) != 2 or not self.signer.verify(purpose, frames[0], frames[1]):
             self.rejected += 1
             return None
         return json.loads(frames[1])
@@ -204,7 +208,7 @@ class ClientEndpoint:
         if not self._sub.poll(int(timeout * 1000)):
             return out
         while self._sub.poll(0):
-            message = self._verified(self._sub.recv_multipart())
+            message = self._verified(PUBLISH, self._sub.recv_multipart())
             if message is not None:
                 out.append(message)
         return out
@@ -213,14 +217,14 @@ class ClientEndpoint:
         """Send a signed control request and return the job's signed reply."""
         ident, payload = _message(kind, body)
         with self._lock:
-            self._dealer.send_multipart([self.signer.sign(payload), payload])
+            self._dealer.send_multipart([self.signer.sign(REQUEST, payload), payload])
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._dealer.poll(int(left * 1000)):
                     raise TimeoutError(f"no signed reply to {kind!r} within {timeout} s: is the "
                                        f"job running, and is the connection file's key its key?")
-                reply = self._verified(self._dealer.recv_multipart())
+                reply = self._verified(REPLY, self._dealer.recv_multipart())
                 if reply is not None and reply.get("re") == ident:  # not a late answer to another
                     return reply
 

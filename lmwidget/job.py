@@ -21,6 +21,9 @@ CONNECTION = "connection.json"  # ports and key, 0600: what attach() needs
 TICK = 0.25          # s between two publications (and the longest a request waits)
 REPLAY_LIMIT = 2000  # records per replay answer
 REPLAY_BYTES = 4 << 20  # and about this many bytes at most
+# the requests a job takes: any other, even correctly signed, is dropped unanswered and counted
+REQUESTS = ("attach", "replay", "status", "pause", "resume", "stop", "lr", "grad_clip", "sample",
+            "histogram", "evaluate", "save")
 
 
 def rank_file(run_dir: Path, rank: int) -> Path:
@@ -63,7 +66,7 @@ class Job:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.key = new_key()
-        self.endpoint = JobEndpoint(self.key, ip, metrics_port, control_port)
+        self.endpoint = JobEndpoint(self.key, REQUESTS, ip, metrics_port, control_port)
         self.records_path = self.run_dir / RECORDS
         _keep_earlier(self.records_path)
         self._records = open(self.records_path, "x+b")
@@ -180,6 +183,7 @@ class Job:
             self.endpoint.reply(peer, message, reply)
 
     def _carry_out(self, peer, message, kind: str, body: dict):
+        """One of REQUESTS (the endpoint drops every other kind, unanswered)."""
         run = self.run
         if kind == "attach":
             return {"ok": True, "info": self.info, "seq": self._seq}
@@ -209,9 +213,6 @@ class Job:
             threading.Thread(target=self._answer_save, args=(peer, message, save),
                              daemon=True, name="lmwidget-job-save").start()
             return None  # answered once written
-        else:
-            raise ValueError(f"unknown request {kind!r}; known: attach, replay, status, pause, "
-                             f"resume, stop, lr, grad_clip, sample, histogram, evaluate, save")
         return {"ok": True, "state": run.state, "step": run.step}
 
     def _answer_save(self, peer, message, save) -> None:

@@ -3,19 +3,23 @@
 import json
 import os
 import stat
+import threading
 import time
 
 import pytest
 import zmq
 
 from lmwidget import channel
-from lmwidget.channel import ClientEndpoint, JobEndpoint, Signer, new_key, read_connection_file, write_connection_file
+from lmwidget.channel import (PUBLISH, REPLY, REQUEST, ClientEndpoint, JobEndpoint, Signer, new_key,
+                              read_connection_file, write_connection_file)
+
+KINDS = ("pause", "stop", "lr")
 
 
 @pytest.fixture
 def job():
     key = new_key()
-    endpoint = JobEndpoint(key)
+    endpoint = JobEndpoint(key, KINDS)
     yield endpoint, key
     endpoint.close()
 
@@ -37,10 +41,10 @@ def test_the_connection_file_is_its_owners_only_and_read_back(tmp_path, job):
     path = write_connection_file(tmp_path / "run" / "connection.json", endpoint.connection_info(key))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     info = read_connection_file(path)
-    assert info["ip"] == "127.0.0.1" and info["key"] == key and info["signature_scheme"] == "hmac-sha256"
+    assert info["ip"] == "127.0.0.1" and info["key"] == key and info["signature_scheme"] == "hmac-sha256-purpose"
     assert [p.name for p in path.parent.iterdir()] == ["connection.json"]  # no temporary left
     (tmp_path / "bad.json").write_text(json.dumps({**info, "signature_scheme": "none"}))
-    with pytest.raises(ValueError, match="asks for signature scheme 'none'; supported: 'hmac-sha256'"):
+    with pytest.raises(ValueError, match="asks for signature scheme 'none'; supported: 'hmac-sha256-purpose'"):
         read_connection_file(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="cannot read connection file"):
         read_connection_file(tmp_path / "missing.json")
@@ -50,7 +54,7 @@ def test_it_binds_127_0_0_1_unless_asked(job):
     endpoint, _ = job
     for sock in (endpoint._pub, endpoint._router):
         assert sock.getsockopt(zmq.LAST_ENDPOINT).decode().startswith("tcp://127.0.0.1:")
-    other = JobEndpoint(new_key(), ip="0.0.0.0")
+    other = JobEndpoint(new_key(), KINDS, ip="0.0.0.0")
     try:
         assert other._router.getsockopt(zmq.LAST_ENDPOINT).decode().startswith("tcp://0.0.0.0:")
     finally:
@@ -61,8 +65,6 @@ def test_a_signed_request_is_answered_and_metrics_flow(job):
     endpoint, key = job
     client = client_for(endpoint, key)
     try:
-        import threading
-
         server = threading.Thread(target=answer_once, args=(endpoint,))
         server.start()
         reply = client.request("pause", None)
@@ -94,13 +96,13 @@ def test_unsigned_wrongly_signed_tampered_stale_and_replayed_requests_are_droppe
     try:
         _, pause = channel._message("pause", None)
         sock.send_multipart([pause])                                  # unsigned
-        sock.send_multipart([wrong.sign(pause), pause])               # another key
+        sock.send_multipart([wrong.sign(REQUEST, pause), pause])      # another key
         tampered = pause.replace(b'"pause"', b'"stop"')
-        sock.send_multipart([good.sign(pause), tampered])             # edited after signing
+        sock.send_multipart([good.sign(REQUEST, pause), tampered])    # edited after signing
         old = json.dumps({"id": "x1", "time": time.time() - 3600, "kind": "stop", "body": None}).encode()
-        sock.send_multipart([good.sign(old), old])                    # signed, an hour old
-        sock.send_multipart([good.sign(pause), pause])                # the one good message
-        sock.send_multipart([good.sign(pause), pause])                # ... replayed
+        sock.send_multipart([good.sign(REQUEST, old), old])           # signed, an hour old
+        sock.send_multipart([good.sign(REQUEST, pause), pause])       # the one good message
+        sock.send_multipart([good.sign(REQUEST, pause), pause])       # ... replayed
         got = []
         deadline = time.monotonic() + 5
         while sum(endpoint.rejected.values()) + len(got) < 6 and time.monotonic() < deadline:
@@ -131,3 +133,81 @@ def test_a_client_with_the_wrong_key_gets_no_answer_and_changes_nothing(job):
 def test_an_empty_key_is_refused():
     with pytest.raises(ValueError, match="an empty key would sign nothing"):
         Signer("")
+
+
+def signed(key, **fields) -> list[bytes]:
+    """A request's frames, signed as the notebook signs them; `fields` replace its id, kind..."""
+    payload = json.dumps({"id": os.urandom(16).hex(), "time": time.time(), "kind": "pause", "body": None,
+                          **fields}).encode()
+    return [Signer(key).sign(REQUEST, payload), payload]
+
+
+def take(endpoint, n):
+    """What the endpoint takes and refuses of the next `n` messages (bound by work, not time)."""
+    got = []
+    deadline = time.monotonic() + 30
+    while sum(endpoint.rejected.values()) + len(got) < n and time.monotonic() < deadline:
+        got += endpoint.requests(0.2)
+    return got
+
+
+def test_a_published_record_or_a_reply_sent_back_to_the_job_is_not_a_request(job):
+    endpoint, key = job
+    listener = zmq.Context.instance().socket(zmq.SUB)  # anyone on this machine, without the key
+    listener.setsockopt(zmq.SUBSCRIBE, b"")
+    listener.setsockopt(zmq.LINGER, 0)
+    listener.connect(f"tcp://127.0.0.1:{endpoint.metrics_port}")
+    sock = raw_dealer(endpoint)
+    try:
+        while not listener.poll(50):  # a SUB joins a moment after connecting
+            endpoint.publish("record", {"seq": 0, "type": "status", "body": {}})
+        published = listener.recv_multipart()
+        sock.send_multipart(signed(key))  # the notebook's request, and the job's signed reply
+        ((peer, request),) = take(endpoint, 1)
+        endpoint.reply(peer, request, {"ok": True})
+        assert sock.poll(5000)
+        reply = sock.recv_multipart()
+        assert Signer(key).verify(REPLY, *reply) and Signer(key).verify(PUBLISH, *published)
+        for _ in range(3):
+            sock.send_multipart(published)
+            sock.send_multipart(reply)
+        assert take(endpoint, 6) == [] and dict(endpoint.rejected) == {"bad signature": 6}
+        sock.send_multipart(signed(key))  # answered after the six: none of them was answered
+        ((peer, request),) = take(endpoint, 7)
+        endpoint.reply(peer, request, {"ok": True, "last": True})
+        assert sock.poll(5000) and json.loads(sock.recv_multipart()[1])["body"] == {"ok": True, "last": True}
+    finally:
+        listener.close()
+        sock.close()
+
+
+def test_requests_of_a_kind_the_job_does_not_take_are_dropped_unanswered_and_counted(job):
+    endpoint, key = job
+    sock = raw_dealer(endpoint)
+    try:
+        for frames in (signed(key, kind="reply"), signed(key, kind="shutdown"), signed(key, kind=7)):
+            sock.send_multipart(frames)
+        sock.send_multipart(signed(key, kind="stop"))
+        got = take(endpoint, 4)
+        assert [m["kind"] for _, m in got] == ["stop"]
+        assert dict(endpoint.rejected) == {"unknown kind": 3}
+        endpoint.reply(*got[0], {"ok": True})
+        assert sock.poll(5000) and json.loads(sock.recv_multipart()[1])["re"] == got[0][1]["id"]
+        assert not sock.poll(100)  # the one answer
+    finally:
+        sock.close()
+
+
+def test_a_request_is_refused_again_however_many_others_came_since(job):
+    endpoint, key = job
+    sock = raw_dealer(endpoint)
+    try:
+        first = signed(key)
+        sock.send_multipart(first)
+        for _ in range(5000):  # more than any fixed count of ids remembered before
+            sock.send_multipart(signed(key, kind="lr"))
+        sock.send_multipart(first)  # within its 60 s: refused
+        got = take(endpoint, 5002)
+        assert len(got) == 5001 and dict(endpoint.rejected) == {"replayed": 1}
+    finally:
+        sock.close()
