@@ -15,6 +15,7 @@ from pathlib import Path
 
 import zmq
 
+from .curve import KEYS, CurveServer, loopback, secure_client
 from .replay import ReplayWindow
 
 SCHEME = "hmac-sha256-purpose"
@@ -24,7 +25,11 @@ SCHEME = "hmac-sha256-purpose"
 REQUEST, REPLY, PUBLISH = "request", "reply", "publish"
 MAX_AGE = 60.0  # s: a control message older than this (or from the future) is refused
 MAX_SEEN = 100_000  # request ids remembered at once (all of the last MAX_AGE s; about 25 MB)
-MAX_MESSAGE = 1 << 20  # bytes: a control message larger than this is dropped by ZeroMQ itself
+MAX_ID = 64  # characters in a request's id (a fresh one has 32)
+MAX_MESSAGE = 1 << 20  # bytes: a larger control message is refused, and counted
+# bytes: ZeroMQ itself closes a connection that sends a larger frame, before the job sees it
+# (and reports it as an ordinary disconnect: it cannot be counted)
+MAX_FRAME = 4 * MAX_MESSAGE
 PER_CALL = 256  # messages read per requests() call: a flood cannot keep the job from its work
 
 
@@ -33,10 +38,10 @@ def new_key() -> str:
 
 
 def write_connection_file(path, info: dict) -> Path:
-    """Write `info` (ports, key) as JSON readable by its owner only (0600, as Jupyter's kernel
+    """Write `info` (ports, keys) as JSON readable by its owner only (0600, as Jupyter's kernel
     connection files), atomically: a reader never sees half of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -61,6 +66,11 @@ def read_connection_file(path) -> dict:
     if info["signature_scheme"] != SCHEME:
         raise ValueError(f"connection file {path} asks for signature scheme "
                          f"{info['signature_scheme']!r}; supported: {SCHEME!r}")
+    curve = info.get("curve")
+    if curve is not None and not (isinstance(curve, dict) and all(
+            isinstance(curve.get(k), str) and len(curve[k]) == 40 for k in KEYS)):
+        raise ValueError(f"connection file {path} has a malformed curve entry {curve!r:.80}: "
+                         f"expected {', '.join(KEYS)}, 40 characters of Z85 each")
     return info
 
 
@@ -92,24 +102,35 @@ def _message(kind: str, body, re: str | None = None) -> tuple[str, bytes]:
 
 class JobEndpoint:
     """The job's side: publishes metrics, takes signed control requests of the `kinds` it
-    knows. Binds 127.0.0.1 unless another address is asked for."""
+    knows. Binds 127.0.0.1 unless another address is asked for; on any other address both
+    sockets are encrypted with CURVE, their keys in the connection file."""
 
     def __init__(self, key: str, kinds, ip: str = "127.0.0.1", metrics_port: int = 0, control_port: int = 0):
         self.signer = Signer(key)
         self.kinds = frozenset(kinds)
         self.ip = ip
-        self.rejected = collections.Counter()  # why -> count of dropped control messages
+        self._rejected = collections.Counter()  # why -> count of dropped control messages
+        self._count_lock = threading.Lock()  # counted from the CURVE handler's thread too
         self._window = ReplayWindow(MAX_AGE, MAX_SEEN)
         self._context = zmq.Context()
+        self._curve = None if loopback(ip) else CurveServer(
+            self._context, ip, lambda: self._reject("unknown CURVE key"))
         self._pub = self._context.socket(zmq.PUB)
         self._router = self._context.socket(zmq.ROUTER)
-        self._pub.setsockopt(zmq.LINGER, 1000)  # the last records still go out as the job ends
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        self.metrics_port = self._bind(self._pub, metrics_port)
-        self.control_port = self._bind(self._router, control_port)
         # ZeroMQ sockets are not thread-safe: one lock per socket
         self._pub_lock, self._router_lock = threading.Lock(), threading.Lock()
+        self._pub.setsockopt(zmq.LINGER, 1000)  # the last records still go out as the job ends
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        try:
+            if self._curve is not None:
+                self._curve.secure(self._pub)
+                self._curve.secure(self._router)
+            self.metrics_port = self._bind(self._pub, metrics_port)
+            self.control_port = self._bind(self._router, control_port)
+        except BaseException:
+            self.close()  # no socket or handler thread left behind (a port in use)
+            raise
 
     def _bind(self, sock, port: int) -> int:
         if port:
@@ -117,9 +138,22 @@ class JobEndpoint:
             return port
         return sock.bind_to_random_port(f"tcp://{self.ip}")
 
+    @property
+    def rejected(self) -> collections.Counter:
+        """Why -> how many control messages (or CURVE clients) were dropped, never acted on."""
+        with self._count_lock:
+            return collections.Counter(self._rejected)
+
+    def _reject(self, why: str) -> None:
+        with self._count_lock:
+            self._rejected[why] += 1
+
     def connection_info(self, key: str) -> dict:
-        return {"transport": "tcp", "ip": self.ip, "metrics_port": self.metrics_port,
+        info = {"transport": "tcp", "ip": self.ip, "metrics_port": self.metrics_port,
                 "control_port": self.control_port, "key": key, "signature_scheme": SCHEME}
+        if self._curve is not None:
+            info["curve"] = self._curve.client_keys()
+        return info
 
     def publish(self, kind: str, body) -> None:
         _, payload = _message(kind, body)
@@ -128,9 +162,9 @@ class JobEndpoint:
 
     def requests(self, timeout: float = 0.0) -> list[tuple[bytes, dict]]:
         """Verified control requests that arrived, as (peer, message); waits up to `timeout` s
-        for the first. Unsigned, wrongly signed, malformed, stale and replayed messages, and
-        requests of a kind not taken, are dropped unanswered and counted in `rejected`, never
-        returned."""
+        for the first. Unsigned, wrongly signed, malformed, too large, stale and replayed
+        messages, and requests of a kind not taken, are dropped unanswered and counted in
+        `rejected`, never returned."""
         out = []
         with self._router_lock:
             if not self._router.poll(int(timeout * 1000)):
@@ -143,11 +177,13 @@ class JobEndpoint:
                 if why is None:
                     out.append((frames[0], message))
                 else:
-                    self.rejected[why] += 1
+                    self._reject(why)
         return out
 
     def _check(self, frames: list[bytes]) -> tuple[str | None, dict | None]:
         """(None, the request), or (why it is refused, ...)."""
+        if sum(len(f) for f in frames[1:]) > MAX_MESSAGE:
+            return "too large", None
         if len(frames) != 3:
             return "unsigned or malformed", None
         _, signature, payload = frames
@@ -155,12 +191,15 @@ class JobEndpoint:
             return "bad signature", None
         try:
             message = json.loads(payload)
-            stamp, ident, kind = float(message["time"]), str(message["id"]), message["kind"]
+            stamp, ident, kind = message["time"], message["id"], message["kind"]
         except (ValueError, KeyError, TypeError):
             return "unsigned or malformed", None
-        if not isinstance(kind, str) or kind not in self.kinds:
+        if not (isinstance(ident, str) and 0 < len(ident) <= MAX_ID and isinstance(kind, str)
+                and isinstance(stamp, (int, float)) and not isinstance(stamp, bool)):
+            return "unsigned or malformed", None
+        if kind not in self.kinds:
             return "unknown kind", None
-        return self._window.check(ident, stamp, time.time()), message
+        return self._window.check(ident, float(stamp), time.time()), message
 
     def reply(self, peer: bytes, request: dict, body) -> None:
         """Answer `request` (a message from requests()) with a signed `body`."""
@@ -172,6 +211,8 @@ class JobEndpoint:
         with self._pub_lock, self._router_lock:
             self._pub.close()
             self._router.close()
+            if self._curve is not None:
+                self._curve.close()
             self._context.term()
 
 
@@ -188,12 +229,17 @@ class ClientEndpoint:
             self._sub = self._context.socket(zmq.SUB)
             self._sub.setsockopt(zmq.SUBSCRIBE, b"")
             self._sub.setsockopt(zmq.LINGER, 0)
-            self._sub.connect(f"tcp://{info['ip']}:{info['metrics_port']}")
+            self._connect(self._sub, info, info["metrics_port"])
         self._dealer = self._context.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
-        self._dealer.connect(f"tcp://{info['ip']}:{info['control_port']}")
+        self._connect(self._dealer, info, info["control_port"])
         self.rejected = 0
         self._lock = threading.Lock()
+
+    def _connect(self, sock, info: dict, port: int) -> None:
+        if info.get("curve") is not None:
+            secure_client(sock, info["curve"], info["ip"])
+        sock.connect(f"tcp://{info['ip']}:{port}")
 
     def _verified(self, purpose: str, frames: list[bytes]) -> dict | None:
         if len(frames) != 2 or not self.signer.verify(purpose, frames[0], frames[1]):
@@ -217,8 +263,13 @@ class ClientEndpoint:
         """Send a signed control request and return the job's signed reply."""
         ident, payload = _message(kind, body)
         with self._lock:
-            self._dealer.send_multipart([self.signer.sign(REQUEST, payload), payload])
             deadline = time.monotonic() + timeout
+            self._dealer.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+            try:  # blocks while no connection stands (a CURVE handshake refused)
+                self._dealer.send_multipart([self.signer.sign(REQUEST, payload), payload])
+            except zmq.Again:
+                raise TimeoutError(f"could not send {kind!r} within {timeout} s: no connection to the "
+                                   f"job; is it running, and are the connection file's keys its keys?") from None
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._dealer.poll(int(left * 1000)):

@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
                      "--checkpoint-dir) checkpoints go (default: lmwidget-runs/run-<time>)")
     job.add_argument("--ip", default="127.0.0.1",
                      help="the address the metrics and control sockets bind (default: 127.0.0.1, "
-                     "this machine only; 0.0.0.0 or an interface's address to attach from elsewhere)")
+                     "this machine only; 0.0.0.0 or an interface's address to attach from elsewhere, "
+                     "encrypted with CURVE, its keys in the connection file)")
     job.add_argument("--metrics-port", type=int, default=0, help="default: a free port")
     job.add_argument("--control-port", type=int, default=0, help="default: a free port")
     job.add_argument("--start-paused", action="store_true",

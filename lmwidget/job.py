@@ -17,13 +17,26 @@ from .config import check_grad_clip, check_lr
 from .control import ENDED
 
 RECORDS = "metrics.jsonl"      # every record the job published, one JSON object a line
-CONNECTION = "connection.json"  # ports and key, 0600: what attach() needs
+CONNECTION = "connection.json"  # ports and keys, 0600: what attach() needs
 TICK = 0.25          # s between two publications (and the longest a request waits)
 REPLAY_LIMIT = 2000  # records per replay answer
 REPLAY_BYTES = 4 << 20  # and about this many bytes at most
 # the requests a job takes: any other, even correctly signed, is dropped unanswered and counted
 REQUESTS = ("attach", "replay", "status", "pause", "resume", "stop", "lr", "grad_clip", "sample",
             "histogram", "evaluate", "save")
+
+
+def make_run_dir(path) -> Path:
+    """The run directory, made for its owner only (0700) when it is new: its record holds the
+    config, samples and paths, its connection file the keys."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _private(path, flags: int) -> int:
+    """open()'s opener for a file its owner alone reads (0600)."""
+    return os.open(path, flags, 0o600)
 
 
 def rank_file(run_dir: Path, rank: int) -> Path:
@@ -37,9 +50,8 @@ class RankLog:
     def __init__(self, run, run_dir: Path, rank: int):
         self.run = run
         self._n = len(run.record.events_since(0))  # a resumed run's earlier events: not again
-        self.path = rank_file(run_dir, rank)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self.path = rank_file(make_run_dir(run_dir), rank)
+        self._file = open(self.path, "a", encoding="utf-8", opener=_private)
 
     def flush(self) -> None:
         events = self.run.record.events_since(self._n)
@@ -63,13 +75,12 @@ class Job:
     def __init__(self, run, run_dir, *, sync=None, ip: str = "127.0.0.1", metrics_port: int = 0,
                  control_port: int = 0, progress=None, progress_interval: float = 2.0):
         self.run, self.sync = run, sync
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = make_run_dir(run_dir)
         self.key = new_key()
         self.endpoint = JobEndpoint(self.key, REQUESTS, ip, metrics_port, control_port)
         self.records_path = self.run_dir / RECORDS
         _keep_earlier(self.records_path)
-        self._records = open(self.records_path, "x+b")
+        self._records = open(self.records_path, "x+b", opener=_private)
         self._offsets: list[int] = []  # where each record of this file starts, for replays
         self._seq = 0
         self.rank_log = RankLog(run, self.run_dir, 0 if sync is None else sync.rank)

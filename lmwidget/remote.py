@@ -245,7 +245,9 @@ class RemoteRun(Source):
 
     @property
     def rejected(self) -> dict:
-        """Control messages the job dropped (bad signature, unsigned, stale, replayed), by why."""
+        """Control messages the job dropped unanswered (bad signature, unsigned or malformed, too
+        large, unknown kind, stale, replayed, too many requests) and CURVE client keys it
+        refused, by why."""
         return dict(self._live.get("rejected", {}))
 
     @property

@@ -10,8 +10,9 @@ import pytest
 import zmq
 
 from lmwidget import channel
-from lmwidget.channel import (PUBLISH, REPLY, REQUEST, ClientEndpoint, JobEndpoint, Signer, new_key,
+from lmwidget.channel import (MAX_MESSAGE, PUBLISH, REPLY, REQUEST, ClientEndpoint, JobEndpoint, Signer, new_key,
                               read_connection_file, write_connection_file)
+from tests.conftest import wait_for
 
 KINDS = ("pause", "stop", "lr")
 
@@ -48,6 +49,10 @@ def test_the_connection_file_is_its_owners_only_and_read_back(tmp_path, job):
         read_connection_file(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="cannot read connection file"):
         read_connection_file(tmp_path / "missing.json")
+    (tmp_path / "curve.json").write_text(json.dumps({**info, "curve": {"serverkey": "short"}}))
+    with pytest.raises(ValueError, match=r"has a malformed curve entry \{'serverkey': 'short'\}: expected "
+                                         r"serverkey, publickey, secretkey, 40 characters of Z85 each"):
+        read_connection_file(tmp_path / "curve.json")
 
 
 def test_it_binds_127_0_0_1_unless_asked(job):
@@ -181,16 +186,19 @@ def test_a_published_record_or_a_reply_sent_back_to_the_job_is_not_a_request(job
         sock.close()
 
 
-def test_requests_of_a_kind_the_job_does_not_take_are_dropped_unanswered_and_counted(job):
+def test_unknown_kinds_ids_that_are_not_strings_and_oversized_messages_are_dropped_unanswered_and_counted(job):
     endpoint, key = job
     sock = raw_dealer(endpoint)
     try:
-        for frames in (signed(key, kind="reply"), signed(key, kind="shutdown"), signed(key, kind=7)):
+        for frames in (signed(key, kind="reply"), signed(key, kind="shutdown"),  # kinds it does not take
+                       signed(key, id=12345), signed(key, id=["a"]), signed(key, id="x" * 65), signed(key, kind=7),
+                       signed(key, body="x" * MAX_MESSAGE),                     # over 1 MiB, signed
+                       [*signed(key), b"x" * MAX_MESSAGE]):                     # ... in an extra frame
             sock.send_multipart(frames)
         sock.send_multipart(signed(key, kind="stop"))
-        got = take(endpoint, 4)
+        got = take(endpoint, 9)
         assert [m["kind"] for _, m in got] == ["stop"]
-        assert dict(endpoint.rejected) == {"unknown kind": 3}
+        assert dict(endpoint.rejected) == {"unknown kind": 2, "unsigned or malformed": 4, "too large": 2}
         endpoint.reply(*got[0], {"ok": True})
         assert sock.poll(5000) and json.loads(sock.recv_multipart()[1])["re"] == got[0][1]["id"]
         assert not sock.poll(100)  # the one answer
@@ -211,3 +219,55 @@ def test_a_request_is_refused_again_however_many_others_came_since(job):
         assert len(got) == 5001 and dict(endpoint.rejected) == {"replayed": 1}
     finally:
         sock.close()
+
+
+def test_bound_beyond_this_machine_the_channel_is_encrypted_and_only_the_connection_files_keys_connect():
+    key = new_key()
+    endpoint = JobEndpoint(key, KINDS, ip="0.0.0.0")
+    info = {**endpoint.connection_info(key), "ip": "127.0.0.1"}  # bound everywhere, reached here
+    assert sorted(info["curve"]) == ["publickey", "secretkey", "serverkey"]
+    ctx = zmq.Context.instance()
+    plain_sub, plain_dealer = ctx.socket(zmq.SUB), ctx.socket(zmq.DEALER)  # no CURVE keys
+    plain_sub.setsockopt(zmq.SUBSCRIBE, b"")
+    for sock, port in ((plain_sub, endpoint.metrics_port), (plain_dealer, endpoint.control_port)):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+    plain_dealer.send_multipart(signed(key, kind="stop"))  # even with the HMAC key
+    public, secret = zmq.curve_keypair()
+    impostor = ClientEndpoint({**info, "curve": {**info["curve"], "publickey": public.decode(),
+                                                 "secretkey": secret.decode()}}, subscribe=False)
+    client = ClientEndpoint(info)
+    try:
+        server = threading.Thread(target=answer_once, args=(endpoint,))
+        server.start()
+        assert client.request("pause", None)["body"] == {"ok": True, "kind": "pause"}
+        server.join(5)
+        got = []
+        while len(got) < 3:  # bound by what the client received: the plain subscriber had as long
+            endpoint.publish("metrics", {"step": len(got)})
+            got += client.metrics(0.05)
+        assert not plain_sub.poll(0)
+        with pytest.raises(TimeoutError, match=r"'stop' within 0\.5 s"):  # sent or not: no connection
+            impostor.request("stop", None, timeout=0.5)
+        assert endpoint.requests(0.5) == []  # neither the plain dealer's stop nor the impostor's
+        wait_for(lambda: endpoint.rejected["unknown CURVE key"] >= 1, timeout=10)
+        assert set(endpoint.rejected) == {"unknown CURVE key"}
+    finally:
+        for sock in (plain_sub, plain_dealer):
+            sock.close()
+        impostor.close()
+        client.close()
+        endpoint.close()
+
+
+def test_without_curve_in_zeromq_a_job_beyond_this_machine_is_refused_saying_why(monkeypatch, job):
+    endpoint, key = job
+    info = {**endpoint.connection_info(key), "curve": {"serverkey": "a" * 40, "publickey": "b" * 40,
+                                                       "secretkey": "c" * 40}}
+    monkeypatch.setattr(zmq, "has", lambda capability: False)
+    with pytest.raises(RuntimeError, match=r"a job bound to 0\.0\.0\.0 is encrypted with ZeroMQ's CURVE, but "
+                                           r"this pyzmq \(libzmq [\d.]+\) was built without CURVE"):
+        JobEndpoint(new_key(), KINDS, ip="0.0.0.0")
+    with pytest.raises(RuntimeError, match="built without CURVE"):
+        ClientEndpoint(info)
+    assert JobEndpoint(new_key(), KINDS).connection_info("k").get("curve") is None  # 127.0.0.1: no need

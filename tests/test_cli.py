@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 
@@ -48,6 +49,10 @@ def test_it_trains_prints_a_progress_line_and_leaves_its_record(tmp_path):
     run_dir = tmp_path / "r"
     assert sorted(p.name for p in run_dir.iterdir()) == ["connection.json", "metrics.jsonl", "rank-0.jsonl",
                                                           "step-0000060.pt"]
+    # the record holds the config, samples and paths, the connection file the keys: the owner's only
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == {
+        "connection.json": 0o600, "metrics.jsonl": 0o600, "rank-0.jsonl": 0o600, "step-0000060.pt": 0o600}
     records = [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(len(records)))
     vals = [v for r in records if r["type"] == "rows" for v in r["body"]["val_loss"]]

@@ -5,8 +5,10 @@ import json
 import time
 
 import pytest
+import zmq
 
 import lmwidget
+from lmwidget.channel import write_connection_file
 from tests.conftest import wait_for
 from tests.jobs import TINY, recorded_steps
 from tests.pace import scaled
@@ -149,4 +151,26 @@ def test_waiting_on_a_job_that_was_killed_raises_instead_of_hanging(tmp_path, st
             run.wait()
         assert 9 < time.monotonic() - t0 < 10 + scaled(5) and not run.alive
     finally:
+        run.detach()
+
+
+def test_a_job_bound_beyond_this_machine_is_encrypted_and_attached_with_its_connection_file(tmp_path, start_job):
+    job = start_job(tmp_path / "r", "--steps", "40", *TINY, "--ip", "0.0.0.0", "--start-paused",
+                    "--quiet").wait_ready()
+    info = json.loads(job.connection_file.read_text())
+    assert info["ip"] != "0.0.0.0" and sorted(info["curve"]) == ["publickey", "secretkey", "serverkey"]
+    here = write_connection_file(tmp_path / "here.json", {**info, "ip": "127.0.0.1"})  # bound everywhere
+    listener = zmq.Context.instance().socket(zmq.SUB)  # anyone on the network, without the file
+    listener.setsockopt(zmq.SUBSCRIBE, b"")
+    listener.setsockopt(zmq.LINGER, 0)
+    listener.connect(f"tcp://127.0.0.1:{info['metrics_port']}")
+    run = lmwidget.attach(here, display=False)
+    try:
+        wait_for(lambda: run.state == "paused", timeout=10)
+        run.resume()
+        assert run.wait(60) and run.step == 40 and list(run.history.step) == list(range(1, 41))
+        assert not listener.poll(0)  # the whole run went by: nothing for it
+        assert job.wait(30) == 0
+    finally:
+        listener.close()
         run.detach()
