@@ -24,6 +24,7 @@ from .charts import Chart
 from .config import TrainConfig
 from .data import Dataset
 from .models import GPT, build_model, count_params
+from .palette import BLUE
 from .run import Run
 from . import threads
 from .threads import cpu_threads
@@ -201,7 +202,7 @@ def scaling(sizes=SCALING_SIZES, new_points: int = 100, repeats: int = 20) -> li
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
-        chart = Chart("loss", bq.LinearScale(), {"train": ("#1565c0", None)}, "bench")
+        chart = Chart("loss", bq.LinearScale(), {"train": (BLUE, None)}, "bench")
         y = 4.0 + np.cumsum(rng.standard_normal(n + new_points * repeats)) * 0.01
         x = np.arange(1, len(y) + 1, dtype=np.float64)
         chart.extend("train", x[:n], y[:n])

@@ -10,15 +10,16 @@ from ipywidgets import Layout
 
 from .axes import finite_range, x_domain, y_domain
 from .downsample import MinMaxSeries
+from .palette import AMBER, BLUE, GREEN, GREY, MUTED, PINK, PURPLE, RED, TEAL
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING, ema
 
 MAX_POINTS = 1000   # per series, whatever the run length
 HOVER_POINTS = 250  # per series: invisible dots whose tooltip gives the value under the cursor
 MAX_RULES = 200     # the most recent events drawn as vertical rules
-EVENT_COLORS = {"pause": "#f9a825", "resume": "#2e7d32", "stop": "#616161", "lr": "#6a1b9a",
-                "grad_clip": "#00838f", "sample": "#9e9e9e", "anomaly": "#c62828",
-                "eval": "#cfd8dc", "checkpoint": "#1565c0", "restore": "#00695c",
-                "branch": "#ad1457"}
+EVENT_COLORS = {"pause": AMBER, "resume": GREEN, "stop": GREY, "lr": PURPLE,
+                "grad_clip": TEAL, "sample": MUTED, "anomaly": RED,
+                "eval": MUTED, "checkpoint": BLUE, "restore": TEAL,
+                "branch": PINK}
 PRIORITY = ("anomaly", "stop", "pause", "resume", "restore", "branch", "lr", "grad_clip", "checkpoint")  # rule colour
 RAW_OPACITY = 0.3  # a smoothed chart's raw curve, faint behind it: its spikes stay visible
 STEP, TIME = 0, 1  # where an event tuple (step, time, kind, value, detail) keeps each x
@@ -210,7 +211,7 @@ class Chart:
             self.rules.x = np.stack((xs, xs), axis=1) if len(xs) else np.zeros(0)
             self.rules.y = np.tile(np.array([0, 1], np.float32), (len(xs), 1)) if len(xs) else np.zeros(0)
             self.rules.labels = [group_label(g) for g in groups]
-            self.rules.colors = [EVENT_COLORS.get(_leading(g), "#9e9e9e") for g in groups] or ["#9e9e9e"]
+            self.rules.colors = [EVENT_COLORS.get(_leading(g), MUTED) for g in groups] or [MUTED]
             # routine evaluations stay faint: the steering and the anomalies stand out
             self.rules.opacities = [0.35 if _leading(g) == "eval" else 1.0 for g in groups] or [1.0]
 

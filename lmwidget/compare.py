@@ -12,11 +12,13 @@ import numpy as np
 
 from .charts import Chart, SharedX, show_in_notebook
 from .control import ENDED
+from .palette import BLUE, BROWN, GREEN, ORANGE, PINK, PURPLE, RED, TEAL
 from .schema import BY_NAME, CHARTS, COLUMNS, PER_BYTE
 from .source import Source
 
-PALETTE = ("#1565c0", "#e65100", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#ad1457")
+PALETTE = (BLUE, ORANGE, GREEN, PURPLE, RED, TEAL, BROWN, PINK)
 UPDATE_INTERVAL = 0.25
+LEGEND_CHARS = 28  # longer legend labels overflow bqplot's legend box (it sizes the box, not the text)
 SKIP = {"checkpoint_dir", "data", "model", "device", "threads", "compile"}
 
 
@@ -28,15 +30,28 @@ def _fmt(value) -> str:
 
 def labels_for(runs) -> list[str]:
     """What tells the runs apart, e.g. "run 3: lr=0.003": the options (and steered LRs) that
-    differ between them, at most three."""
+    differ between them, the LR first, at most three."""
     rows = []
     for run in runs:
         summary = dict(run.options())
         summary["lr"] = run.lr  # as steered
         rows.append(summary)
     keys = [k for k in rows[0] if k not in SKIP and len({repr(r.get(k)) for r in rows}) > 1]
+    keys.sort(key=lambda k: k != "lr")  # the LR first: what runs are most often compared by
     return [f"run {run.id}" + (": " + ", ".join(f"{k}={_fmt(row[k])}" for k in keys[:3]) if keys else "")
             for run, row in zip(runs, rows)]
+
+
+def legend_labels(labels, runs, max_chars: int = LEGEND_CHARS) -> list[str]:
+    """`labels` cut to what a chart's legend shows whole (at most `max_chars`, whole options
+    kept, "…" where cut), each still its own; else "run <id>"."""
+    out = []
+    for label in labels:
+        if len(label) > max_chars:
+            cut = label[:max_chars - 1]
+            label = (cut.rsplit(", ", 1)[0] if ", " in cut else cut).rstrip(":, ") + "…"
+        out.append(label)
+    return out if len(set(out)) == len(out) else [f"run {run.id}" for run in runs]
 
 
 def tokenizers_differ(runs) -> bool:
@@ -73,7 +88,9 @@ class Compare(w.VBox):
         self.labels = list(labels) if labels is not None else labels_for(self.runs)
         if len(self.labels) != len(self.runs):
             raise ValueError(f"{len(self.labels)} labels for {len(self.runs)} runs")
-        colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(self.labels)}
+        self.legend = legend_labels(self.labels, self.runs)  # the charts' series (the table: in full)
+        self.colors = [PALETTE[i % len(PALETTE)] for i in range(len(self.runs))]
+        colors = dict(zip(self.legend, self.colors))
         x = SharedX()  # every chart's step axis, from 0
         self.per_byte = tokenizers_differ(self.runs) if per_byte is None else bool(per_byte)
         self.metrics = [BY_NAME[PER_BYTE[m.name]] if self.per_byte and m.name in PER_BYTE else m
@@ -81,7 +98,7 @@ class Compare(w.VBox):
         self.charts = {}
         for m in self.metrics:
             spec = CHARTS[m.chart]
-            series = {label: (colors[label], "circle" if m.sparse else None) for label in self.labels}
+            series = {label: (colors[label], "circle" if m.sparse else None) for label in self.legend}
             css = f"lmwidget-compare-{m.name.replace('_', '-')}"
             self.charts[m.name] = Chart(m.title or spec.title, x, series, css, log=spec.log,
                                         tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero)
@@ -118,7 +135,7 @@ class Compare(w.VBox):
 
     def refresh(self) -> None:
         fed = {}
-        for i, (run, label) in enumerate(zip(self.runs, self.labels)):
+        for i, (run, label) in enumerate(zip(self.runs, self.legend)):
             run.record.drain()
             new = run.record.since(self._rows[i])
             self._rows[i] += len(new["step"])
@@ -144,11 +161,12 @@ class Compare(w.VBox):
         head = (f"<tr><th>run</th><th>state</th><th>step</th><th>{loss} (last 50)</th><th>val {loss}</th>"
                 f"<th>best val {loss}</th><th>tokens/s</th></tr>")
         rows = []
-        for run, label in zip(self.runs, self.labels):
+        for run, label, color in zip(self.runs, self.labels, self.colors):
             s = stats(run, self.per_byte)
             best = "–" if s["best_step"] is None else f"{s['best_val_loss']:.4f} (step {s['best_step']})"
             rows.append(
-                f"<tr><td>{html.escape(label)}</td><td>{s['state']}</td><td>{s['step']}</td>"
+                f'<tr><td><span style="color:{color}">&#9632;</span> {html.escape(label)}</td>'
+                f"<td>{s['state']}</td><td>{s['step']}</td>"
                 f"<td>{s['loss']:.4f}</td><td>{s['val_loss']:.4f}</td><td>{best}</td>"
                 f"<td>{s['tokens_per_sec']:,.0f}</td></tr>")
         return (f'<table style="border-collapse:collapse" border="1" cellpadding="3">{head}'

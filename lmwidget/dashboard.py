@@ -14,22 +14,23 @@ import numpy as np
 from .cells import Cells, close_widgets
 from .charts import Chart, SharedX, view_bundle
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING
-from .compare import labels_for
+from .compare import labels_for, legend_labels
 from .control import ENDED, LIVE_ONLY
 from .frontends import prepare, track_cells
 from .pacing import Pacer
+from .palette import AMBER, BLUE, GREEN, GREY, MUTED, RED
 from .panels import HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 from .schema import CHARTS, user_chart
 from .summary import summary_html
 
 UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 SUMMARY_QUIET = 1.0     # s with nothing redrawn before the static summary joins the cell
-GHOST_COLOR = "#9e9e9e"
+GHOST_COLOR = MUTED
 LR_DECADES = 2.0            # the LR slider spans this many decades either side of the current LR,
 LR_SLIDER_WIDTH = "460px"   # over a track of ~290 px: 10 px of drag is x1.37 at most
 BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
-STATE_COLORS = {"running": "#2e7d32", "paused": "#f9a825", "stopped": "#616161",
-                "finished": "#1565c0", "failed": "#c62828"}
+STATE_COLORS = {"running": GREEN, "paused": AMBER, "stopped": GREY,
+                "finished": BLUE, "failed": RED}
 BAR_STYLES = {"running": "", "paused": "warning", "stopped": "info", "finished": "success",
               "failed": "danger"}
 
@@ -108,7 +109,8 @@ class Dashboard(w.VBox):
 
         # earlier runs of this kernel, drawn faintly on the loss chart (train(ghosts=N))
         self._ghosts = [g for g in run.ghosts if g is not run]
-        self._ghost_labels = labels_for([*self._ghosts, run])[:-1] if self._ghosts else []
+        self._ghost_labels = (legend_labels(labels_for([*self._ghosts, run])[:-1], self._ghosts)
+                              if self._ghosts else [])
         self._x = SharedX()  # one step axis shared by every chart, from 0
         self._metrics = [m for m in run.record.metrics() if m.chart in CHARTS]
         self.charts = {}
@@ -120,7 +122,7 @@ class Dashboard(w.VBox):
             self.charts[spec.key] = Chart(spec.title, self._x, series, _css(spec.key), log=spec.log,
                                           tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero,
                                           smooth=spec.smooth)
-        self.charts["grad_norm"].add_hline("clip", "#c62828")
+        self.charts["grad_norm"].add_hline("clip", RED)
         for label in self._ghost_labels:
             self.charts["loss"].marks[label].opacities = [0.6]
         self.resources = ResourcesPanel(gpu=run.device.type == "cuda")
@@ -401,7 +403,7 @@ class Dashboard(w.VBox):
         outcome, detail = last
         if outcome == "ok":
             self.save_status.value = (
-                f'<span style="color:#1565c0">saved step {detail["step"]} to '
+                f'<span style="color:{BLUE}">saved step {detail["step"]} to '
                 f'<code>{html.escape(str(detail["path"]))}</code>'
                 + (f' ({detail["bytes"] / 1e6:.2f} MB in {detail["seconds"] * 1e3:.0f} ms)'
                    if detail.get("bytes") else "") + "</span>")

@@ -15,6 +15,7 @@ from .data import Dataset
 from .hf import unwrap
 from . import pretrained
 from . import threads
+from .palette import RED
 from .threads import cpu_threads
 from .trainer import make_optimizer, resolve_device
 
@@ -284,5 +285,5 @@ def describe(finder: LRFinder) -> str:
     elif finder.suggestions:
         parts.append("click a point to choose its LR")
     if finder.error is not None:
-        parts.append(f'<span style="color:#c62828">{html.escape(repr(finder.error))}</span>')
+        parts.append(f'<span style="color:{RED}">{html.escape(repr(finder.error))}</span>')
     return " · ".join(parts)

@@ -12,8 +12,9 @@ import ipywidgets as w
 import numpy as np
 
 from .lrfind import UPDATE_INTERVAL, describe
+from .palette import BLUE, GREEN, PURPLE, RED
 
-SUGGESTION_COLORS = {"steepest": "#2e7d32", "min/10": "#6a1b9a"}
+SUGGESTION_COLORS = {"steepest": GREEN, "min/10": PURPLE}
 
 
 class LRFinderView(w.VBox):
@@ -25,19 +26,19 @@ class LRFinderView(w.VBox):
         x = bq.LogScale()
         y = bq.LinearScale()
         self.y_scale = y
-        self.raw = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": x, "y": y}, colors=["#90caf9"],
-                            labels=["loss"], stroke_width=1)
+        self.raw = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": x, "y": y}, colors=[BLUE],
+                            labels=["loss"], stroke_width=1, opacities=[0.35])
         self.smoothed = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales={"x": x, "y": y},
-                                 colors=["#1565c0"], labels=["smoothed"], stroke_width=2)
+                                 colors=[BLUE], labels=["smoothed"], stroke_width=2)
         # every smoothed point is a dot to click on
         self.points = bq.Scatter(x=np.zeros(0), y=np.zeros(0), scales={"x": x, "y": y},
-                                 colors=["#1565c0"], default_size=24, opacities=[0.5],
+                                 colors=[BLUE], default_size=24, opacities=[0.5],
                                  tooltip=bq.Tooltip(fields=["x", "y"], formats=[".2e", ".4f"],
                                                     labels=["lr", "smoothed loss"]))
         self.marks = bq.Scatter(x=np.zeros(0), y=np.zeros(0), scales={"x": x, "y": y},
                                 colors=list(SUGGESTION_COLORS.values()), default_size=120, marker="diamond",
                                 names=[], display_names=True)
-        self.chosen_rule = bq.Lines(x=np.zeros(0), y=np.zeros(0), colors=["#c62828"], line_style="dashed",
+        self.chosen_rule = bq.Lines(x=np.zeros(0), y=np.zeros(0), colors=[RED], line_style="dashed",
                                     scales={"x": x, "y": bq.LinearScale(min=0, max=1)})
         self.figure = bq.Figure(
             title="LR range test: smoothed loss against learning rate",
@@ -143,7 +144,7 @@ class LRFinderView(w.VBox):
         self.train_button.description = f"Train with lr={finder.lr:.2e}" if ready else "Train with this LR"
         status = describe(finder)
         if self._error:
-            status += f' · <span style="color:#c62828">{html.escape(self._error)}</span>'
+            status += f' · <span style="color:{RED}">{html.escape(self._error)}</span>'
         if status != self._shown:
             self._shown = status
             self.status.value = status

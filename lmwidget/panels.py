@@ -14,6 +14,7 @@ import torch
 
 from .axes import y_domain
 from .charts import TIME, Chart, SharedX
+from .palette import BLUE, BROWN, GREEN, ORANGE, PURPLE, RED, SLATE
 
 FIG_LAYOUT = dict(width="auto", height="260px", min_width="300px")
 
@@ -31,11 +32,11 @@ class ResourcesPanel:
 
     def __init__(self, gpu: bool):
         t = SharedX(integer=False)  # seconds since the run started, from 0
-        util = {"CPU % (of one core)": ("#37474f", None)}
-        memory = {"process RSS": ("#37474f", None)}
+        util = {"CPU % (of one core)": (SLATE, None)}
+        memory = {"process RSS": (SLATE, None)}
         if gpu:  # no empty GPU lines in the legend of a CPU run
-            util["GPU %"] = ("#2e7d32", None)
-            memory.update({"GPU used": ("#2e7d32", None), "torch allocated": ("#6a1b9a", None)})
+            util["GPU %"] = (GREEN, None)
+            memory.update({"GPU used": (GREEN, None), "torch allocated": (PURPLE, None)})
         self.utilisation = Chart("utilisation", t, util, "lmwidget-chart-utilisation", y_label="%",
                                  tick_format=".3~g", x_label="time (s)", x_format=".3~g", event_x=TIME, zero=True)
         self.memory = Chart("memory", t, memory, "lmwidget-chart-memory", tick_format=".4~s", y_label="MB",
@@ -78,7 +79,7 @@ class LayersPanel:
         # many there are (a 24-layer model gets a taller chart, not truncated labels)
         names, values = bq.OrdinalScale(reverse=True), bq.LinearScale(min=0)
         self.bars = bq.Bars(x=layers, y=np.zeros(len(layers), np.float32), orientation="horizontal",
-                            scales={"x": names, "y": values}, colors=["#2e7d32"], padding=0.2,
+                            scales={"x": names, "y": values}, colors=[GREEN], padding=0.2,
                             tooltip=bq.Tooltip(fields=["x", "y"], formats=["", ".3g"],
                                                labels=["layer", "grad norm"]))
         self.values = bq.Axis(scale=values, side="bottom", tick_format=".2~g", label="grad norm")
@@ -123,7 +124,7 @@ class HistogramPanel:
         self.button.add_class("lmwidget-histogram")
         self.info = w.HTML()
         self.figures, self.bars = [], []
-        for what, color in (("weights", "#1565c0"), ("gradients", "#e65100")):
+        for what, color in (("weights", BLUE), ("gradients", ORANGE)):
             x, y = bq.LinearScale(), bq.LinearScale(min=0)
             bars = bq.Bars(x=np.zeros(0, np.float32), y=np.zeros(0, np.float32),
                            scales={"x": x, "y": y}, colors=[color], padding=0.05)
@@ -175,8 +176,8 @@ class HistogramPanel:
 def format_anomaly(step: int, cause: str, paused: bool) -> str:
     """The notice shown for a non-finite step."""
     if paused:
-        return (f'<div style="color:#c62828"><b>Anomaly at step {step}: {html.escape(cause)}.</b> '
+        return (f'<div style="color:{RED}"><b>Anomaly at step {step}: {html.escape(cause)}.</b> '
                 f"The update was skipped and the run paused itself. Lower the learning rate "
                 f"(or the clip norm), then press Resume.</div>")
-    return f'<div style="color:#8d6e63">last anomaly at step {step}: {html.escape(cause)} (update skipped)</div>'
+    return f'<div style="color:{BROWN}">last anomaly at step {step}: {html.escape(cause)} (update skipped)</div>'
 

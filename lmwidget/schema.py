@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from .palette import AMBER, BLUE, BROWN, GREEN, INDIGO, OLIVE, ORANGE, PINK, PURPLE, SLATE, TEAL
+
 NAN = float("nan")
 
 
@@ -39,7 +41,7 @@ class Metric:
     chart: str | None = None  # the Chart (key) it is drawn on; None: kept, not drawn
     label: str = ""          # its series' name on that chart
     title: str = ""          # its own chart's title where it is drawn alone (compare)
-    color: str = "#1565c0"
+    color: str = BLUE
     tag: str | None = None   # its TensorBoard tag; None: not exported there
     default: float = NAN     # its value in records written before it existed
     dtype: type = np.float64
@@ -79,21 +81,21 @@ COLUMNS = (
     Metric("loss", "nats/token", on_device=True, chart="loss", label="train", tag="loss/train",
            compare=True, summary=True),
     Metric("perplexity", chart="perplexity", label="train", tag="perplexity/train", derive=_exp("loss")),
-    Metric("grad_norm", on_device=True, chart="grad_norm", label="grad_norm", color="#2e7d32",
+    Metric("grad_norm", on_device=True, chart="grad_norm", label="grad_norm", color=GREEN,
            tag="grad_norm", compare=True, summary=True),
-    Metric("lr", chart="lr", label="lr", color="#6a1b9a", tag="lr", compare=True, summary=True),
-    Metric("tokens_per_sec", "tokens/s", chart="throughput", label="tokens_per_sec", color="#37474f",
+    Metric("lr", chart="lr", label="lr", color=PURPLE, tag="lr", compare=True, summary=True),
+    Metric("tokens_per_sec", "tokens/s", chart="throughput", label="tokens_per_sec", color=SLATE,
            tag="throughput/tokens_per_sec", summary=True),
     Metric("step_time", "s", tag="throughput/step_time"),
     Metric("val_loss", "nats/token", on_device=True, chart="loss", label="val", title="validation loss",
-           color="#e65100",
+           color=ORANGE,
            tag="loss/val", sparse=True, compare=True, summary=True),
-    Metric("val_perplexity", chart="perplexity", label="val", color="#e65100", tag="perplexity/val",
+    Metric("val_perplexity", chart="perplexity", label="val", color=ORANGE, tag="perplexity/val",
            sparse=True, derive=_exp("val_loss")),
     Metric("bpb", "bits/byte", on_device=True, chart="bpb", label="train", title="bits per byte",
            tag="bpb/train", summary=True),
     Metric("val_bpb", "bits/byte", on_device=True, chart="bpb", label="val", title="validation bits per byte",
-           color="#e65100", tag="bpb/val", sparse=True, summary=True),
+           color=ORANGE, tag="bpb/val", sparse=True, summary=True),
     Metric("cpu_percent", "%", resource=True, tag="resources/cpu_percent"),
     Metric("rss_mb", "MB", resource=True, tag="resources/rss_mb"),
     Metric("gpu_util", "%", resource=True, tag="resources/gpu_util"),
@@ -107,7 +109,7 @@ STORED = tuple(m for m in COLUMNS if m.stored)
 RESOURCES = tuple(m for m in COLUMNS if m.resource)
 
 
-USER_COLORS = ("#00838f", "#ad1457", "#5d4037", "#558b2f", "#4527a0", "#ef6c00")
+USER_COLORS = (TEAL, PINK, BROWN, OLIVE, INDIGO, AMBER)
 
 
 def user_metric(name: str, index: int = 0) -> Metric:

@@ -9,6 +9,7 @@ import numpy as np
 from .axes import tick_label, x_domain, y_domain
 from .charts import EVENT_COLORS, RAW_OPACITY, event_label
 from .downsample import MinMaxSeries
+from .palette import MUTED
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING, check_weight, ema
 from .schema import CHARTS, user_chart
 
@@ -43,12 +44,12 @@ def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label
     w, h = WIDTH - left - MARGIN["right"], HEIGHT - top - MARGIN["bottom"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lmwidget-summary-chart {css_class}" '
            f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-           f'font-family="sans-serif" font-size="10">',
+           f'font-family="sans-serif" font-size="10" fill="currentColor">',  # the page's text colour
            f'<text x="{left + w / 2}" y="14" text-anchor="middle" font-size="12" '
            f'font-weight="bold">{html.escape(title)}</text>']
     if not drawn:
         out.append(f'<text x="{left + w / 2}" y="{top + h / 2}" text-anchor="middle" '
-                   f'fill="#757575">no data</text></svg>')
+                   f'fill-opacity="0.7">no data</text></svg>')
         return "".join(out)
     xs = np.concatenate([d[1] for d in drawn])
     ys = np.concatenate([d[2] for d in drawn])
@@ -66,21 +67,22 @@ def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label
     def py(v):
         return top + h - (scale(v) - y0) / (y1 - y0) * h
 
-    out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#bdbdbd"/>')
+    out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="currentColor" '
+               f'stroke-opacity="0.35"/>')
     for t in y_ticks:
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
-                   f'stroke="#eeeeee"/><text x="{left - 4}" y="{py(t) + 3:.1f}" '
+                   f'stroke="currentColor" stroke-opacity="0.1"/><text x="{left - 4}" y="{py(t) + 3:.1f}" '
                    f'text-anchor="end">{tick_label(t)}</text>')
     for t in x_ticks:
         out.append(f'<text x="{px(t):.1f}" y="{top + h + 13}" text-anchor="middle">{tick_label(t)}</text>')
     out.append(f'<text x="{left + w / 2}" y="{HEIGHT - 3}" text-anchor="middle" '
-               f'fill="#616161">{x_label}</text>')
+               f'fill-opacity="0.75">{x_label}</text>')
     for event in events:
         step, kind = event[0], event[2]
         if x0 <= step <= x1:
             x = px(step)
             out.append(f'<line class="lmwidget-summary-event" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" '
-                       f'y2="{top + h}" stroke="{EVENT_COLORS.get(kind, "#9e9e9e")}" '
+                       f'y2="{top + h}" stroke="{EVENT_COLORS.get(kind, MUTED)}" '
                        f'stroke-dasharray="3,3"><title>{html.escape(event_label(event))}</title></line>')
     for label, x, y, color, dots in drawn:
         if dots:

@@ -85,6 +85,10 @@ FRONTENDS = {
     "notebook7": ("notebook", {}, "perCommTarget"),
 }
 
+# servers the scenario does not run on
+OTHER_FRONTENDS = {"lab-dark": ("lab", {"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"}},
+                                "perCommTarget")}
+
 DASHBOARD = ".lmwidget-dashboard, .lmwidget-status"  # what stage screenshots scroll to
 CHARTS = ("loss", "perplexity", "grad-norm", "lr", "throughput")
 
@@ -113,7 +117,7 @@ def servers():
 
     def get(name: str) -> JupyterServer:
         if name not in started:
-            app, settings, _ = FRONTENDS[name]
+            app, settings, _ = {**FRONTENDS, **OTHER_FRONTENDS}[name]
             started[name] = JupyterServer(app, settings=settings, name=name).start()
         return started[name]
 
@@ -1167,7 +1171,7 @@ def test_hf_trainer_in_jupyterlab(opened):
         assert probe.eval("trainer.optimizer.param_groups[0]['lr']") == pytest.approx(0.001)
         page.locator(".lmwidget-pause").first.click()
         wait_for(lambda: status_is(page, "running"), 10, message="status 'running' after resume")
-        wait_for(lambda: probe.eval(f"float(__lmw_run().history.lr.iloc[-1])") == pytest.approx(0.001), 20,
+        wait_for(lambda: probe.eval("float(__lmw_run().history.lr.iloc[-1])") == pytest.approx(0.001), 20,
                  message="the next steps to apply the new LR")
 
         page.locator(".lmwidget-save").first.click()
@@ -1190,3 +1194,89 @@ def test_hf_trainer_in_jupyterlab(opened):
         nb.screenshot("stopped", scroll_to=DASHBOARD)
         errs = widget_errors(nb)
         assert not errs, "console errors:\n" + "\n".join(e["text"] for e in errs)
+
+
+# --------------------------------------------------------------------------- dark theme
+
+READABILITY_JS = """
+(root) => {
+  // the colour of an element (text fill, stroke or CSS colour) against what is behind it,
+  // alpha blended, as WCAG's contrast ratio
+  const rgba = (c) => { const m = (c || '').match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const v = m[1].split(',').map(Number); return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; };
+  const blend = (fg, bg) => [0, 1, 2].map(i => fg[i] * fg[3] + bg[i] * (1 - fg[3]));
+  const lum = (c) => { const [r, g, b] = c.map(x => { x /= 255; return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const ratio = (a, b) => { const [h, l] = [lum(a), lum(b)].sort((x, y) => y - x); return (h + 0.05) / (l + 0.05); };
+  const behind = (el) => { for (let e = el; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor); if (c && c[3] > 0) return blend(c, [255, 255, 255]); }
+    return [255, 255, 255]; };
+  const visible = (el) => { for (let e = el; e && e !== root.parentElement; e = e.parentElement) {
+      const s = getComputedStyle(e); if (s.display === 'none' || s.visibility === 'hidden' || Number(s.opacity) === 0) return false; }
+    const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const out = [];
+  const page = behind(root);
+  const check = (el, what, color, min, bg = page) => { const c = rgba(color); if (!c || c[3] === 0) return;
+    const fg = blend(c, bg); out.push({what, text: (el.textContent || '').trim().slice(0, 30),
+      cls: String(el.getAttribute('class') || ''), ratio: ratio(fg, bg), min}); };
+  for (const t of root.querySelectorAll('svg text')) if (t.textContent.trim() && visible(t)) {
+    check(t, 'svg text', getComputedStyle(t).fill, 3);
+    const r = t.getBoundingClientRect(), box = t.ownerSVGElement.getBoundingClientRect();
+    if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1)
+      out.push({what: 'svg text outside its figure', text: t.textContent.trim().slice(0, 30), ratio: 0, min: 1}); }
+  for (const p of root.querySelectorAll('.curve path.line')) if (visible(p) && !p.closest('.g_legend')) {
+    const s = getComputedStyle(p); if (Number(s.strokeOpacity) >= 0.9 && Number(getComputedStyle(p.parentElement).opacity) >= 0.9) check(p, 'curve', s.stroke, 3); }
+  for (const el of root.querySelectorAll('*')) {
+    if (el.closest('svg') || !visible(el)) continue;
+    const own = Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+    if (own) check(el, 'html text', getComputedStyle(el).color, 3, behind(el)); }  // on its own background
+  return {page: page.map(Math.round), checked: out};
+}
+"""
+
+
+def unreadable(page, selector: str) -> tuple[list, dict]:
+    """What under ``selector`` reads at less than its contrast (3:1) against the page."""
+    found = page.locator(selector).first.evaluate(READABILITY_JS)
+    low = [c for c in found["checked"] if c["ratio"] < c["min"]]
+    kinds = {}
+    for c in found["checked"]:
+        kinds[c["what"]] = kinds.get(c["what"], 0) + 1
+    return low, {"page": found["page"], "checked": kinds}
+
+
+DARK_CELLS = [
+    "import lmwidget\n"
+    "tiny = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8)\n"
+    "run = lmwidget.train(**tiny, max_steps=150, eval_interval=25, lr=3e-3)",
+    "run.wait(); run.sample(); run.log_event('note', detail='a marker')",
+    "finder = lmwidget.lr_find(**tiny, steps=40); finder.wait()",
+    "other = lmwidget.train(**tiny, max_steps=60, lr=1e-3, display=False); other.wait()\n"
+    "view = lmwidget.compare(run, other)",
+]
+
+
+def test_dark_theme_every_text_curve_and_label_is_readable(opened):
+    """JupyterLab's dark theme: the dashboard, the LR finder and compare read at 3:1 or more
+    (text, tick labels, legends, curves) against the page; screenshots of each."""
+    nb = opened("lab-dark", DARK_CELLS, label="dark")
+    page = nb.page
+    res: dict = {}
+    with recorded(nb, res):
+        probe = run_cells(nb)
+        assert page.evaluate("document.body.dataset.jpThemeLight") == "false", "not in the dark theme"
+        wait_for(lambda: probe.eval("run.dashboard.settle() or True"), 30, message="the dashboard's last redraw")
+        wait_for(lambda: n_points(page, "loss") > 5, 30, message="the loss curve")
+        wait_for(lambda: page.locator(".lmwidget-lrfind-chart .dot").count() >= 10, 30, message="the range test's dots")
+        wait_for(lambda: "finished" in text_of(page, ".lmwidget-compare-table"), 30, message="the comparison")
+        for name, selector in (("dashboard", ".lmwidget-dashboard"), ("lr-finder", ".lmwidget-lrfind"),
+                               ("compare", ".lmwidget-compare")):
+            nb.screenshot(f"dark-{name}", scroll_to=selector)
+            low, seen = unreadable(page, selector)
+            res[name] = {**seen, "unreadable": low}
+            assert seen["checked"].get("svg text", 0) >= 10 and seen["checked"].get("curve", 0) >= 1, seen
+            assert max(seen["page"]) < 80, f"the page behind {name} is not dark: {seen['page']}"
+            assert not low, f"unreadable on the dark page ({name}): {low[:10]}"
+        errs = widget_errors(nb)
+        assert not errs, "console errors:\n" + "\n".join(e["text"][:300] for e in errs[:10])
+

@@ -29,7 +29,7 @@ def test_two_finished_runs_and_one_still_training():
     live = lmwidget.train(display=False, concurrent=True, **{**TINY, "eval_interval": 20,
                                                               "max_steps": 10**6, "lr": 1e-3})
     view = lmwidget.compare(a, b, live, display=False)
-    la, lb, ll = view.labels
+    la, lb, ll = view.legend  # the charts' series; view.labels in full in the table
     marks = view.charts["loss"].marks
     wait_for(lambda: len(marks[la].x) == 60 and len(marks[lb].x) == 60, 10)
     np.testing.assert_allclose(marks[la].y, a.history.loss, rtol=1e-6)
@@ -41,7 +41,7 @@ def test_two_finished_runs_and_one_still_training():
     live.wait(30)
     wait_for(lambda: view._updater is None, 10)  # all ended: the view stops redrawing
     table = re.sub(r"<[^>]+>", "|", view.table.value)
-    assert f"run {live.id}: max_steps=1000000, lr=0.001||stopped|" in table and "|finished||60|" in table
+    assert f"run {live.id}: lr=0.001, max_steps=1000000||stopped|" in table and "|finished||60|" in table
     best = a.history.dropna(subset=["val_loss"]).val_loss.min()
     assert f"{best:.4f}" in table
 
@@ -92,3 +92,15 @@ def test_compare_on_its_own_line_draws_one_view_per_cell(monkeypatch):
     Shell.execution_count = 2      # a later cell showing `view` draws it there
     view._ipython_display_()
     assert len(shown) == 2
+
+
+def test_legends_show_labels_short_enough_to_read_the_table_names_runs_in_full():
+    from lmwidget.compare import LEGEND_CHARS, legend_labels
+
+    runs = [type("R", (), {"id": i})() for i in (1, 2)]
+    full = ["run 1: lr=0.003, max_steps=150, eval_interval=25", "run 2: lr=0.001, max_steps=60, eval_interval=100"]
+    assert legend_labels(full, runs) == ["run 1: lr=0.003…", "run 2: lr=0.001…"]  # whole options only
+    assert all(len(label) <= 40 for label in legend_labels(full, runs, max_chars=40)) and LEGEND_CHARS < 40
+    assert legend_labels(["run 1: lr=0.003"], runs[:1]) == ["run 1: lr=0.003"]  # short: as it is
+    same_start = ["the same long prefix of a label: A", "the same long prefix of a label: B"]
+    assert legend_labels(same_start, runs) == ["run 1", "run 2"]  # cut alike: by run instead

@@ -11,6 +11,7 @@ import pytest
 import torch.nn as nn
 
 import lmwidget
+from lmwidget import palette
 from lmwidget.charts import MAX_POINTS
 from lmwidget.dashboard import BYTES_PER_SEC, UPDATE_INTERVAL, Dashboard, redraw_interval
 
@@ -582,7 +583,7 @@ def test_a_failed_save_is_shown_in_red(tiny, tmp_path):
     settle(d, run)
     d.save_button.click()
     wait_for(lambda: "failed" in d.save_status.value, timeout=5)
-    assert "#c62828" in d.save_status.value and "saved save at step 5 failed" in text_of(d.save_status)
+    assert palette.RED in d.save_status.value and "saved save at step 5 failed" in text_of(d.save_status)
 
 
 def test_a_resumed_run_draws_its_earlier_history(tiny, tmp_path):
