@@ -33,10 +33,10 @@ def _threaded(fn):
 
 
 def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int, warmup: int,
-             steered: bool) -> float:
+             steered: bool) -> tuple[float, float]:
     """Tokens/s of a user's plain loop (batch, forward, backward, clip, AdamW step): bare, or
     with `lmwidget.steer(...)`, one `run.tick(loss)` a step (lmwidget clips then) and the
-    dashboard redrawing."""
+    dashboard redrawing; and the training thread's CPU ms a step in `tick()`, or in the clip."""
     from .loop import Loop
 
     model = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
@@ -51,19 +51,22 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
         run.dashboard  # built here, redrawing from its own thread
 
     def train():
+        cpu = 0.0  # this thread's CPU in tick() (which clips), or in the clip it replaces
         for i in range(warmup + steps):
             if i == warmup:
-                t0 = time.perf_counter()
+                t0, cpu = time.perf_counter(), 0.0
             x, y = dataset.batch("train", config.batch_size, config.block_size, gen)
             _, loss = model(x, y)
             loss.backward()
+            c0 = time.thread_time()
             if run is not None:
                 run.tick(loss)
             else:
                 clip_grad_norm_(model.parameters(), config.grad_clip)
+            cpu += time.thread_time() - c0
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return steps * config.batch_size * config.block_size / (time.perf_counter() - t0)
+        return steps * config.batch_size * config.block_size / (time.perf_counter() - t0), 1e3 * cpu / steps
 
     if run is None:
         return _threaded(train)
@@ -74,9 +77,10 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
     return result[0]
 
 
-def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> float:
+def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> tuple[float, float]:
     """Tokens/s of a Hugging Face Trainer (a 2-layer GPT-2, batch 16 x 64 characters):
-    `trainer.train()` bare, or through `lmwidget.fit(trainer)` with the dashboard redrawing."""
+    `trainer.train()` bare, or through `lmwidget.fit(trainer)` with the dashboard redrawing;
+    and the training thread's CPU ms a step in lmwidget's hooks (0 bare)."""
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
     from .data import builtin_text
@@ -114,23 +118,37 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> float:
     trainer = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[clock])
     for printer in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in PRINTERS]:
         trainer.remove_callback(printer)  # on both sides: nothing printed, as lmwidget.fit does
+    cpu = [0.0, 0]  # the training thread's CPU in lmwidget's hooks, and the steps they saw
     if steered:
         run = HFRun(trainer)
+        for hook in ("before_update", "step_end"):  # what lmwidget does in each step
+            setattr(run, hook, _cpu_timed(getattr(run, hook), cpu, hook == "step_end"))
         run.dashboard
         run.start(run.run_trainer)
         run.wait()
         run.dashboard.settle()
     else:
         _threaded(trainer.train)
-    return steps * 16 * block / (clock.t1 - clock.t0)
+    return steps * 16 * block / (clock.t1 - clock.t0), 1e3 * cpu[0] / max(cpu[1], 1)
+
+
+def _cpu_timed(fn, total: list, counts: bool):
+    def timed(*args, **kwargs):
+        c0 = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            total[0] += time.thread_time() - c0
+            total[1] += counts
+    return timed
 
 
 def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: TrainConfig,
             dataset: Dataset, init_state: dict) -> dict:
     """Both comparisons, interleaved round by round, in turn bare first and steered first
     (bare, steered, steered, bare, ...), so a machine that drifts favours neither side."""
-    own = {"bare": [], "lmwidget": []}
-    hf = {"bare": [], "lmwidget": []}
+    own = {"bare": [], "lmwidget": [], "cpu_bare": [], "cpu_lmwidget": []}
+    hf = {"bare": [], "lmwidget": [], "cpu_bare": [], "cpu_lmwidget": []}
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -138,9 +156,12 @@ def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: Tra
     for r in range(rounds):
         for steered in (False, True) if r % 2 == 0 else (True, False):
             side = "lmwidget" if steered else "bare"
-            own[side].append(own_loop(config, dataset, init_state, own_steps, warmup, steered=steered))
-            if hf is not None:
-                hf[side].append(hf_trainer(hf_steps, warmup, steered=steered))
+            for sides, measure in ((own, lambda: own_loop(config, dataset, init_state, own_steps, warmup, steered)),
+                                   (hf, lambda: hf_trainer(hf_steps, warmup, steered=steered))):
+                if sides is not None:
+                    tokens_per_sec, cpu_ms = measure()
+                    sides[side].append(tokens_per_sec)
+                    sides["cpu_" + side].append(cpu_ms)
     report = {"own_loop": _ratio(own)}
     report["hf_trainer"] = _ratio(hf) if hf is not None else "transformers is not installed"
     return report
@@ -149,4 +170,7 @@ def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: Tra
 def _ratio(sides: dict) -> dict:
     bare, steered = statistics.median(sides["bare"]), statistics.median(sides["lmwidget"])
     return {"tokens_per_sec_bare": bare, "tokens_per_sec_lmwidget": steered, "ratio": steered / bare,
-            "best_ratio": max(sides["lmwidget"]) / max(sides["bare"]), "rounds": len(sides["bare"])}
+            "best_ratio": max(sides["lmwidget"]) / max(sides["bare"]), "rounds": len(sides["bare"]),
+            # CPU time of the training thread, which no other process inflates: the cost by construction
+            "cpu_ms_per_step_bare": statistics.median(sides["cpu_bare"]),
+            "cpu_ms_per_step_lmwidget": statistics.median(sides["cpu_lmwidget"])}

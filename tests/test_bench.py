@@ -161,3 +161,6 @@ def test_the_frameworks_comparisons_measure_both_sides():
         r = report[side]
         assert r["tokens_per_sec_bare"] > 0 and r["tokens_per_sec_lmwidget"] > 0 and r["rounds"] == 1, report
         assert r["ratio"] == r["tokens_per_sec_lmwidget"] / r["tokens_per_sec_bare"]
+        # the training thread's CPU in lmwidget's hooks (or the clip they replace): measured, small
+        assert 0 < r["cpu_ms_per_step_lmwidget"] < 1e3 and r["cpu_ms_per_step_bare"] >= 0, r
+    assert report["own_loop"]["cpu_ms_per_step_bare"] > 0  # the bare loop's clip_grad_norm_
