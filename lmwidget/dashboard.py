@@ -280,8 +280,10 @@ class Dashboard(w.VBox):
         while True:
             if self._retiring:
                 with self._updater_lock:
-                    self._retire_now()
-                    self._updater = None
+                    try:
+                        self._retire_now()
+                    finally:
+                        self._updater = None
                     return
             idle = self._idle()  # read first: the last draw sees the end
             try:
@@ -293,7 +295,8 @@ class Dashboard(w.VBox):
             except Exception:  # never let a drawing bug kill the view silently
                 self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
             with self._updater_lock:  # a start kicks under this lock: no lost start
-                drawn = (not self._held and self._n_samples == len(self._run.record.samples_since(0))
+                drawn = (not self._held and not self._retiring
+                         and self._n_samples == len(self._run.record.samples_since(0))
                          and not self.histograms.pending(self._run)
                          and (self._run.state not in ENDED or self.cells.up_to_date(self._summary_key())))
                 if idle and self._idle() and drawn:

@@ -1,32 +1,65 @@
-"""Which finished runs keep their model: the newest few stay whole, older ones keep only their record."""
+"""Which finished runs keep their model: the newest few stay whole, and older ones while they fit a memory budget."""
 
 from __future__ import annotations
 
 import threading
+import weakref
 
-KEEP = 3  # finished runs kept whole (model, optimizer, data) by default
-_state = {"keep": KEEP}
+import numpy as np
+import torch
+
+KEEP = 3                 # the newest finished runs always kept whole (model, optimizer, data)
+MAX_BYTES = 64 << 20     # what finished runs may hold together before the oldest beyond KEEP are closed
+_state = {"keep": KEEP, "max_bytes": MAX_BYTES}
 _lock = threading.Lock()
+_held: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # finished run -> bytes it holds
 
 
-def keep_runs(n: int | None = None) -> int:
-    """How many finished runs of this kernel keep their model, optimizer and data (the newest
-    `n`; 3 to start). Older ones are closed as a new run starts: their history, events and
-    samples stay (dashboards show their final curves, compare() and exports work), their
-    memory goes. Returns the number in force before; `keep_runs()` only reads it."""
+def keep_runs(n: int | None = None, max_bytes: int | None = None) -> dict:
+    """How finished runs of this kernel keep their model, optimizer and data: the newest `n`
+    (3 to start) always; older ones while all finished runs together hold at most `max_bytes`
+    (64 MiB to start; 0: none beyond the newest `n`). Beyond that the oldest are closed:
+    their history, events and samples stay (dashboards show their final curves, compare()
+    and exports work), their memory goes. Returns the settings in force before."""
     with _lock:
-        before = _state["keep"]
+        before = dict(_state)
+        for name, value in (("n", n), ("max_bytes", max_bytes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"keep_runs takes {name} as an integer >= 0; got {value!r}")
         if n is not None:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ValueError(f"keep_runs takes an integer >= 0 (finished runs kept whole); got {n!r}")
             _state["keep"] = n
-        return before
+        if max_bytes is not None:
+            _state["max_bytes"] = max_bytes
+        return {"n": before["keep"], "max_bytes": before["max_bytes"]}
+
+
+def held_bytes(run) -> int:
+    """About what a finished run holds: its weights four times over (weights, gradients and
+    AdamW's two moments) and the tokens it trains on in memory (not a memory-mapped file)."""
+    if run.closed:
+        return 0
+    if run not in _held:
+        model, data = getattr(run, "model", None), getattr(run, "dataset", None)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+        tokens = sum(a.nbytes if isinstance(a, np.ndarray) and not isinstance(a, np.memmap)
+                     else a.numel() * a.element_size() if torch.is_tensor(a) else 0
+                     for a in (getattr(data, "train", None), getattr(data, "val", None)))
+        _held[run] = 4 * weights + tokens
+    return _held[run]
 
 
 def to_close(runs: list) -> list:
-    """The finished runs, oldest first, beyond the newest `keep_runs()` that still hold
-    their model. A run whose thread still writes (a final save) is left for the next time."""
-    finished = [r for r in runs if r.ended and not r.alive]
-    keep = _state["keep"]
+    """The finished runs to close now, oldest first: beyond the newest `keep_runs()` ones, the
+    oldest until the rest fit the budget. A run whose thread still writes (a final save) is
+    left for the next look."""
+    finished = [r for r in runs if r.ended and not r.alive and not r.closed]
+    keep, budget = _state["keep"], _state["max_bytes"]
     older = finished[:-keep] if keep else finished
-    return [r for r in older if not r.closed]
+    total = sum(held_bytes(r) for r in finished)
+    out = []
+    for run in older:
+        if total <= budget:
+            break
+        out.append(run)
+        total -= held_bytes(run)
+    return out

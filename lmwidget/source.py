@@ -37,7 +37,7 @@ def register(source: "Source") -> None:
     with _runs_lock:
         if source not in _runs:
             _runs.append(source)
-    monitor.watch()  # it also closes the finished runs beyond the newest few (keep_runs)
+    monitor.watch()  # it also closes the finished runs that keep_runs() no longer keeps whole
 
 
 def runs() -> list:
@@ -231,7 +231,7 @@ class Source:
         and device memory), and its dashboard's widgets, whose cells keep the static summary
         of its curves. A run still training is stopped first. Its history, events, samples,
         options and description stay: compare(), ghosts, exports and a new dashboard read them.
-        Older finished runs are closed this way as new runs start (see keep_runs)."""
+        Older finished runs are closed this way while newer ones train (see keep_runs)."""
         if self.closed:
             return
         if not self.ended:

@@ -1,6 +1,8 @@
 """Finished runs let go of their memory: run.close(), and keep_runs() for the older ones."""
 
 import gc
+import threading
+import time
 import weakref
 
 from ipywidgets.widgets.widget import _instances as registered  # ipywidgets' registry
@@ -10,6 +12,7 @@ import torch
 
 import lmwidget
 from lmwidget import retention
+from lmwidget.pacing import FIRST_ACK_WAIT
 
 from .conftest import wait_for
 
@@ -18,7 +21,7 @@ from .conftest import wait_for
 def keep():
     before = lmwidget.keep_runs()
     yield lmwidget.keep_runs
-    lmwidget.keep_runs(before)
+    lmwidget.keep_runs(**before)
 
 
 def finished(tiny, **options):
@@ -28,12 +31,25 @@ def finished(tiny, **options):
 
 
 def test_keep_runs_reads_sets_and_refuses_what_is_not_a_count(keep):
-    assert keep() == retention.KEEP == 3
-    assert keep(5) == 3 and keep() == 5
+    assert keep() == {"n": retention.KEEP, "max_bytes": retention.MAX_BYTES} == {"n": 3, "max_bytes": 64 << 20}
+    assert keep(5) == {"n": 3, "max_bytes": 64 << 20} and keep() == {"n": 5, "max_bytes": 64 << 20}
+    keep(max_bytes=0)
+    assert keep() == {"n": 5, "max_bytes": 0}
     for bad in (-1, 2.5, True, "3"):
-        with pytest.raises(ValueError, match=rf"keep_runs takes an integer >= 0 .*got {bad!r}"):
+        with pytest.raises(ValueError, match=rf"keep_runs takes n as an integer >= 0; got {bad!r}"):
             keep(bad)
-    assert keep() == 5
+        with pytest.raises(ValueError, match=rf"keep_runs takes max_bytes as an integer >= 0; got {bad!r}"):
+            keep(max_bytes=bad)
+    assert keep() == {"n": 5, "max_bytes": 0}
+
+
+def test_what_a_finished_run_holds_is_its_weights_four_times_and_its_tokens(tiny):
+    run = finished(tiny)
+    weights = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    tokens = run.dataset.train.nbytes + run.dataset.val.nbytes
+    assert retention.held_bytes(run) == 4 * weights + tokens > 0
+    run.close()
+    assert retention.held_bytes(run) == 0
 
 
 def test_close_lets_go_of_the_model_and_keeps_the_record(tiny):
@@ -64,6 +80,25 @@ def test_close_lets_go_of_the_model_and_keeps_the_record(tiny):
     assert "was closed" in again.sample_button.tooltip
 
 
+def test_a_dashboard_closed_while_it_redraws_still_closes(tiny):
+    run = finished(tiny)
+    d = run.dashboard
+    d.settle()
+    entered, redraw = threading.Event(), d.refresh
+
+    def slow_redraw():
+        entered.set()
+        time.sleep(0.3)
+        redraw()
+
+    d.refresh = slow_redraw
+    time.sleep(FIRST_ACK_WAIT)  # its last redraw no longer holds it: this one decides it is done
+    d.kick()
+    assert entered.wait(10)
+    run.close()  # while its updater is inside a redraw, about to decide that all is drawn
+    wait_for(lambda: d.comm is None and d.charts["loss"].figure.comm is None)
+
+
 def test_close_stops_a_run_that_still_trains_first(tiny):
     run = lmwidget.train(display=False, **{**tiny, "max_steps": 100_000})
     wait_for(lambda: run.step >= 2, timeout=60)
@@ -92,8 +127,19 @@ def test_a_closed_dashboard_leaves_only_the_summary_in_its_cells(tiny, monkeypat
     assert data["text/plain"] == f"lmwidget: run {run.id} (finished at step 3), closed"
 
 
+def test_older_finished_runs_are_kept_while_they_fit_the_budget(tiny, keep):
+    keep(2)  # and 64 MiB: these tiny runs all fit
+    runs = [finished(tiny) for _ in range(4)]
+    finished(tiny).dashboard.settle()
+    time.sleep(0.5)  # the monitor looks every 0.1 s while a run trains
+    assert not any(r.closed for r in runs)
+    keep(max_bytes=0)  # nothing beyond the newest 2: closed while the next run trains
+    finished(tiny)
+    wait_for(lambda: all(r.closed for r in runs))
+
+
 def test_older_finished_runs_are_closed_as_new_ones_start(tiny, keep):
-    keep(2)
+    keep(2, max_bytes=0)
     runs = [finished(tiny) for _ in range(4)]
     # while the 4th trained, 3 had finished: the monitor closed the oldest, off the training
     # thread (and the 2nd too if it saw the 4th's thread end)
@@ -143,17 +189,18 @@ def test_forty_runs_in_one_process_hold_the_memory_of_a_few(tiny):
     for i in range(40):
         run = finished(options)
         run.dashboard.settle()
-        if i in (9, 39):
+        if i in (19, 39):  # by run 20 the budget is full: from then on, nothing more is kept
             gc.collect()
             rss.append(proc.memory_info().rss)
             widgets.append(len(registered))
     per_run = sum(p.numel() * 4 * 4 for p in run.model.parameters())  # weights, grads, AdamW's two
-    held = tensor_bytes()
-    assert held < (retention.KEEP + 2) * per_run, f"{held / 2**20:.1f} MB of tensors held after 40 runs"
-    # a dashboard registers about 260 widgets: 30 runs that kept theirs would add ~7,800
-    assert widgets[1] - widgets[0] < 600, f"widgets registered after 10 and 40 runs: {widgets}"
+    held = tensor_bytes()  # the budget, and the newest runs and the one training on top of it
+    assert held < retention.MAX_BYTES + (retention.KEEP + 2) * per_run < 40 * per_run, \
+        f"{held / 2**20:.1f} MB of tensors held after 40 runs ({per_run / 2**20:.1f} MB a run)"
+    # a dashboard registers about 260 widgets: 20 runs that kept theirs would add ~5,200
+    assert widgets[1] - widgets[0] < 600, f"widgets registered after 20 and 40 runs: {widgets}"
     growth = rss[1] - rss[0]
-    assert growth < 30 * per_run / 2, f"RSS grew {growth / 2**20:.0f} MB over the last 30 runs"
+    assert growth < 20 * per_run / 2, f"RSS grew {growth / 2**20:.0f} MB over the last 20 runs"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
