@@ -4,6 +4,7 @@ also closes the finished runs that keep_runs() no longer keeps whole."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 import weakref
@@ -21,6 +22,8 @@ def watch() -> None:
     """Make sure the monitor runs (a run has just been registered)."""
     with _lock:
         thread = _state["thread"]
+        if _state.get("exiting"):
+            return
         if thread is None or not thread.is_alive():
             thread = threading.Thread(target=_loop, name="lmwidget-resources", daemon=True)
             _state["thread"] = thread
@@ -33,10 +36,20 @@ def running() -> bool:
     return thread is not None and thread.is_alive()
 
 
+@atexit.register
+def _stop_at_exit() -> None:
+    """The interpreter is going: the monitor stops between two looks, never inside one."""
+    with _lock:
+        _state["exiting"] = True
+        thread = _state["thread"]
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(2.0)
+
+
 def _loop() -> None:
     from .source import runs
 
-    while True:
+    while not _state.get("exiting"):
         for run in retention.to_close(runs()):  # here, never on a training thread
             try:
                 run.close()
@@ -44,7 +57,7 @@ def _loop() -> None:
                 pass
         with _lock:  # decided under the lock watch() takes: a run registered now is seen
             waiting = [r for r in runs() if not r.ended]
-            if not waiting:
+            if not waiting or _state.get("exiting"):
                 _state["thread"] = None
                 return
         now = time.monotonic()

@@ -128,7 +128,7 @@ def test_a_closed_dashboard_leaves_only_the_summary_in_its_cells(tiny, monkeypat
 
 
 def test_older_finished_runs_are_kept_while_they_fit_the_budget(tiny, keep):
-    keep(2)  # and 64 MiB: these tiny runs all fit
+    keep(2, max_bytes=1 << 40)  # a budget that every run of this process fits
     runs = [finished(tiny) for _ in range(4)]
     finished(tiny).dashboard.settle()
     time.sleep(0.5)  # the monitor looks every 0.1 s while a run trains
