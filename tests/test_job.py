@@ -58,7 +58,7 @@ def test_reflected_records_and_replies_are_never_answered_and_a_captured_request
         attacker.send_multipart(captured)  # the captured request again, within its 60 s
         wait_for(lambda: rejected().get("replayed") == 1, timeout=10, interval=0.1)
         assert notebook.request("status")["body"]["lr"] == 2e-3
-        wait_for(lambda: len(job.rank_events(0, {"lr"})) >= 2, timeout=10)
+        wait_for(lambda: len(job.rank_events(0, {"lr"})) >= 2, timeout=60)  # the rank's log, when flushed
         assert [value for _, _, value in job.rank_events(0, {"lr"})] == [1e-3, 2e-3]
         assert not attacker.poll(0)
         notebook.request("stop")
