@@ -67,9 +67,7 @@ class HFRun(Loop):
             out["evaluate"] = "the Trainer has no eval_dataset"
         return out
 
-    def _release(self) -> None:
-        super()._release()
-        self.trainer = self.tokenizer = self._loss = self._norms = None
+    RELEASED = Loop.RELEASED + ("trainer", "tokenizer", "_loss", "_norms")
 
     def describe(self) -> dict:
         out = super().describe()

@@ -64,13 +64,10 @@ class LightningRun(Loop):
                             "Lightning validates on its own schedule (val_check_interval, "
                             "check_val_every_n_epoch); trainer.validate() after fit"}
 
+    RELEASED = Loop.RELEASED + ("trainer", "_optimizers", "_schedulers", "_loss", "_norms")
+
     def describe(self) -> dict:
         return {**super().describe(), "trainer": "Lightning"}
-
-    def _release(self) -> None:
-        super()._release()
-        self.trainer, self._optimizers, self._schedulers = None, [], []
-        self._loss = self._norms = None
 
     def hook(self) -> None:
         trainer = self.trainer

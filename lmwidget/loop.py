@@ -122,12 +122,16 @@ class Loop(Steered, Source):
             out["evaluate"] = "pass evaluate=fn, a function that returns the validation loss"
         return out
 
+    #: what close() lets go of: the model and what holds it or its state (adapters add theirs)
+    RELEASED = ("model", "optimizer", "lr_scheduler", "_sample", "_evaluate")
+
     def _release(self) -> None:
         """Drop lmwidget's references to your model, optimizer, scheduler and functions (you
         may hold your own); what it showed of them stays."""
         self._closed_as = {"describe": self.describe(), "options": self.options(), "lr": self.lr,
                            "device": self.device}
-        self.model = self.optimizer = self.lr_scheduler = self._sample = self._evaluate = None
+        for name in self.RELEASED:
+            setattr(self, name, None)
         self.norms.params = []
         self._histogram_of = None
 
