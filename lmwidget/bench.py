@@ -1,6 +1,6 @@
 """The cost benchmark: a bare PyTorch loop against lmwidget's loop with its dashboard updating.
 
-    python -m lmwidget.bench [--rounds 5] [--steps 400] [--device auto] [--dtype bfloat16] [--compile]
+    python -m lmwidget.bench [--rounds 5] [--framework-rounds 9] [--steps 400] [--device auto] [--dtype bfloat16] [--compile]
 
 prints a JSON report (see the README's "Performance" section for what each figure means).
 """
@@ -221,9 +221,10 @@ def scaling(sizes=SCALING_SIZES, new_points: int = 100, repeats: int = 20) -> li
 
 
 def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: bool = True,
-              progress=None, **options) -> dict:
+              progress=None, framework_rounds: int | None = None, **options) -> dict:
     """The rounds described in the README's Performance section; `progress(line)` is told
-    of each side measured (the command prints it on stderr)."""
+    of each side measured (the command prints it on stderr). The frameworks' comparisons
+    take `framework_rounds` rounds (default: `rounds`)."""
     install_counting_comm()
     torch.get_num_threads()  # fix this thread's count before any training thread sets its own
     config = TrainConfig.from_options(**{"eval_interval": 0, **options,
@@ -285,7 +286,8 @@ def benchmark(rounds: int = 5, steps: int = 400, warmup: int = 30, frameworks: b
     if frameworks:  # your own loop and the Hugging Face Trainer, with lmwidget and without
         from .bench_frameworks import compare
 
-        report.update(compare(rounds, steps, steps // 2, warmup, config, dataset, init_state))
+        report.update(compare(framework_rounds or rounds, steps, steps // 2, warmup, config, dataset,
+                              init_state))
     peak = peak_flops(device)
     if peak:
         per_token = flops_per_token(model, config.block_size)
@@ -314,6 +316,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--framework-rounds", type=int, default=9,
+                        help="rounds of the your-own-loop and Trainer comparisons (short: 9 by default)")
     parser.add_argument("--no-frameworks", action="store_true",
                         help="leave out your-own-loop and Hugging Face Trainer comparisons")
     for name in SIZES:
@@ -333,6 +337,7 @@ def main(argv=None) -> None:
         sizes = {name: getattr(args, name) for name in SIZES if getattr(args, name) is not None}
         report = benchmark(args.rounds or 5, args.steps, device=args.device, dtype=args.dtype,
                            compile=args.compile, frameworks=not args.no_frameworks,
+                           framework_rounds=args.framework_rounds,
                            progress=lambda line: print(line, file=sys.stderr, flush=True), **sizes)
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -17,6 +17,30 @@ from . import threads
 from .threads import cpu_threads
 
 
+BLOCK = 10  # steps: in an interleaved run, lmwidget acts in every other block of this many
+
+
+def alternating(block: int, warmup: int):
+    """on(i): whether lmwidget acts in step i (from 0) of an interleaved run: from `warmup`
+    on, in every other block of `block` steps, the first block bare."""
+    return lambda i: i >= warmup and (i - warmup) // block % 2 == 1
+
+
+def interleaved(times: list, warmup: int, block: int = BLOCK) -> dict:
+    """Tokens/s with lmwidget against without, from one run whose steps alternate in blocks
+    (`alternating`): the median over neighbouring pairs of blocks of the bare block's seconds
+    over the steered one's. A pair spans a fraction of a second, so a machine that is slower
+    for a while slows both of its sides."""
+    pairs = [sum(times[i:i + block]) / sum(times[i + block:i + 2 * block])
+             for i in range(warmup, len(times) - 2 * block + 1, 2 * block)]
+    if not pairs:
+        raise ValueError(f"an interleaved run of {len(times)} steps after {warmup} of warmup holds no "
+                         f"pair of {block}-step blocks: give it at least {warmup + 2 * block} steps")
+    q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
+    return {"ratio": statistics.median(pairs), "pairs": len(pairs), "block_steps": block,
+            "quartiles": [round(q1, 3), round(q3, 3)]}
+
+
 def _threaded(fn):
     """fn() on a new thread with lmwidget's CPU thread count, as a background loop runs."""
     out = []
@@ -33,10 +57,13 @@ def _threaded(fn):
 
 
 def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int, warmup: int,
-             steered: bool) -> tuple[float, float]:
+             steered: bool, alternate: int = 0) -> tuple[float, float, list, float]:
     """Tokens/s of a user's plain loop (batch, forward, backward, clip, AdamW step): bare, or
     with `lmwidget.steer(...)`, one `run.tick(loss)` a step (lmwidget clips then) and the
-    dashboard redrawing; and the training thread's CPU ms a step in `tick()`, or in the clip."""
+    dashboard redrawing; the training thread's CPU ms a step in `tick()`, or in the clip;
+    each step's seconds; and its mean intra-op threads (lmwidget's may train on one fewer,
+    as its timing chooses). `alternate=k` (steered): `tick()` only in every other block of k
+    steps, the bare clip in the others (see `interleaved`)."""
     from .loop import Loop
 
     model = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
@@ -50,23 +77,30 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
                    grad_clip=config.grad_clip)
         run.dashboard  # built here, redrawing from its own thread
 
+    on = alternating(alternate, warmup) if alternate else lambda i: run is not None
+
     def train():
-        cpu = 0.0  # this thread's CPU in tick() (which clips), or in the clip it replaces
+        cpu, times, threads = 0.0, [], 0  # this thread's CPU in tick() (which clips), or in the clip
+        t = time.perf_counter()
         for i in range(warmup + steps):
             if i == warmup:
-                t0, cpu = time.perf_counter(), 0.0
+                t0, cpu = t, 0.0
             x, y = dataset.batch("train", config.batch_size, config.block_size, gen)
             _, loss = model(x, y)
             loss.backward()
             c0 = time.thread_time()
-            if run is not None:
+            if on(i):
                 run.tick(loss)
             else:
                 clip_grad_norm_(model.parameters(), config.grad_clip)
             cpu += time.thread_time() - c0
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return steps * config.batch_size * config.block_size / (time.perf_counter() - t0), 1e3 * cpu / steps
+            times.append(time.perf_counter() - t)
+            t += times[-1]
+            threads += torch.get_num_threads() if i >= warmup else 0
+        return (steps * config.batch_size * config.block_size / (t - t0), 1e3 * cpu / steps, times,
+                threads / steps)
 
     if run is None:
         return _threaded(train)
@@ -77,10 +111,13 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
     return result[0]
 
 
-def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> tuple[float, float]:
+def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0,
+               alternate: int = 0) -> tuple[float, float, list, float]:
     """Tokens/s of a Hugging Face Trainer (a 2-layer GPT-2, batch 16 x 64 characters):
     `trainer.train()` bare, or through `lmwidget.fit(trainer)` with the dashboard redrawing;
-    and the training thread's CPU ms a step in lmwidget's hooks (0 bare)."""
+    the training thread's CPU ms a step in lmwidget's hooks (0 bare); each step's seconds;
+    and its mean intra-op threads.
+    `alternate=k` (steered): lmwidget's hooks act only in every other block of k steps."""
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
     from .data import builtin_text
@@ -100,11 +137,15 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> tuple[f
             x = ids[i * block:(i + 1) * block]
             return {"input_ids": x, "labels": x.clone()}
 
-    class Clock(TrainerCallback):  # on both sides: when the measured steps start and end
+    class Clock(TrainerCallback):  # on both sides: when each step ends
+        def on_train_begin(self, args, state, control, **kw):
+            self.t, self.times, self.threads = time.perf_counter(), [], []
+
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == warmup:
-                self.t0 = time.perf_counter()
-            self.t1 = time.perf_counter()
+            now = time.perf_counter()
+            self.times.append(now - self.t)
+            self.threads.append(torch.get_num_threads())
+            self.t = now
 
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(chars), n_positions=block, n_embd=64, n_layer=2,
@@ -121,19 +162,34 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0) -> tuple[f
     cpu = [0.0, 0]  # the training thread's CPU in lmwidget's hooks, and the steps they saw
     if steered:
         run = HFRun(trainer)
-        for hook in ("before_update", "step_end"):  # what lmwidget does in each step
-            setattr(run, hook, _cpu_timed(getattr(run, hook), cpu, hook == "step_end"))
+        hook = run.hook
+
+        def clock_last():  # the Clock after lmwidget's callback: a step's time holds all of it
+            hook()
+            trainer.remove_callback(clock)
+            trainer.add_callback(clock)
+
+        run.hook = clock_last
+        # what lmwidget does in each step, which both see as step i (from 0): the Trainer's
+        # global_step is i before the optimizer steps, i + 1 at the step's end
+        on = alternating(alternate, warmup) if alternate else lambda i: True
+        for name, ahead in (("before_update", 0), ("step_end", 1)):
+            setattr(run, name, _cpu_timed(getattr(run, name), cpu, name == "step_end",
+                                          lambda ahead=ahead: on(trainer.state.global_step - ahead)))
         run.dashboard
         run.start(run.run_trainer)
         run.wait()
         run.dashboard.settle()
     else:
         _threaded(trainer.train)
-    return steps * 16 * block / (clock.t1 - clock.t0), 1e3 * cpu[0] / max(cpu[1], 1)
+    return (steps * 16 * block / sum(clock.times[warmup:]), 1e3 * cpu[0] / max(cpu[1], 1), clock.times,
+            statistics.fmean(clock.threads[warmup:]))
 
 
-def _cpu_timed(fn, total: list, counts: bool):
+def _cpu_timed(fn, total: list, counts: bool, on):
     def timed(*args, **kwargs):
+        if not on():
+            return None
         c0 = time.thread_time()
         try:
             return fn(*args, **kwargs)
@@ -144,11 +200,12 @@ def _cpu_timed(fn, total: list, counts: bool):
 
 
 def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: TrainConfig,
-            dataset: Dataset, init_state: dict) -> dict:
+            dataset: Dataset, init_state: dict, interleaved_steps: int | None = None) -> dict:
     """Both comparisons, interleaved round by round, in turn bare first and steered first
-    (bare, steered, steered, bare, ...), so a machine that drifts favours neither side."""
-    own = {"bare": [], "lmwidget": [], "cpu_bare": [], "cpu_lmwidget": []}
-    hf = {"bare": [], "lmwidget": [], "cpu_bare": [], "cpu_lmwidget": []}
+    (bare, steered, steered, bare, ...), so a machine that drifts favours neither side; then
+    each in one run of `interleaved_steps` (the Trainer half as many) alternating by blocks."""
+    own = {key + side: [] for key in ("", "cpu_", "threads_") for side in ("bare", "lmwidget")}
+    hf = {key + side: [] for key in ("", "cpu_", "threads_") for side in ("bare", "lmwidget")}
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -159,18 +216,33 @@ def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: Tra
             for sides, measure in ((own, lambda: own_loop(config, dataset, init_state, own_steps, warmup, steered)),
                                    (hf, lambda: hf_trainer(hf_steps, warmup, steered=steered))):
                 if sides is not None:
-                    tokens_per_sec, cpu_ms = measure()
+                    tokens_per_sec, cpu_ms, _, threads = measure()
                     sides[side].append(tokens_per_sec)
                     sides["cpu_" + side].append(cpu_ms)
+                    sides["threads_" + side].append(threads)
     report = {"own_loop": _ratio(own)}
     report["hf_trainer"] = _ratio(hf) if hf is not None else "transformers is not installed"
+    # then each in one run, lmwidget acting in every other block of BLOCK steps
+    steps = (interleaved_steps or 10 * own_steps) // (2 * BLOCK) * 2 * BLOCK
+    times = own_loop(config, dataset, init_state, steps, warmup, True, alternate=BLOCK)[2]
+    report["own_loop"]["interleaved"] = interleaved(times, warmup)
+    if hf is not None:
+        times = hf_trainer(steps // 2 // (2 * BLOCK) * 2 * BLOCK, warmup, True, alternate=BLOCK)[2]
+        report["hf_trainer"]["interleaved"] = interleaved(times, warmup)
     return report
 
 
 def _ratio(sides: dict) -> dict:
+    """The ratio is the median over rounds of each round's own ratio: a round's two sides run
+    one right after the other, so a machine that is slower for a while slows both."""
     bare, steered = statistics.median(sides["bare"]), statistics.median(sides["lmwidget"])
-    return {"tokens_per_sec_bare": bare, "tokens_per_sec_lmwidget": steered, "ratio": steered / bare,
-            "best_ratio": max(sides["lmwidget"]) / max(sides["bare"]), "rounds": len(sides["bare"]),
+    rounds = [s / b for b, s in zip(sides["bare"], sides["lmwidget"])]
+    return {"tokens_per_sec_bare": bare, "tokens_per_sec_lmwidget": steered,
+            "ratio": statistics.median(rounds), "round_ratios": [round(r, 3) for r in rounds],
+            "best_ratio": max(sides["lmwidget"]) / max(sides["bare"]), "rounds": len(rounds),
             # CPU time of the training thread, which no other process inflates: the cost by construction
             "cpu_ms_per_step_bare": statistics.median(sides["cpu_bare"]),
-            "cpu_ms_per_step_lmwidget": statistics.median(sides["cpu_lmwidget"])}
+            "cpu_ms_per_step_lmwidget": statistics.median(sides["cpu_lmwidget"]),
+            # intra-op threads, the mean over each round's steps: lmwidget's timing may choose one fewer
+            "threads_bare": [round(t, 2) for t in sides["threads_bare"]],
+            "threads_lmwidget": [round(t, 2) for t in sides["threads_lmwidget"]]}

@@ -156,11 +156,30 @@ def test_the_frameworks_comparisons_measure_both_sides():
     dataset = Dataset(builtin_text()[:100_000])
     torch.manual_seed(0)
     init = build_model("gpt", dataset.vocab_size, 32, 1, 2, 32, 0.0).state_dict()
-    report = compare(1, 40, 20, 5, config, dataset, init)
+    report = compare(1, 40, 20, 5, config, dataset, init, interleaved_steps=80)
     for side in ("own_loop", "hf_trainer"):
         r = report[side]
         assert r["tokens_per_sec_bare"] > 0 and r["tokens_per_sec_lmwidget"] > 0 and r["rounds"] == 1, report
         assert r["ratio"] == r["tokens_per_sec_lmwidget"] / r["tokens_per_sec_bare"]
+        # then one run alternating by blocks of 10 steps: 80 steps (the Trainer 40) after 5 of warmup
+        assert r["interleaved"]["pairs"] == {"own_loop": 4, "hf_trainer": 2}[side], r
+        assert r["interleaved"]["ratio"] > 0, r
         # the training thread's CPU in lmwidget's hooks (or the clip they replace): measured, small
         assert 0 < r["cpu_ms_per_step_lmwidget"] < 1e3 and r["cpu_ms_per_step_bare"] >= 0, r
     assert report["own_loop"]["cpu_ms_per_step_bare"] > 0  # the bare loop's clip_grad_norm_
+
+
+def test_an_interleaved_run_alternates_by_blocks_and_pairs_neighbouring_blocks():
+    """lmwidget acts in every other block after the warmup, the first bare; each pair of
+    blocks gives the bare block's seconds over the steered one's, and the median is the ratio."""
+    from lmwidget.bench_frameworks import alternating, interleaved
+
+    on = alternating(3, 2)
+    assert [on(i) for i in range(14)] == [False] * 5 + [True] * 3 + [False] * 3 + [True] * 3
+    # steps of 10 ms bare and 11 ms steered, with a machine twice as slow for the second pair
+    times = [0.5, 0.5] + [0.010] * 3 + [0.011] * 3 + [0.020] * 3 + [0.022] * 3 + [0.010] * 3 + [0.012] * 3
+    report = interleaved(times, warmup=2, block=3)
+    assert report["pairs"] == 3 and report["block_steps"] == 3
+    assert report["ratio"] == pytest.approx(1 / 1.1)  # the slow stretch and the 1.2 pair do not move it
+    with pytest.raises(ValueError, match=r"holds no pair of 3-step blocks: give it at least 8 steps"):
+        interleaved(times[:7], warmup=2, block=3)
