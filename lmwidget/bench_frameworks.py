@@ -1,9 +1,12 @@
 """What steering costs a loop that is not lmwidget's: your own loop and the Hugging Face Trainer,
-each with lmwidget attached and its dashboard redrawing, against the same loop bare."""
+each with lmwidget attached and its dashboard redrawing, against the same loop bare: in rounds
+of separate runs, and in one run whose steps alternate between the two by blocks."""
 
 from __future__ import annotations
 
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 
@@ -63,7 +66,7 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
     dashboard redrawing; the training thread's CPU ms a step in `tick()`, or in the clip;
     each step's seconds; and its mean intra-op threads (lmwidget's may train on one fewer,
     as its timing chooses). `alternate=k` (steered): `tick()` only in every other block of k
-    steps, the bare clip in the others (see `interleaved`)."""
+    steps, the bare clip in the others (see `interleaved`); unsteered, both halves are bare."""
     from .loop import Loop
 
     model = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
@@ -77,7 +80,8 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
                    grad_clip=config.grad_clip)
         run.dashboard  # built here, redrawing from its own thread
 
-    on = alternating(alternate, warmup) if alternate else lambda i: run is not None
+    # alternate=k without lmwidget: both halves bare, the measurement's own noise
+    on = alternating(alternate, warmup) if alternate and run is not None else lambda i: run is not None
 
     def train():
         cpu, times, threads = 0.0, [], 0  # this thread's CPU in tick() (which clips), or in the clip
@@ -151,7 +155,8 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0,
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(chars), n_positions=block, n_embd=64, n_layer=2,
                                        n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                        bos_token_id=0, eos_token_id=0))
-    args = TrainingArguments(output_dir="lmwidget-bench-hf", max_steps=warmup + steps,
+    out = tempfile.mkdtemp(prefix="lmwidget-bench-hf-")  # nothing is saved; the Trainer wants one
+    args = TrainingArguments(output_dir=out, max_steps=warmup + steps,
                              per_device_train_batch_size=16, learning_rate=3e-3, report_to=[],
                              save_strategy="no", logging_strategy="no", use_cpu=not torch.cuda.is_available(),
                              disable_tqdm=True, dataloader_num_workers=0, seed=seed)
@@ -160,28 +165,34 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0,
     for printer in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in PRINTERS]:
         trainer.remove_callback(printer)  # on both sides: nothing printed, as lmwidget.fit does
     cpu = [0.0, 0]  # the training thread's CPU in lmwidget's hooks, and the steps they saw
-    if steered:
-        run = HFRun(trainer)
-        hook = run.hook
+    try:
+        if steered:
+            run = HFRun(trainer)
+            # what lmwidget does in each step, which all see as step i (from 0): the Trainer's
+            # global_step is i until the optimizer steps, i + 1 at the step's end
+            on = alternating(alternate, warmup) if alternate else lambda i: True
+            hook = run.hook
 
-        def clock_last():  # the Clock after lmwidget's callback: a step's time holds all of it
-            hook()
-            trainer.remove_callback(clock)
-            trainer.add_callback(clock)
+            def hooked():
+                hook()
+                trainer.remove_callback(clock)  # after lmwidget's: a step's time holds all of it
+                trainer.add_callback(clock)
+                counted, bare = trainer.training_step, type(trainer).training_step.__get__(trainer)
+                trainer.training_step = lambda *a, **k: (counted if on(trainer.state.global_step)
+                                                         else bare)(*a, **k)
 
-        run.hook = clock_last
-        # what lmwidget does in each step, which both see as step i (from 0): the Trainer's
-        # global_step is i before the optimizer steps, i + 1 at the step's end
-        on = alternating(alternate, warmup) if alternate else lambda i: True
-        for name, ahead in (("before_update", 0), ("step_end", 1)):
-            setattr(run, name, _cpu_timed(getattr(run, name), cpu, name == "step_end",
-                                          lambda ahead=ahead: on(trainer.state.global_step - ahead)))
-        run.dashboard
-        run.start(run.run_trainer)
-        run.wait()
-        run.dashboard.settle()
-    else:
-        _threaded(trainer.train)
+            run.hook = hooked
+            for name, ahead in (("before_update", 0), ("step_end", 1)):
+                setattr(run, name, _cpu_timed(getattr(run, name), cpu, name == "step_end",
+                                              lambda ahead=ahead: on(trainer.state.global_step - ahead)))
+            run.dashboard
+            run.start(run.run_trainer)
+            run.wait()
+            run.dashboard.settle()
+        else:
+            _threaded(trainer.train)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     return (steps * 16 * block / sum(clock.times[warmup:]), 1e3 * cpu[0] / max(cpu[1], 1), clock.times,
             statistics.fmean(clock.threads[warmup:]))
 
@@ -226,6 +237,9 @@ def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: Tra
     steps = (interleaved_steps or 10 * own_steps) // (2 * BLOCK) * 2 * BLOCK
     times = own_loop(config, dataset, init_state, steps, warmup, True, alternate=BLOCK)[2]
     report["own_loop"]["interleaved"] = interleaved(times, warmup)
+    # the same bare loop in both halves: what the alternating measurement reads for no cost
+    times = own_loop(config, dataset, init_state, steps, warmup, False, alternate=BLOCK)[2]
+    report["own_loop"]["interleaved_bare_against_bare"] = interleaved(times, warmup)
     if hf is not None:
         times = hf_trainer(steps // 2 // (2 * BLOCK) * 2 * BLOCK, warmup, True, alternate=BLOCK)[2]
         report["hf_trainer"]["interleaved"] = interleaved(times, warmup)
@@ -234,7 +248,8 @@ def compare(rounds: int, own_steps: int, hf_steps: int, warmup: int, config: Tra
 
 def _ratio(sides: dict) -> dict:
     """The ratio is the median over rounds of each round's own ratio: a round's two sides run
-    one right after the other, so a machine that is slower for a while slows both."""
+    close together (the other framework's run between them), so a machine that is slower for
+    a while slows both."""
     bare, steered = statistics.median(sides["bare"]), statistics.median(sides["lmwidget"])
     rounds = [s / b for b, s in zip(sides["bare"], sides["lmwidget"])]
     return {"tokens_per_sec_bare": bare, "tokens_per_sec_lmwidget": steered,

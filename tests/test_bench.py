@@ -167,6 +167,7 @@ def test_the_frameworks_comparisons_measure_both_sides():
         # the training thread's CPU in lmwidget's hooks (or the clip they replace): measured, small
         assert 0 < r["cpu_ms_per_step_lmwidget"] < 1e3 and r["cpu_ms_per_step_bare"] >= 0, r
     assert report["own_loop"]["cpu_ms_per_step_bare"] > 0  # the bare loop's clip_grad_norm_
+    assert report["own_loop"]["interleaved_bare_against_bare"]["pairs"] == 4, report
 
 
 def test_an_interleaved_run_alternates_by_blocks_and_pairs_neighbouring_blocks():

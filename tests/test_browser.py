@@ -622,12 +622,18 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     assert page.locator(".lmwidget-lr input, .lmwidget-lr .noUi-target[disabled]").count() >= 1
     assert not page.locator("button.lmwidget-sample, .lmwidget-sample button").first.is_disabled()
     # the value under the cursor, on the loss curve
-    dots = page.locator(".lmwidget-chart-loss").first.evaluate("""
-    (fig) => Array.from(fig.querySelectorAll('.dot'))  // the hover dots: invisible until hovered
-      .filter(d => !d.closest('.g_legend') && getComputedStyle(d).opacity === '0')
-      .map(d => { const r = d.getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })
-    """)
-    assert dots, "no hover dots on the loss chart"
+    # the hover dots: invisible until hovered. Read until they are there: the last redraw
+    # after Stop may still be drawing them (a dot in a transition is neither shown nor hidden)
+    for _ in range(30):
+        dots = page.locator(".lmwidget-chart-loss").first.evaluate("""
+        (fig) => Array.from(fig.querySelectorAll('.dot'))
+          .filter(d => !d.closest('.g_legend') && getComputedStyle(d).opacity === '0')
+          .map(d => { const r = d.getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })
+        """)
+        if dots:
+            break
+        page.wait_for_timeout(500)
+    assert dots, "no hover dots on the loss chart (15 s)"
     res["hover_dots"] = len(dots)
     tip = page.locator(".tooltiptext", has_text="step").first
     for i in range(5):  # a few dots along the curve, as a person moves the mouse
