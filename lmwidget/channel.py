@@ -8,6 +8,8 @@ import hmac
 import json
 import os
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ from pathlib import Path
 import zmq
 
 from .curve import KEYS, CurveServer, loopback, secure_client
+from .frameguard import FrameGuard
 from .replay import ReplayWindow
 
 SCHEME = "hmac-sha256-purpose"
@@ -27,9 +30,9 @@ MAX_AGE = 60.0  # s: a control message older than this (or from the future) is r
 MAX_SEEN = 100_000  # request ids remembered at once (all of the last MAX_AGE s; about 25 MB)
 MAX_ID = 64  # characters in a request's id (a fresh one has 32)
 MAX_MESSAGE = 1 << 20  # bytes: a larger control message is refused, and counted
-# bytes: ZeroMQ itself closes a connection that sends a larger frame, before the job sees it
-# (and reports it as an ordinary disconnect: it cannot be counted)
+# bytes: a connection that sends a larger frame is cut (and counted) before the job reads it
 MAX_FRAME = 4 * MAX_MESSAGE
+MAX_SUBSCRIPTION = 4096  # bytes: the same for a frame sent to the metrics port (a subscription)
 PER_CALL = 256  # messages read per requests() call: a flood cannot keep the job from its work
 
 
@@ -102,14 +105,16 @@ def _message(kind: str, body, re: str | None = None) -> tuple[str, bytes]:
 
 class JobEndpoint:
     """The job's side: publishes metrics, takes signed control requests of the `kinds` it
-    knows. Binds 127.0.0.1 unless another address is asked for; on any other address both
-    sockets are encrypted with CURVE, their keys in the connection file."""
+    knows. Listens on 127.0.0.1 unless another address is asked for; on any other address both
+    sockets are encrypted with CURVE, their keys in the connection file. Both ports are a
+    FrameGuard's: the ZeroMQ sockets behind it are bound to Unix sockets in a directory of the
+    user's own, so a frame too large to take is counted before ZeroMQ would drop it unseen."""
 
     def __init__(self, key: str, kinds, ip: str = "127.0.0.1", metrics_port: int = 0, control_port: int = 0):
         self.signer = Signer(key)
         self.kinds = frozenset(kinds)
         self.ip = ip
-        self._rejected = collections.Counter()  # why -> count of dropped control messages
+        self._rejected = collections.Counter()  # why -> count of what was dropped unread or unanswered
         self._count_lock = threading.Lock()  # counted from the CURVE handler's thread too
         self._window = ReplayWindow(MAX_AGE, MAX_SEEN)
         self._context = zmq.Context()
@@ -121,26 +126,31 @@ class JobEndpoint:
         self._pub_lock, self._router_lock = threading.Lock(), threading.Lock()
         self._pub.setsockopt(zmq.LINGER, 1000)  # the last records still go out as the job ends
         self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+        self._pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)  # the guard's limits, should a
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)     # frame come another way
+        # 0700: only this user reaches the sockets (a Unix socket's path is short: not under a long TMPDIR)
+        self._dir = tempfile.mkdtemp(prefix="lmwidget-", dir=None if len(tempfile.gettempdir()) < 80 else "/tmp")
+        self._guard = None
         try:
             if self._curve is not None:
                 self._curve.secure(self._pub)
                 self._curve.secure(self._router)
-            self.metrics_port = self._bind(self._pub, metrics_port)
-            self.control_port = self._bind(self._router, control_port)
+            routes = []
+            for sock, port, name, max_frame in ((self._pub, metrics_port, "metrics", MAX_SUBSCRIPTION),
+                                                (self._router, control_port, "control", MAX_FRAME)):
+                path = os.path.join(self._dir, name)
+                sock.bind(f"ipc://{path}")
+                routes.append((port, path, max_frame))
+            self._guard = FrameGuard(ip, routes, self._reject)
+            self.metrics_port, self.control_port = self._guard.ports
         except BaseException:
-            self.close()  # no socket or handler thread left behind (a port in use)
+            self.close()  # no socket, thread or directory left behind (a port in use)
             raise
-
-    def _bind(self, sock, port: int) -> int:
-        if port:
-            sock.bind(f"tcp://{self.ip}:{port}")
-            return port
-        return sock.bind_to_random_port(f"tcp://{self.ip}")
 
     @property
     def rejected(self) -> collections.Counter:
-        """Why -> how many control messages (or CURVE clients) were dropped, never acted on."""
+        """Why -> how many messages sent to the job (or connections, or CURVE clients) were
+        dropped, never acted on."""
         with self._count_lock:
             return collections.Counter(self._rejected)
 
@@ -213,7 +223,10 @@ class JobEndpoint:
             self._router.close()
             if self._curve is not None:
                 self._curve.close()
-            self._context.term()
+            self._context.term()  # the PUB's last records go out to the guard as it lingers
+        if self._guard is not None:
+            self._guard.close()  # ... and on from it
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class ClientEndpoint:

@@ -6,6 +6,7 @@ import stat
 import threading
 import time
 
+import psutil
 import pytest
 import zmq
 
@@ -55,15 +56,25 @@ def test_the_connection_file_is_its_owners_only_and_read_back(tmp_path, job):
         read_connection_file(tmp_path / "curve.json")
 
 
-def test_it_binds_127_0_0_1_unless_asked(job):
+def listening(port):
+    """The addresses this process listens on at `port`."""
+    return {c.laddr.ip for c in psutil.Process().net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def test_it_binds_127_0_0_1_unless_asked_and_its_zeromq_sockets_only_this_user_can_reach(job):
     endpoint, _ = job
-    for sock in (endpoint._pub, endpoint._router):
-        assert sock.getsockopt(zmq.LAST_ENDPOINT).decode().startswith("tcp://127.0.0.1:")
+    assert listening(endpoint.metrics_port) == listening(endpoint.control_port) == {"127.0.0.1"}
+    for sock in (endpoint._pub, endpoint._router):  # behind the guard: Unix sockets in a 0700 directory
+        path = sock.getsockopt(zmq.LAST_ENDPOINT).decode().removeprefix("ipc://")
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
     other = JobEndpoint(new_key(), KINDS, ip="0.0.0.0")
+    path = other._router.getsockopt(zmq.LAST_ENDPOINT).decode().removeprefix("ipc://")
     try:
-        assert other._router.getsockopt(zmq.LAST_ENDPOINT).decode().startswith("tcp://0.0.0.0:")
+        assert listening(other.control_port) == {"0.0.0.0"} and os.path.exists(path)
     finally:
         other.close()
+    assert not os.path.exists(os.path.dirname(path)) and listening(other.control_port) == set()
 
 
 def test_a_signed_request_is_answered_and_metrics_flow(job):
@@ -82,6 +93,25 @@ def test_a_signed_request_is_answered_and_metrics_flow(job):
             got = client.metrics(0.1)
         assert got and got[0]["body"] == {"step": 1, "loss": 4.2}
         assert dict(endpoint.rejected) == {} and client.rejected == 0
+    finally:
+        client.close()
+
+
+def test_what_the_job_publishes_as_it_closes_still_reaches_a_subscriber():
+    key = new_key()
+    endpoint = JobEndpoint(key, KINDS)
+    client = ClientEndpoint(endpoint.connection_info(key))
+    try:
+        got = []
+        while not got:  # a SUB joins a moment after connecting
+            endpoint.publish("metrics", {"step": -1})
+            got = client.metrics(0.05)
+        for step in range(200):
+            endpoint.publish("metrics", {"step": step, "text": "x" * 1000})
+        endpoint.close()  # at once: through ZeroMQ's linger and the guard
+        while got[-1]["body"]["step"] != 199 and (more := client.metrics(2.0)):
+            got += more
+        assert [m["body"]["step"] for m in got if m["body"]["step"] >= 0] == list(range(200))
     finally:
         client.close()
 
@@ -204,6 +234,33 @@ def test_unknown_kinds_ids_that_are_not_strings_and_oversized_messages_are_dropp
         assert not sock.poll(100)  # the one answer
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "0.0.0.0"])  # plain, and encrypted with CURVE
+def test_a_frame_zeromq_would_drop_unseen_is_counted_on_either_port_and_the_client_comes_back(ip):
+    key = new_key()
+    endpoint = JobEndpoint(key, KINDS, ip=ip)
+    info = {**endpoint.connection_info(key), "ip": "127.0.0.1"}
+    ctx = zmq.Context.instance()
+    sock, sub = ctx.socket(zmq.DEALER), ctx.socket(zmq.SUB)
+    for s, port in ((sock, info["control_port"]), (sub, info["metrics_port"])):
+        s.setsockopt(zmq.LINGER, 0)
+        if ip != "127.0.0.1":
+            channel.secure_client(s, info["curve"], ip)
+        s.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        sock.send_multipart(signed(key, body="x" * (channel.MAX_FRAME + 1)))  # over 4 MiB in one frame
+        sub.setsockopt(zmq.SUBSCRIBE, b"x" * channel.MAX_SUBSCRIPTION)  # a subscription over 4 KiB
+        wait_for(lambda: endpoint.rejected["too large"] == 2, timeout=20)
+        sock.send_multipart(signed(key, kind="stop"))  # the DEALER connects again
+        ((peer, request),) = take(endpoint, 3)
+        assert request["kind"] == "stop" and dict(endpoint.rejected) == {"too large": 2}
+        endpoint.reply(peer, request, {"ok": True})
+        assert sock.poll(5000) and json.loads(sock.recv_multipart()[1])["re"] == request["id"]
+    finally:
+        sock.close()
+        sub.close()
+        endpoint.close()
 
 
 def test_a_request_is_refused_again_however_many_others_came_since(job):

@@ -1,0 +1,251 @@
+"""A guard on a ZeroMQ socket's TCP port: it cuts, and counts, a peer whose frame is too large."""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import threading
+import time
+
+GREETING = 64  # bytes of a ZMTP 3 greeting: signature (10), version (2), mechanism, as-server, filler
+LONG = 0x02  # a frame's flags: its size takes 8 bytes, not 1
+CHUNK = 1 << 16  # bytes read at once from either side
+MAX_LINKS = 256  # connections at once through one guard; more are refused, and counted
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class FrameReader:
+    """Follows what a peer sends, as it arrives, from its ZMTP 3 greeting on through the size
+    of each frame, without keeping any frame's body. ZeroMQ's own limit (ZMQ_MAXMSGSIZE)
+    closes such a peer's connection as if it had left; this says why, before the frame is
+    passed on."""
+
+    def __init__(self, max_frame: int):
+        self.max_frame = max_frame
+        self._head = bytearray()  # the greeting, then each frame's flags and size, until whole
+        self._greeted = False
+        self._body = 0  # bytes of the current frame still to pass
+
+    def feed(self, data: bytes) -> str | None:
+        """None when `data` may pass on; else why the connection is cut: "unsigned or malformed"
+        (not ZMTP 3, which every ZeroMQ since 4.0 speaks) or "too large"."""
+        i, n = 0, len(data)
+        while i < n:
+            if self._body:
+                step = min(self._body, n - i)
+                self._body -= step
+                i += step
+                continue
+            part = data[i:i + self._wanted() - len(self._head)]
+            self._head += part
+            i += len(part)
+            why = self._greeting() if not self._greeted else self._frame()
+            if why is not None:
+                return why
+        return None
+
+    def _wanted(self) -> int:
+        if not self._greeted:
+            return GREETING
+        if not self._head:
+            return 1
+        return 9 if self._head[0] & LONG else 2
+
+    def _greeting(self) -> str | None:
+        head = self._head
+        if head[0] != 0xFF or (len(head) > 9 and not head[9] & 0x01) or (len(head) > 10 and head[10] < 3):
+            return "unsigned or malformed"
+        if len(head) == GREETING:
+            self._greeted = True
+            head.clear()
+        return None
+
+    def _frame(self) -> str | None:
+        head = self._head
+        if len(head) < self._wanted():
+            return None
+        size = int.from_bytes(head[1:], "big")
+        if size > self.max_frame:
+            return "too large"
+        self._body = size
+        head.clear()
+        return None
+
+
+class _Link:
+    """A peer's connection and the guard's own to the socket behind it, with what each side
+    sent that the other has not taken yet (a side is not read while that is waiting)."""
+
+    def __init__(self, peer: socket.socket, inner: socket.socket, reader: FrameReader):
+        self.peer, self.inner, self.reader = peer, inner, reader
+        self.pending = {peer: b"", inner: b""}  # socket -> bytes still to write to it
+
+    def other(self, sock: socket.socket) -> socket.socket:
+        return self.inner if sock is self.peer else self.peer
+
+
+class FrameGuard:
+    """Listens on TCP ports of `ip` and passes each connection's bytes both ways to a ZeroMQ
+    socket bound to a Unix socket path that only this user can reach. A connection whose peer
+    sends a frame over that port's limit, or speaks anything but ZMTP 3, is cut before the
+    frame goes on, and `on_cut(why)` is called (on the guard's thread). CURVE's handshake and
+    messages pass through unchanged: the guard reads only the frames' sizes."""
+
+    def __init__(self, ip: str, routes, on_cut):
+        """`routes`: (port or 0, the Unix socket's path, the largest frame taken) for each port."""
+        self._on_cut = on_cut
+        self._selector = selectors.DefaultSelector()
+        self._links: dict[socket.socket, _Link] = {}
+        self._events: dict[socket.socket, int] = {}
+        self._wake, self._waker = socket.socketpair()
+        self._selector.register(self._wake, READ, None)
+        self.ports = []
+        try:
+            for port, path, max_frame in routes:
+                listener = _listen(ip, port)
+                listener.setblocking(False)
+                self._selector.register(listener, READ, (path, max_frame))
+                self.ports.append(listener.getsockname()[1])
+        except BaseException:
+            self._close_all()
+            raise
+        self._thread = threading.Thread(target=self._serve, name="lmwidget-frame-guard", daemon=True)
+        self._thread.start()
+
+    def close(self, drain: float = 1.0) -> None:
+        """Stop listening; pass on what the sockets behind still send until they have closed
+        (call after closing them: a PUB's last messages go out as it lingers), for at most
+        `drain` s; then let every connection go."""
+        self._drain = drain
+        self._waker.send(b"x")
+        self._thread.join(drain + 5)
+        self._close_all()
+
+    def _stop_listening(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None or key.fileobj is self._wake:
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()
+
+    def _close_all(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()
+        for link in list(self._links.values()):
+            link.peer.close()
+            link.inner.close()
+        self._links.clear()
+        self._selector.close()
+        self._waker.close()
+
+    def _serve(self) -> None:
+        deadline = None  # once closing: when to stop passing on what is left
+        while deadline is None or (self._links and time.monotonic() < deadline):
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+            for key, mask in self._selector.select(timeout):
+                if key.fileobj is self._wake:
+                    deadline = time.monotonic() + self._drain
+                    self._stop_listening()
+                    break  # the rest of these events come again, the listeners' gone
+                if key.data is not None:
+                    self._accept(key.fileobj, *key.data)
+                    continue
+                link = self._links.get(key.fileobj)
+                if link is not None and mask & WRITE:
+                    self._write(link, key.fileobj)
+                link = self._links.get(key.fileobj)  # the write may have cut it
+                if link is not None and mask & READ:
+                    self._read(link, key.fileobj)
+
+    def _accept(self, listener: socket.socket, path: str, max_frame: int) -> None:
+        try:
+            peer, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:  # out of file descriptors: wait rather than spin on the listener
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                time.sleep(0.05)
+            return
+        if len(self._links) >= 2 * MAX_LINKS:
+            self._on_cut("too many connections")  # counted before the peer can see it
+            peer.close()
+            return
+        inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            inner.settimeout(1.0)
+            inner.connect(path)
+        except OSError:  # the socket behind is closing
+            inner.close()
+            peer.close()
+            return
+        link = _Link(peer, inner, FrameReader(max_frame))
+        for sock in (peer, inner):
+            sock.setblocking(False)
+            self._links[sock] = link
+            self._watch(sock, READ)
+
+    def _read(self, link: _Link, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # one side left: so does the other
+            self._cut(link)
+            return
+        if sock is link.peer:
+            why = link.reader.feed(data)
+            if why is not None:
+                self._on_cut(why)
+                self._cut(link)
+                return
+        other = link.other(sock)
+        link.pending[other] = data
+        self._write(link, other)
+
+    def _write(self, link: _Link, sock: socket.socket) -> None:
+        data = link.pending[sock]
+        if data:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._cut(link)
+                return
+            link.pending[sock] = data = data[sent:]
+        # write while bytes wait for this side; read the other side only once they are gone
+        self._watch(sock, READ * (not link.pending[link.other(sock)]) | WRITE * bool(data))
+        other = link.other(sock)
+        self._watch(other, READ * (not data) | WRITE * bool(link.pending[other]))
+
+    def _watch(self, sock: socket.socket, events: int) -> None:
+        now = self._events.get(sock, 0)
+        if events == now:
+            return
+        if not events:
+            self._selector.unregister(sock)
+        elif not now:
+            self._selector.register(sock, events, None)
+        else:
+            self._selector.modify(sock, events, None)
+        self._events[sock] = events
+
+    def _cut(self, link: _Link) -> None:
+        for sock in (link.peer, link.inner):
+            if self._events.pop(sock, 0):
+                self._selector.unregister(sock)
+            self._links.pop(sock, None)
+            sock.close()
+
+
+def _listen(ip: str, port: int) -> socket.socket:
+    host = "" if ip == "*" else ip  # ZeroMQ's name for every interface
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                                    backlog=128)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot listen on {ip} port {port}: {e.strerror or e}; give an address "
+                               f"of this machine (127.0.0.1, 0.0.0.0 or an interface's) and a free port "
+                               f"(or 0: any)") from None

@@ -1,0 +1,141 @@
+"""The frame guard: ZMTP 3 frames followed by size, too large ones cut and counted, real ZeroMQ behind it."""
+
+import collections
+import socket
+import time
+
+import psutil
+import pytest
+import zmq
+
+from lmwidget import frameguard
+from lmwidget.frameguard import FrameGuard, FrameReader
+from tests.conftest import wait_for
+
+LIMIT = 1000
+
+
+def greeting(major=3, minor=1, mechanism=b"NULL"):
+    """What a ZeroMQ 4 peer sends first: signature, version, mechanism, as-server, filler."""
+    return b"\xff" + bytes(8) + b"\x7f" + bytes([major, minor]) + mechanism.ljust(20, b"\0") + bytes(32)
+
+
+def frame(body: bytes, flags=0) -> bytes:
+    if len(body) > 255:
+        return bytes([flags | 0x02]) + len(body).to_bytes(8, "big") + body
+    return bytes([flags, len(body)]) + body
+
+
+def test_frames_up_to_the_limit_pass_in_any_split_and_the_first_larger_one_is_refused():
+    stream = greeting() + frame(b"\x05READY", 0x04) + frame(b"a" * 200, 0x01) + frame(b"b" * LIMIT)
+    for chunk in (1, 7, 64, 65, len(stream)):  # byte by byte, across every boundary, and whole
+        reader = FrameReader(LIMIT)
+        assert all(reader.feed(stream[i:i + chunk]) is None for i in range(0, len(stream), chunk))
+    assert reader.feed(frame(b"c" * (LIMIT + 1))[:9]) == "too large"  # on its size, before its body
+    short = FrameReader(300)
+    assert short.feed(greeting() + bytes([0, 255])) is None  # 255 in one byte
+    assert FrameReader(254).feed(greeting() + bytes([0, 255])) == "too large"
+    huge = FrameReader(LIMIT)
+    assert huge.feed(greeting() + b"\x02" + (1 << 62).to_bytes(8, "big")) == "too large"
+
+
+def test_anything_but_zmtp_3_is_refused_as_soon_as_it_shows():
+    assert FrameReader(LIMIT).feed(b"GET / HTTP/1.1\r\n") == "unsigned or malformed"
+    assert FrameReader(LIMIT).feed(greeting()[:9] + b"\x00") == "unsigned or malformed"  # ZMTP 1.0
+    assert FrameReader(LIMIT).feed(greeting(major=1)[:11]) == "unsigned or malformed"  # ZMTP 2.0
+    assert FrameReader(LIMIT).feed(greeting(major=3, minor=0)) is None
+    assert FrameReader(LIMIT).feed(greeting(mechanism=b"CURVE")) is None
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """A ZeroMQ ROUTER behind a guard on 127.0.0.1, and what the guard cut."""
+    cuts = collections.Counter()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    path = str(tmp_path / "control")
+    router.bind(f"ipc://{path}")
+    guard = FrameGuard("127.0.0.1", [(0, path, LIMIT)], lambda why: cuts.update([why]))
+    yield router, guard.ports[0], cuts
+    router.close()
+    ctx.term()
+    guard.close()
+
+
+def dealer(port):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def test_messages_pass_both_ways_and_a_peer_sending_a_larger_frame_is_cut_counted_and_may_come_back(guarded):
+    router, port, cuts = guarded
+    sock = dealer(port)
+    try:
+        sock.send_multipart([b"a", b"x" * LIMIT])
+        assert router.poll(5000)
+        peer, *frames = router.recv_multipart()
+        assert frames == [b"a", b"x" * LIMIT]
+        router.send_multipart([peer, b"answer"])
+        assert sock.poll(5000) and sock.recv_multipart() == [b"answer"]
+        sock.send_multipart([b"b", b"x" * (LIMIT + 1)])  # ZeroMQ would drop it as if the peer had left
+        wait_for(lambda: cuts["too large"] == 1, timeout=10)
+        assert not router.poll(200)  # not a frame of it reached the socket behind
+        sock.send_multipart([b"c"])  # the DEALER connects again
+        assert router.poll(10_000) and router.recv_multipart()[1:] == [b"c"]
+        assert dict(cuts) == {"too large": 1}
+    finally:
+        sock.close()
+
+
+def test_a_peer_streaming_a_huge_frame_is_cut_on_its_size_without_the_guard_holding_it(guarded):
+    router, port, cuts = guarded
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.sendall(greeting())
+    raw.recv(64)  # the ROUTER's greeting, passed back
+    raw.sendall(b"\x02" + (2 << 30).to_bytes(8, "big"))  # a 2 GiB frame begins
+    sent, chunk = 0, bytes(1 << 20)
+    deadline = time.monotonic() + 30
+    with pytest.raises(OSError):  # reset or broken pipe: the guard closed it
+        while time.monotonic() < deadline:
+            sent += raw.send(chunk)
+    raw.close()
+    assert sent < 64 << 20 and dict(cuts) == {"too large": 1}  # what the socket buffers took
+
+
+def test_a_connection_beyond_the_limit_is_refused_and_counted(guarded, monkeypatch):
+    router, port, cuts = guarded
+    monkeypatch.setattr(frameguard, "MAX_LINKS", 2)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    extra = socket.create_connection(("127.0.0.1", port))
+    try:
+        extra.settimeout(10)
+        assert extra.recv(1) == b""  # closed at once
+        assert dict(cuts) == {"too many connections": 1}
+        held.pop().close()
+        sock = dealer(port)  # room again
+        sock.send_multipart([b"after"])
+        assert router.poll(10_000) and router.recv_multipart()[1:] == [b"after"]
+        sock.close()
+    finally:
+        for s in held + [extra]:
+            s.close()
+
+
+def test_a_port_in_use_is_refused_and_nothing_is_left_listening(tmp_path):
+    taken = socket.create_server(("127.0.0.1", 0))
+    before = listening()
+    try:
+        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1 port {taken.getsockname()[1]}: "
+                                          r"Address already in use.*; give an address of this machine"):
+            FrameGuard("127.0.0.1", [(0, str(tmp_path / "a"), LIMIT),
+                                     (taken.getsockname()[1], str(tmp_path / "b"), LIMIT)], print)
+        assert listening() == before  # the first port, taken before the second failed, let go
+    finally:
+        taken.close()
+
+
+def listening():
+    return sorted(c.laddr for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN)
