@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -30,9 +31,13 @@ MAX_AGE = 60.0  # s: a control message older than this (or from the future) is r
 MAX_SEEN = 100_000  # request ids remembered at once (all of the last MAX_AGE s; about 25 MB)
 MAX_ID = 64  # characters in a request's id (a fresh one has 32)
 MAX_MESSAGE = 1 << 20  # bytes: a larger control message is refused, and counted
-# bytes: a connection that sends a larger frame is cut (and counted) before the job reads it
+# bytes: a connection that sends a larger message (or frame) is cut, and counted, before ZeroMQ
+# holds it
 MAX_FRAME = 4 * MAX_MESSAGE
-MAX_SUBSCRIPTION = 4096  # bytes: the same for a frame sent to the metrics port (a subscription)
+MAX_SUBSCRIPTION = 4096  # bytes: the same for a message sent to the metrics port (a subscription)
+# the ports are a FrameGuard's, in front of Unix sockets; without those (Windows) ZeroMQ listens
+# itself, and drops a frame over its limit as if the client had left, uncounted
+GUARDED = hasattr(socket, "AF_UNIX") and zmq.has("ipc")
 PER_CALL = 256  # messages read per requests() call: a flood cannot keep the job from its work
 
 
@@ -128,24 +133,39 @@ class JobEndpoint:
         self._router.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)  # the guard's limits, should a
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)     # frame come another way
-        # 0700: only this user reaches the sockets (a Unix socket's path is short: not under a long TMPDIR)
-        self._dir = tempfile.mkdtemp(prefix="lmwidget-", dir=None if len(tempfile.gettempdir()) < 80 else "/tmp")
-        self._guard = None
+        self._dir = self._guard = None
         try:
             if self._curve is not None:
                 self._curve.secure(self._pub)
                 self._curve.secure(self._router)
-            routes = []
-            for sock, port, name, max_frame in ((self._pub, metrics_port, "metrics", MAX_SUBSCRIPTION),
-                                                (self._router, control_port, "control", MAX_FRAME)):
-                path = os.path.join(self._dir, name)
-                sock.bind(f"ipc://{path}")
-                routes.append((port, path, max_frame))
-            self._guard = FrameGuard(ip, routes, self._reject)
-            self.metrics_port, self.control_port = self._guard.ports
+            if GUARDED:
+                self._guard = self._guarded(ip, metrics_port, control_port)
+                self.metrics_port, self.control_port = self._guard.ports
+            else:
+                self.metrics_port = self._bind(self._pub, metrics_port)
+                self.control_port = self._bind(self._router, control_port)
         except BaseException:
             self.close()  # no socket, thread or directory left behind (a port in use)
             raise
+
+    def _guarded(self, ip: str, metrics_port: int, control_port: int) -> FrameGuard:
+        """Bind the sockets to Unix sockets in a new directory of mode 0700 (only this user
+        reaches them; a short path: not under a long TMPDIR), and listen on the ports through
+        a FrameGuard."""
+        self._dir = tempfile.mkdtemp(prefix="lmwidget-", dir=None if len(tempfile.gettempdir()) < 80 else "/tmp")
+        routes = []
+        for sock, port, name, limit in ((self._pub, metrics_port, "metrics", MAX_SUBSCRIPTION),
+                                        (self._router, control_port, "control", MAX_FRAME)):
+            path = os.path.join(self._dir, name)
+            sock.bind(f"ipc://{path}")
+            routes.append((port, path, limit))
+        return FrameGuard(ip, routes, self._reject)
+
+    def _bind(self, sock, port: int) -> int:
+        if port:
+            sock.bind(f"tcp://{self.ip}:{port}")
+            return port
+        return sock.bind_to_random_port(f"tcp://{self.ip}")
 
     @property
     def rejected(self) -> collections.Counter:
@@ -226,7 +246,8 @@ class JobEndpoint:
             self._context.term()  # the PUB's last records go out to the guard as it lingers
         if self._guard is not None:
             self._guard.close()  # ... and on from it
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class ClientEndpoint:

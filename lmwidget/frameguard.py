@@ -1,4 +1,4 @@
-"""A guard on a ZeroMQ socket's TCP port: it cuts, and counts, a peer whose frame is too large."""
+"""A guard on a ZeroMQ socket's TCP port: it cuts, and counts, a peer whose message is too large."""
 
 from __future__ import annotations
 
@@ -9,27 +9,29 @@ import threading
 import time
 
 GREETING = 64  # bytes of a ZMTP 3 greeting: signature (10), version (2), mechanism, as-server, filler
-LONG = 0x02  # a frame's flags: its size takes 8 bytes, not 1
-CHUNK = 1 << 16  # bytes read at once from either side
-MAX_LINKS = 256  # connections at once through one guard; more are refused, and counted
+MORE, LONG, COMMAND = 0x01, 0x02, 0x04  # a frame's flags: more frames follow; 8-byte size; a command
+CHUNK = 1 << 18  # bytes read at once from either side
+MAX_LINKS = 256  # connections at once to one port; more are refused, and counted
+GREETING_WITHIN = 10.0  # s: a connection that has not sent its whole greeting by then is cut, and counted
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
 class FrameReader:
     """Follows what a peer sends, as it arrives, from its ZMTP 3 greeting on through the size
-    of each frame, without keeping any frame's body. ZeroMQ's own limit (ZMQ_MAXMSGSIZE)
-    closes such a peer's connection as if it had left; this says why, before the frame is
-    passed on."""
+    of each frame, without keeping any frame's body. ZeroMQ's own limit (ZMQ_MAXMSGSIZE, on
+    each frame) closes such a peer's connection as if it had left; this says why, before the
+    frame is passed on, and also limits a message of many frames as a whole."""
 
-    def __init__(self, max_frame: int):
-        self.max_frame = max_frame
+    def __init__(self, max_message: int):
+        self.max_message = max_message
+        self.greeted = False
         self._head = bytearray()  # the greeting, then each frame's flags and size, until whole
-        self._greeted = False
         self._body = 0  # bytes of the current frame still to pass
+        self._message = 0  # bytes of the message's frames so far (a command is a frame of its own)
 
     def feed(self, data: bytes) -> str | None:
         """None when `data` may pass on; else why the connection is cut: "unsigned or malformed"
-        (not ZMTP 3, which every ZeroMQ since 4.0 speaks) or "too large"."""
+        (a greeting that is not ZMTP 3's, which every ZeroMQ since 4.0 sends) or "too large"."""
         i, n = 0, len(data)
         while i < n:
             if self._body:
@@ -40,13 +42,13 @@ class FrameReader:
             part = data[i:i + self._wanted() - len(self._head)]
             self._head += part
             i += len(part)
-            why = self._greeting() if not self._greeted else self._frame()
+            why = self._greeting() if not self.greeted else self._frame()
             if why is not None:
                 return why
         return None
 
     def _wanted(self) -> int:
-        if not self._greeted:
+        if not self.greeted:
             return GREETING
         if not self._head:
             return 1
@@ -57,7 +59,7 @@ class FrameReader:
         if head[0] != 0xFF or (len(head) > 9 and not head[9] & 0x01) or (len(head) > 10 and head[10] < 3):
             return "unsigned or malformed"
         if len(head) == GREETING:
-            self._greeted = True
+            self.greeted = True
             head.clear()
         return None
 
@@ -65,20 +67,36 @@ class FrameReader:
         head = self._head
         if len(head) < self._wanted():
             return None
-        size = int.from_bytes(head[1:], "big")
-        if size > self.max_frame:
+        flags, size = head[0], int.from_bytes(head[1:], "big")
+        if flags & COMMAND:
+            total = size
+        else:
+            total = self._message = self._message + size
+            if not flags & MORE:
+                self._message = 0
+        if total > self.max_message:
             return "too large"
         self._body = size
         head.clear()
         return None
 
 
+class _Route:
+    """One port: the Unix socket behind it, its limit, and its connections now."""
+
+    def __init__(self, listener: socket.socket, path: str, max_message: int):
+        self.listener, self.path, self.max_message = listener, path, max_message
+        self.links = 0
+
+
 class _Link:
     """A peer's connection and the guard's own to the socket behind it, with what each side
     sent that the other has not taken yet (a side is not read while that is waiting)."""
 
-    def __init__(self, peer: socket.socket, inner: socket.socket, reader: FrameReader):
-        self.peer, self.inner, self.reader = peer, inner, reader
+    def __init__(self, route: _Route, peer: socket.socket, inner: socket.socket):
+        self.route, self.peer, self.inner = route, peer, inner
+        self.reader = FrameReader(route.max_message)
+        self.greet_by = time.monotonic() + GREETING_WITHIN
         self.pending = {peer: b"", inner: b""}  # socket -> bytes still to write to it
 
     def other(self, sock: socket.socket) -> socket.socket:
@@ -86,26 +104,29 @@ class _Link:
 
 
 class FrameGuard:
-    """Listens on TCP ports of `ip` and passes each connection's bytes both ways to a ZeroMQ
-    socket bound to a Unix socket path that only this user can reach. A connection whose peer
-    sends a frame over that port's limit, or speaks anything but ZMTP 3, is cut before the
-    frame goes on, and `on_cut(why)` is called (on the guard's thread). CURVE's handshake and
-    messages pass through unchanged: the guard reads only the frames' sizes."""
+    """Listens on TCP ports of `ip` (one thread for all) and passes each connection's bytes
+    both ways to a ZeroMQ socket bound to a Unix socket path that only this user can reach.
+    A connection whose peer sends a message over that port's limit, or whose greeting is not
+    ZMTP 3's (or not whole within GREETING_WITHIN s), is cut before the rest goes on, and
+    `on_cut(why)` is called (on the guard's thread); so is a connection beyond MAX_LINKS to
+    one port. CURVE's handshake and messages pass through unchanged: the guard reads only the
+    frames' sizes (under CURVE, each frame's, encrypted: a little larger)."""
 
     def __init__(self, ip: str, routes, on_cut):
-        """`routes`: (port or 0, the Unix socket's path, the largest frame taken) for each port."""
+        """`routes`: (port or 0, the Unix socket's path, the largest message taken) for each port."""
         self._on_cut = on_cut
         self._selector = selectors.DefaultSelector()
         self._links: dict[socket.socket, _Link] = {}
         self._events: dict[socket.socket, int] = {}
         self._wake, self._waker = socket.socketpair()
         self._selector.register(self._wake, READ, None)
+        self._closed = False
         self.ports = []
         try:
-            for port, path, max_frame in routes:
+            for port, path, max_message in routes:
                 listener = _listen(ip, port)
                 listener.setblocking(False)
-                self._selector.register(listener, READ, (path, max_frame))
+                self._selector.register(listener, READ, _Route(listener, path, max_message))
                 self.ports.append(listener.getsockname()[1])
         except BaseException:
             self._close_all()
@@ -116,7 +137,10 @@ class FrameGuard:
     def close(self, drain: float = 1.0) -> None:
         """Stop listening; pass on what the sockets behind still send until they have closed
         (call after closing them: a PUB's last messages go out as it lingers), for at most
-        `drain` s; then let every connection go."""
+        `drain` s; then let every connection go. Once is enough: again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._drain = drain
         self._waker.send(b"x")
         self._thread.join(drain + 5)
@@ -141,48 +165,80 @@ class FrameGuard:
     def _serve(self) -> None:
         deadline = None  # once closing: when to stop passing on what is left
         while deadline is None or (self._links and time.monotonic() < deadline):
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+            greet_by = self._cut_silent()
+            timeout = greet_by if deadline is None else deadline
+            timeout = None if timeout is None else max(timeout - time.monotonic(), 0)
             for key, mask in self._selector.select(timeout):
                 if key.fileobj is self._wake:
                     deadline = time.monotonic() + self._drain
                     self._stop_listening()
                     break  # the rest of these events come again, the listeners' gone
-                if key.data is not None:
-                    self._accept(key.fileobj, *key.data)
-                    continue
-                link = self._links.get(key.fileobj)
-                if link is not None and mask & WRITE:
-                    self._write(link, key.fileobj)
-                link = self._links.get(key.fileobj)  # the write may have cut it
-                if link is not None and mask & READ:
-                    self._read(link, key.fileobj)
+                try:
+                    self._handle(key, mask)
+                except Exception:  # never the guard's end (the job's channel with it): that link's
+                    link = self._links.get(key.fileobj)
+                    if link is not None:
+                        self._cut(link)
 
-    def _accept(self, listener: socket.socket, path: str, max_frame: int) -> None:
+    def _handle(self, key, mask: int) -> None:
+        if key.data is not None:
+            self._accept(key.data)
+            return
+        link = self._links.get(key.fileobj)
+        if link is not None and mask & WRITE:
+            self._write(link, key.fileobj)
+        link = self._links.get(key.fileobj)  # the write may have cut it
+        if link is not None and mask & READ:
+            self._read(link, key.fileobj)
+
+    def _cut_silent(self) -> float | None:
+        """Cut the connections whose greeting is not whole in time; when the next one is due."""
+        now, due = time.monotonic(), None
+        for link in {link for link in self._links.values() if not link.reader.greeted}:
+            if link.greet_by <= now:
+                self._on_cut("unsigned or malformed")
+                self._cut(link)
+            else:
+                due = link.greet_by if due is None else min(due, link.greet_by)
+        return due
+
+    def _accept(self, route: _Route) -> None:
         try:
-            peer, _ = listener.accept()
+            peer, _ = route.listener.accept()
         except BlockingIOError:
             return
         except OSError as e:  # out of file descriptors: wait rather than spin on the listener
             if e.errno in (errno.EMFILE, errno.ENFILE):
-                time.sleep(0.05)
+                time.sleep(0.02)
             return
-        if len(self._links) >= 2 * MAX_LINKS:
+        if route.links >= MAX_LINKS:
             self._on_cut("too many connections")  # counted before the peer can see it
             peer.close()
             return
-        inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            inner.settimeout(1.0)
-            inner.connect(path)
-        except OSError:  # the socket behind is closing
+            inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of file descriptors
+            peer.close()
+            return
+        try:
+            peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as ZeroMQ's own sockets
+            inner.settimeout(0.2)
+            inner.connect(route.path)
+            for sock in (peer, inner):
+                sock.setblocking(False)
+        except OSError:  # the socket behind is closing, or its backlog full
             inner.close()
             peer.close()
             return
-        link = _Link(peer, inner, FrameReader(max_frame))
+        link = _Link(route, peer, inner)
+        route.links += 1
         for sock in (peer, inner):
-            sock.setblocking(False)
             self._links[sock] = link
-            self._watch(sock, READ)
+        try:
+            self._watch(peer, READ)
+            self._watch(inner, READ)
+        except (OSError, ValueError):
+            self._cut(link)
 
     def _read(self, link: _Link, sock: socket.socket) -> None:
         try:
@@ -233,9 +289,15 @@ class FrameGuard:
         self._events[sock] = events
 
     def _cut(self, link: _Link) -> None:
+        if self._links.get(link.peer) is not link:
+            return  # already
+        link.route.links -= 1
         for sock in (link.peer, link.inner):
             if self._events.pop(sock, 0):
-                self._selector.unregister(sock)
+                try:
+                    self._selector.unregister(sock)
+                except (KeyError, ValueError, OSError):
+                    pass
             self._links.pop(sock, None)
             sock.close()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import stat
 import threading
 import time
@@ -10,7 +11,7 @@ import psutil
 import pytest
 import zmq
 
-from lmwidget import channel
+from lmwidget import channel, frameguard
 from lmwidget.channel import (MAX_MESSAGE, PUBLISH, REPLY, REQUEST, ClientEndpoint, JobEndpoint, Signer, new_key,
                               read_connection_file, write_connection_file)
 from tests.conftest import wait_for
@@ -186,6 +187,16 @@ def take(endpoint, n):
     return got
 
 
+def stop_is_answered(endpoint, sock, key, n):
+    """Send a signed stop from `sock`: the job takes it (the `n`th message it takes or refuses
+    from now), and its answer reaches `sock`."""
+    sock.send_multipart(signed(key, kind="stop"))
+    ((peer, request),) = take(endpoint, n)
+    assert request["kind"] == "stop"
+    endpoint.reply(peer, request, {"ok": True})
+    assert sock.poll(5000) and json.loads(sock.recv_multipart()[1])["re"] == request["id"]
+
+
 def test_a_published_record_or_a_reply_sent_back_to_the_job_is_not_a_request(job):
     endpoint, key = job
     listener = zmq.Context.instance().socket(zmq.SUB)  # anyone on this machine, without the key
@@ -252,14 +263,60 @@ def test_a_frame_zeromq_would_drop_unseen_is_counted_on_either_port_and_the_clie
         sock.send_multipart(signed(key, body="x" * (channel.MAX_FRAME + 1)))  # over 4 MiB in one frame
         sub.setsockopt(zmq.SUBSCRIBE, b"x" * channel.MAX_SUBSCRIPTION)  # a subscription over 4 KiB
         wait_for(lambda: endpoint.rejected["too large"] == 2, timeout=20)
-        sock.send_multipart(signed(key, kind="stop"))  # the DEALER connects again
-        ((peer, request),) = take(endpoint, 3)
-        assert request["kind"] == "stop" and dict(endpoint.rejected) == {"too large": 2}
-        endpoint.reply(peer, request, {"ok": True})
-        assert sock.poll(5000) and json.loads(sock.recv_multipart()[1])["re"] == request["id"]
+        stop_is_answered(endpoint, sock, key, 3)  # the DEALER connects again
+        assert dict(endpoint.rejected) == {"too large": 2}
     finally:
         sock.close()
         sub.close()
+        endpoint.close()
+
+
+def test_a_message_of_many_frames_each_under_the_limit_is_cut_as_a_whole_before_zeromq_holds_it(job):
+    endpoint, key = job
+    sock = raw_dealer(endpoint)
+    try:
+        sock.send_multipart([*signed(key), *[b"x" * channel.MAX_MESSAGE] * 40])  # 40 MiB in 1 MiB frames
+        wait_for(lambda: endpoint.rejected["too large"] == 1, timeout=20)  # cut: the job read none of it
+        stop_is_answered(endpoint, sock, key, 2)
+        assert dict(endpoint.rejected) == {"too large": 1}
+    finally:
+        sock.close()
+
+
+def test_connections_held_open_on_the_metrics_port_leave_the_control_port_free(monkeypatch):
+    monkeypatch.setattr(frameguard, "MAX_LINKS", 2)
+    key = new_key()
+    endpoint = JobEndpoint(key, KINDS)
+    held = [socket.create_connection(("127.0.0.1", endpoint.metrics_port)) for _ in range(3)]
+    client = ClientEndpoint(endpoint.connection_info(key), subscribe=False)
+    try:
+        server = threading.Thread(target=answer_once, args=(endpoint,))
+        server.start()
+        assert client.request("pause", None)["body"] == {"ok": True, "kind": "pause"}
+        server.join(5)
+        held[2].settimeout(10)
+        assert held[2].recv(1) == b"" and dict(endpoint.rejected) == {"too many connections": 1}
+    finally:
+        for sock in held:
+            sock.close()
+        client.close()
+        endpoint.close()
+        endpoint.close()  # again: nothing more to do
+
+
+def test_without_unix_sockets_zeromq_listens_itself_and_the_channel_still_works(monkeypatch):
+    monkeypatch.setattr(channel, "GUARDED", False)  # as on Windows
+    key = new_key()
+    endpoint = JobEndpoint(key, KINDS)
+    client = client_for(endpoint, key)
+    try:
+        assert endpoint._router.getsockopt(zmq.LAST_ENDPOINT).decode() == f"tcp://127.0.0.1:{endpoint.control_port}"
+        server = threading.Thread(target=answer_once, args=(endpoint,))
+        server.start()
+        assert client.request("pause", None)["body"] == {"ok": True, "kind": "pause"}
+        server.join(5)
+    finally:
+        client.close()
         endpoint.close()
 
 

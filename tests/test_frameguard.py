@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from lmwidget import frameguard
-from lmwidget.frameguard import FrameGuard, FrameReader
+from lmwidget.frameguard import COMMAND, MORE, FrameGuard, FrameReader
 from tests.conftest import wait_for
 
 LIMIT = 1000
@@ -26,12 +26,16 @@ def frame(body: bytes, flags=0) -> bytes:
     return bytes([flags, len(body)]) + body
 
 
-def test_frames_up_to_the_limit_pass_in_any_split_and_the_first_larger_one_is_refused():
-    stream = greeting() + frame(b"\x05READY", 0x04) + frame(b"a" * 200, 0x01) + frame(b"b" * LIMIT)
+def test_messages_up_to_the_limit_pass_in_any_split_and_the_first_larger_one_is_refused():
+    stream = (greeting() + frame(b"\x05READY", COMMAND) + frame(b"a" * 200, MORE) + frame(b"b" * (LIMIT - 200))
+              + frame(b"c" * LIMIT, COMMAND) + frame(b"d" * LIMIT))  # a command is not part of a message
     for chunk in (1, 7, 64, 65, len(stream)):  # byte by byte, across every boundary, and whole
         reader = FrameReader(LIMIT)
         assert all(reader.feed(stream[i:i + chunk]) is None for i in range(0, len(stream), chunk))
-    assert reader.feed(frame(b"c" * (LIMIT + 1))[:9]) == "too large"  # on its size, before its body
+    assert reader.feed(frame(b"e" * (LIMIT + 1))[:9]) == "too large"  # on its size, before its body
+    many = FrameReader(LIMIT)  # a message of many frames, each under the limit
+    assert many.feed(greeting() + frame(b"f" * 600, MORE)) is None
+    assert many.feed(frame(b"g" * 401)[:9]) == "too large"
     short = FrameReader(300)
     assert short.feed(greeting() + bytes([0, 255])) is None  # 255 in one byte
     assert FrameReader(254).feed(greeting() + bytes([0, 255])) == "too large"
@@ -70,17 +74,17 @@ def dealer(port):
     return sock
 
 
-def test_messages_pass_both_ways_and_a_peer_sending_a_larger_frame_is_cut_counted_and_may_come_back(guarded):
+def test_messages_pass_both_ways_and_a_peer_sending_a_larger_one_is_cut_counted_and_may_come_back(guarded):
     router, port, cuts = guarded
     sock = dealer(port)
     try:
-        sock.send_multipart([b"a", b"x" * LIMIT])
+        sock.send_multipart([b"a", b"x" * (LIMIT - 1)])
         assert router.poll(5000)
         peer, *frames = router.recv_multipart()
-        assert frames == [b"a", b"x" * LIMIT]
+        assert frames == [b"a", b"x" * (LIMIT - 1)]
         router.send_multipart([peer, b"answer"])
         assert sock.poll(5000) and sock.recv_multipart() == [b"answer"]
-        sock.send_multipart([b"b", b"x" * (LIMIT + 1)])  # ZeroMQ would drop it as if the peer had left
+        sock.send_multipart([b"b", b"x" * LIMIT])  # ZeroMQ would drop a frame this large as if the peer had left
         wait_for(lambda: cuts["too large"] == 1, timeout=10)
         assert not router.poll(200)  # not a frame of it reached the socket behind
         sock.send_multipart([b"c"])  # the DEALER connects again
@@ -139,3 +143,48 @@ def test_a_port_in_use_is_refused_and_nothing_is_left_listening(tmp_path):
 
 def listening():
     return sorted(c.laddr for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN)
+
+
+def test_a_connection_that_sends_no_greeting_in_time_is_cut_and_counted(guarded, monkeypatch):
+    router, port, cuts = guarded
+    monkeypatch.setattr(frameguard, "GREETING_WITHIN", 0.3)
+    silent = socket.create_connection(("127.0.0.1", port))
+    slow = socket.create_connection(("127.0.0.1", port))
+    try:
+        slow.sendall(greeting()[:20])  # most of a greeting: no more
+        for sock in (silent, slow):
+            sock.settimeout(10)
+            assert sock.recv(100).startswith(b"\xff") and sock.recv(100) == b""  # ZeroMQ's greeting, then cut
+        assert dict(cuts) == {"unsigned or malformed": 2}
+    finally:
+        silent.close()
+        slow.close()
+
+
+def test_out_of_file_descriptors_the_guard_refuses_that_connection_and_goes_on(guarded, monkeypatch):
+    router, port, cuts = guarded
+    real = socket.socket
+    calls = []
+
+    class Sockets:  # the guard's view of the socket module: its next new socket fails as with no fd left
+        def __getattr__(self, name):
+            return getattr(socket, name)
+
+        def socket(self, *args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise OSError(24, "Too many open files")
+            return real(*args)
+
+    monkeypatch.setattr(frameguard, "socket", Sockets())
+    refused = socket.create_connection(("127.0.0.1", port))
+    try:
+        refused.settimeout(10)
+        assert refused.recv(1) == b""
+        sock = dealer(port)
+        sock.send_multipart([b"after"])
+        assert router.poll(10_000) and router.recv_multipart()[1:] == [b"after"]
+        sock.close()
+        assert len(calls) == 2
+    finally:
+        refused.close()
