@@ -188,3 +188,24 @@ def test_out_of_file_descriptors_the_guard_refuses_that_connection_and_goes_on(g
         assert len(calls) == 2
     finally:
         refused.close()
+
+
+def test_what_the_guard_passes_on_to_a_client_is_not_held_back_for_coalescing(tmp_path):
+    """TCP_NODELAY, as ZeroMQ sets on its own connections: without it a second reply waits
+    for the client's delayed ACK (40 ms)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"ipc://{tmp_path / 'control'}")
+    guard = FrameGuard("127.0.0.1", [(0, str(tmp_path / "control"), LIMIT)], print)
+    sock = dealer(guard.ports[0])
+    try:
+        sock.send(b"hello")
+        assert router.poll(5000) and router.recv_multipart()
+        peers = {link.peer for link in guard._links.values()}
+        assert len(peers) == 1 and peers.pop().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+        router.close()
+        ctx.term()
+        guard.close()
