@@ -70,7 +70,7 @@ def test_a_save_onto_a_disk_that_fills_up_says_so(small_disk):
         run.save(target)
     assert re.fullmatch(
         re.escape(f"[Errno 28] no space left on device: {target} was not written (") + r"[1-9][\d,]* "
-        + re.escape(f"bytes of it were written first, then removed). Any earlier run.pt is unchanged; ")
+        + re.escape("bytes of it were written first, then removed). Any earlier run.pt is unchanged; ")
         + r"[\d,]+ bytes are free there now: free some space, or write it elsewhere, and try again",
         str(error.value)), str(error.value)
     assert os.listdir(small_disk) == ["filler"]

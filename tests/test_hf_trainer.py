@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")

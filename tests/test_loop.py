@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lmwidget
-from lmwidget import Callback, StopTraining
+from lmwidget import Callback
 
 from .conftest import wait_for
 from .frameworks import own_loop

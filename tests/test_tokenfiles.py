@@ -12,7 +12,7 @@ import torch
 
 import lmwidget
 from lmwidget.data import Dataset, builtin_text
-from lmwidget.tokenfiles import TokenWriter, dtype_for, open_dir
+from lmwidget.tokenfiles import TokenWriter, dtype_for
 
 from .conftest import SHARED_SHAKESPEARE, TINY
 
