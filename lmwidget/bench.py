@@ -28,7 +28,7 @@ from .palette import BLUE
 from .run import Run
 from . import threads
 from .threads import cpu_threads
-from .trainer import make_optimizer, resolve_device
+from .optim import make_optimizer, resolve_device
 
 # dense bf16 tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name()
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,

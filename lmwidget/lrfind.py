@@ -17,7 +17,7 @@ from . import pretrained
 from . import threads
 from .palette import RED
 from .threads import cpu_threads
-from .trainer import make_optimizer, resolve_device
+from .optim import make_optimizer, resolve_device
 
 UPDATE_INTERVAL = 0.25  # s between chart redraws
 MIN_POINTS = 10         # smoothed points needed before anything is suggested

@@ -17,9 +17,10 @@ from .control import ENDED
 from .data import Dataset
 from .hf import unwrap
 from .models import count_params
+from .optim import resolve_device
 from .source import LmwidgetWarning, Source, active_runs, register, runs
 from .steering import Steered
-from .trainer import Trainer, resolve_device
+from .trainer import Trainer
 
 
 def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,

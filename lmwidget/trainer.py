@@ -1,14 +1,11 @@
-"""The training loop: optimizer, LR schedule, clipping, accumulation, evaluation, control."""
+"""The training loop: steps with accumulation and clipping, evaluation, samples, saves, control."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
-
-import numpy as np
 
 import torch
 from torch.nn.utils import clip_grads_with_norm_
@@ -23,45 +20,12 @@ from .hf import unwrap
 from .health import FiniteGuard, GradNorms, SpikeDetector, histogram, nonfinite_cause
 from .history import DRAIN_EVERY, History
 from .models import GenerateMixin, sample_tokens
+from .optim import lr_factor, make_optimizer, resolve_device
+from .rngstate import global_rng, set_global_rng
 from .steering import Steered, Steering
 from .threads import ThreadTuner, cpu_threads
 
 SAMPLE_TOKENS = 200
-
-
-def make_optimizer(config: TrainConfig, params, fused: bool = True) -> torch.optim.Optimizer:
-    """The configured optimizer; fused (one kernel per step, and it can skip a step on the
-    device) where every parameter allows it, unless `fused=False`."""
-    params = list(params)
-    kwargs = dict(lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        kwargs["momentum"] = config.momentum
-    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.optimizer]
-    if fused:
-        try:
-            return cls(params, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):
-            pass  # a dtype or device the fused kernels do not take: the guard reads values instead
-    return cls(params, **kwargs)
-
-
-def lr_factor(config: TrainConfig, step: int) -> float:
-    """The schedule's multiplier of the base LR at `step` (0-based)."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return 1.0
-    span = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    if config.schedule == "cosine":
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return config.min_lr_ratio ** progress  # exponential
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Trainer(Steered):
@@ -166,7 +130,7 @@ class Trainer(Steered):
         if live:  # on the loop's thread, between steps: settle the steps still being checked
             for bad in self.guard.poll(wait=True):
                 self._nonfinite(*bad)
-        rng = _global_rng(self.device) if live else (self._rng or self._seeded_rng())
+        rng = global_rng(self.device) if live else (self._rng or self._seeded_rng())
         return {"step": self.step, "base_lr": self.base_lr, "grad_clip": self.grad_clip,
                 "state": self.state, "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -178,7 +142,7 @@ class Trainer(Steered):
 
     def _seeded_rng(self) -> dict:
         """The global RNG states a fresh run starts from (see run())."""
-        rng = _global_rng(self.device)
+        rng = global_rng(self.device)
         rng["torch"] = torch.Generator().manual_seed(self.config.seed).get_state()
         return rng
 
@@ -248,12 +212,12 @@ class Trainer(Steered):
                     self.threads = tuner.threads
             for bad in self.guard.poll(wait=True):  # the last steps' checks (on a GPU)
                 self._nonfinite(*bad)
-            self._rng = _global_rng(self.device)  # what a save from now on continues from
+            self._rng = global_rng(self.device)  # what a save from now on continues from
             # the requests made during the last step, and any made later, in one order
             self.steering.end("finished" if self.step >= self.config.max_steps else "stopped")
             self.checkpointer.at_end()
         except BaseException as e:  # shown in the dashboard and re-raised by Run.wait()
-            self._rng = _global_rng(self.device)
+            self._rng = global_rng(self.device)
             self._fail(e)
         finally:
             self.history.drain()
@@ -265,12 +229,12 @@ class Trainer(Steered):
 
     def keep_rng(self) -> None:
         """Pausing: keep the RNG states a save while paused continues from."""
-        self._rng = self._pending_rng or _global_rng(self.device)
+        self._rng = self._pending_rng or global_rng(self.device)
 
     def set_pending_rng(self) -> None:
         """Resuming: set the restored RNG states a run that started paused has not set yet."""
         if self._pending_rng is not None:
-            _set_global_rng(self._pending_rng, self.device)
+            set_global_rng(self._pending_rng, self.device)
             self._pending_rng = None
 
     def _restore_callbacks(self) -> None:
@@ -448,29 +412,6 @@ class Trainer(Steered):
             finally:
                 self.model.train()
         return tokenizer.decode(out[0, 1:].tolist())
-
-
-def _global_rng(device: torch.device) -> dict:
-    """The process-wide RNG states a model may draw from: torch (dropout), CUDA, Python, numpy."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "python": random.getstate(),
-            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                      "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                      "gauss": float(numpy_state["gauss"])}}
-
-
-def _set_global_rng(rng: dict, device: torch.device) -> None:
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = rng["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
-                         "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
 
 
 class _Boundary(Steering):

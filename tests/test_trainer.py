@@ -13,7 +13,8 @@ from lmwidget.control import Control
 from lmwidget.data import Dataset, builtin_text
 from lmwidget.history import History
 from lmwidget.models import build_model
-from lmwidget.trainer import Trainer, lr_factor
+from lmwidget.optim import lr_factor
+from lmwidget.trainer import Trainer
 
 from .conftest import TINY, run_python
 
@@ -37,22 +38,6 @@ def run_steps(text, steps, **options):
     trainer.run()
     assert trainer.state == "finished", trainer.error
     return trainer, trainer.history.frame()
-
-
-def test_schedules():
-    cfg = TrainConfig(max_steps=100, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
-    assert lr_factor(cfg, 0) == pytest.approx(0.1)
-    assert lr_factor(cfg, 9) == pytest.approx(1.0)
-    assert lr_factor(cfg, 10) == pytest.approx(1.0)
-    assert lr_factor(cfg, 55) == pytest.approx(0.55)
-    assert lr_factor(cfg, 100) == pytest.approx(0.1)
-    factors = [lr_factor(cfg, s) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(factors, factors[1:]))
-    exp = TrainConfig(max_steps=100, schedule="exponential", min_lr_ratio=0.01)
-    assert lr_factor(exp, 0) == 1.0
-    assert lr_factor(exp, 50) == pytest.approx(0.1)
-    assert lr_factor(exp, 100) == pytest.approx(0.01)
-    assert lr_factor(TrainConfig(schedule="constant"), 1234) == 1.0
 
 
 def test_recorded_lr_is_the_applied_lr(text):
