@@ -7,14 +7,17 @@ import json
 import math
 import os
 import socket
+import stat
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from .channel import JobEndpoint, new_key, write_connection_file
 from .checkpoint import config_state
 from .config import check_grad_clip, check_lr
 from .control import ENDED
+from .source import LmwidgetWarning
 
 RECORDS = "metrics.jsonl"      # every record the job published, one JSON object a line
 CONNECTION = "connection.json"  # ports and keys, 0600: what attach() needs
@@ -32,6 +35,17 @@ def make_run_dir(path) -> Path:
     path = Path(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def warn_if_open(run_dir: Path) -> None:
+    """An existing directory keeps its mode (lmwidget does not change what it did not make):
+    say so where others may list it."""
+    mode = stat.S_IMODE(run_dir.stat().st_mode)
+    if mode & 0o077:
+        warnings.warn(f"run directory {run_dir} is open to others (mode {mode:04o}): the files the job "
+                      f"writes in it are its owner's only (0600), but others can list their names; "
+                      f"`chmod 700 {run_dir}` closes it, or give --run-dir a new directory",
+                      LmwidgetWarning, stacklevel=3)
 
 
 def _private(path, flags: int) -> int:
@@ -76,6 +90,7 @@ class Job:
                  control_port: int = 0, progress=None, progress_interval: float = 2.0):
         self.run, self.sync = run, sync
         self.run_dir = make_run_dir(run_dir)
+        warn_if_open(self.run_dir)
         self.key = new_key()
         self.endpoint = JobEndpoint(self.key, REQUESTS, ip, metrics_port, control_port)
         self.records_path = self.run_dir / RECORDS

@@ -50,7 +50,7 @@ def test_it_trains_prints_a_progress_line_and_leaves_its_record(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["connection.json", "metrics.jsonl", "rank-0.jsonl",
                                                           "step-0000060.pt"]
     # the record holds the config, samples and paths, the connection file the keys: the owner's only
-    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700 and "open to others" not in done.stderr
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == {
         "connection.json": 0o600, "metrics.jsonl": 0o600, "rank-0.jsonl": 0o600, "step-0000060.pt": 0o600}
     records = [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -62,6 +62,19 @@ def test_it_trains_prints_a_progress_line_and_leaves_its_record(tmp_path):
     assert records[-1] == {"seq": len(records) - 1, "type": "status", "body": {
         "state": "finished", "lr": 3e-3, "grad_clip": 1.0, "paused": False, "anomaly": None,
         "error": None, "checkpoint": records[-1]["body"]["checkpoint"]}}
+
+
+def test_an_existing_run_directory_open_to_others_keeps_its_mode_and_the_job_says_so(tmp_path):
+    run_dir = tmp_path / "shared"
+    run_dir.mkdir()
+    run_dir.chmod(0o755)
+    done = run_cli("--steps", "3", *TINY, "--run-dir", "shared", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (f"LmwidgetWarning: run directory {run_dir} is open to others (mode 0755): the files the job writes "
+            f"in it are its owner's only (0600), but others can list their names; `chmod 700 {run_dir}` closes it"
+            in done.stderr), done.stderr
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in run_dir.iterdir()} == {0o600}
 
 
 @pytest.mark.parametrize("args, message", [
