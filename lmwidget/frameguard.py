@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import selectors
 import socket
@@ -10,8 +11,11 @@ import time
 
 GREETING = 64  # bytes of a ZMTP 3 greeting: signature (10), version (2), mechanism, as-server, filler
 MORE, LONG, COMMAND = 0x01, 0x02, 0x04  # a frame's flags: more frames follow; 8-byte size; a command
-CHUNK = 1 << 18  # bytes read at once from either side
-MAX_LINKS = 256  # connections at once to one port; more are refused, and counted
+CHUNK = 1 << 16  # bytes read at once from either side
+MAX_LINKS = 256  # connections at once to one port (fewer where few file descriptors are allowed)
+MAX_FRAMES = 256  # frames in one message (lmwidget's have 2)
+MAX_COMMANDS = 64  # commands in one read (a client sends a few, seconds apart)
+FRAME_COST = 64  # bytes ZeroMQ holds for a frame besides its body: counted in a message's size
 GREETING_WITHIN = 10.0  # s: a connection that has not sent its whole greeting by then is cut, and counted
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -27,12 +31,15 @@ class FrameReader:
         self.greeted = False
         self._head = bytearray()  # the greeting, then each frame's flags and size, until whole
         self._body = 0  # bytes of the current frame still to pass
-        self._message = 0  # bytes of the message's frames so far (a command is a frame of its own)
+        self._message = self._frames = 0  # the message so far: its size (with FRAME_COST a frame), frames
+        self._commands = 0  # in this read
 
     def feed(self, data: bytes) -> str | None:
         """None when `data` may pass on; else why the connection is cut: "unsigned or malformed"
-        (a greeting that is not ZMTP 3's, which every ZeroMQ since 4.0 sends) or "too large"."""
+        (a greeting that is not ZMTP 3's, which every ZeroMQ since 4.0 sends, or a flood of
+        commands) or "too large" (a message over the limit, or of over MAX_FRAMES frames)."""
         i, n = 0, len(data)
+        self._commands = 0
         while i < n:
             if self._body:
                 step = min(self._body, n - i)
@@ -68,12 +75,18 @@ class FrameReader:
         if len(head) < self._wanted():
             return None
         flags, size = head[0], int.from_bytes(head[1:], "big")
-        if flags & COMMAND:
+        if flags & COMMAND:  # a frame of its own, which ZeroMQ acts on at once
+            self._commands += 1
+            if self._commands > MAX_COMMANDS:
+                return "unsigned or malformed"
             total = size
-        else:
-            total = self._message = self._message + size
+        else:  # ZeroMQ holds a message's frames until its last has come
+            total = self._message = self._message + size + FRAME_COST
+            self._frames += 1
+            if self._frames > MAX_FRAMES:
+                return "too large"
             if not flags & MORE:
-                self._message = 0
+                self._message = self._frames = 0
         if total > self.max_message:
             return "too large"
         self._body = size
@@ -165,7 +178,10 @@ class FrameGuard:
     def _serve(self) -> None:
         deadline = None  # once closing: when to stop passing on what is left
         while deadline is None or (self._links and time.monotonic() < deadline):
-            greet_by = self._cut_silent()
+            try:
+                greet_by = self._cut_silent()
+            except Exception:  # never the guard's end (the job's channel with it)
+                greet_by = time.monotonic() + 1.0
             timeout = greet_by if deadline is None else deadline
             timeout = None if timeout is None else max(timeout - time.monotonic(), 0)
             for key, mask in self._selector.select(timeout):
@@ -178,7 +194,8 @@ class FrameGuard:
                 except Exception:  # never the guard's end (the job's channel with it): that link's
                     link = self._links.get(key.fileobj)
                     if link is not None:
-                        self._cut(link)
+                        with contextlib.suppress(Exception):
+                            self._cut(link)
 
     def _handle(self, key, mask: int) -> None:
         if key.data is not None:
@@ -211,7 +228,7 @@ class FrameGuard:
             if e.errno in (errno.EMFILE, errno.ENFILE):
                 time.sleep(0.02)
             return
-        if route.links >= MAX_LINKS:
+        if route.links >= links_allowed():
             self._on_cut("too many connections")  # counted before the peer can see it
             peer.close()
             return
@@ -237,7 +254,7 @@ class FrameGuard:
         try:
             self._watch(peer, READ)
             self._watch(inner, READ)
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):
             self._cut(link)
 
     def _read(self, link: _Link, sock: socket.socket) -> None:
@@ -300,6 +317,18 @@ class FrameGuard:
                     pass
             self._links.pop(sock, None)
             sock.close()
+
+
+def links_allowed() -> int:
+    """Connections at once to one port: MAX_LINKS, or fewer where this process may open few
+    files (a connection takes 3: the client's, the guard's to ZeroMQ, ZeroMQ's own; both ports'
+    take at most 3/8 of the limit, and the job keeps the rest)."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # no such limit here
+        return MAX_LINKS
+    return MAX_LINKS if soft == resource.RLIM_INFINITY else min(MAX_LINKS, max(4, soft // 16))
 
 
 def _listen(ip: str, port: int) -> socket.socket:

@@ -188,8 +188,8 @@ def take(endpoint, n):
 
 
 def stop_is_answered(endpoint, sock, key, n):
-    """Send a signed stop from `sock`: the job takes it (the `n`th message it takes or refuses
-    from now), and its answer reaches `sock`."""
+    """Send a signed stop from `sock`: the job takes it (`n`: what it has refused in all, and
+    this stop), and its answer reaches `sock`."""
     sock.send_multipart(signed(key, kind="stop"))
     ((peer, request),) = take(endpoint, n)
     assert request["kind"] == "stop"
@@ -278,7 +278,10 @@ def test_a_message_of_many_frames_each_under_the_limit_is_cut_as_a_whole_before_
         sock.send_multipart([*signed(key), *[b"x" * channel.MAX_MESSAGE] * 40])  # 40 MiB in 1 MiB frames
         wait_for(lambda: endpoint.rejected["too large"] == 1, timeout=20)  # cut: the job read none of it
         stop_is_answered(endpoint, sock, key, 2)
-        assert dict(endpoint.rejected) == {"too large": 1}
+        sock.send_multipart([*signed(key), *[b""] * 100_000])  # empty frames: ZeroMQ holds each all the same
+        wait_for(lambda: endpoint.rejected["too large"] == 2, timeout=20)
+        stop_is_answered(endpoint, sock, key, 3)
+        assert dict(endpoint.rejected) == {"too large": 2}
     finally:
         sock.close()
 

@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from lmwidget import frameguard
-from lmwidget.frameguard import COMMAND, MORE, FrameGuard, FrameReader
+from lmwidget.frameguard import COMMAND, FRAME_COST, MAX_COMMANDS, MAX_FRAMES, MORE, FrameGuard, FrameReader
 from tests.conftest import wait_for
 
 LIMIT = 1000
@@ -27,18 +27,27 @@ def frame(body: bytes, flags=0) -> bytes:
 
 
 def test_messages_up_to_the_limit_pass_in_any_split_and_the_first_larger_one_is_refused():
-    stream = (greeting() + frame(b"\x05READY", COMMAND) + frame(b"a" * 200, MORE) + frame(b"b" * (LIMIT - 200))
-              + frame(b"c" * LIMIT, COMMAND) + frame(b"d" * LIMIT))  # a command is not part of a message
+    body = LIMIT - FRAME_COST  # what ZeroMQ holds for a frame: its body, and FRAME_COST besides
+    stream = (greeting() + frame(b"\x05READY", COMMAND) + frame(b"a" * 200, MORE)
+              + frame(b"b" * (body - 200 - FRAME_COST)) + frame(b"c" * LIMIT, COMMAND)  # a command stands alone
+              + frame(b"d" * body))
     for chunk in (1, 7, 64, 65, len(stream)):  # byte by byte, across every boundary, and whole
         reader = FrameReader(LIMIT)
         assert all(reader.feed(stream[i:i + chunk]) is None for i in range(0, len(stream), chunk))
-    assert reader.feed(frame(b"e" * (LIMIT + 1))[:9]) == "too large"  # on its size, before its body
+    assert reader.feed(frame(b"e" * (body + 1))[:9]) == "too large"  # on its size, before its body
     many = FrameReader(LIMIT)  # a message of many frames, each under the limit
     assert many.feed(greeting() + frame(b"f" * 600, MORE)) is None
-    assert many.feed(frame(b"g" * 401)[:9]) == "too large"
-    short = FrameReader(300)
+    assert many.feed(frame(b"g" * (body - 600 - FRAME_COST + 1))[:9]) == "too large"
+    empty = FrameReader(10 * LIMIT * FRAME_COST)  # empty frames: each costs ZeroMQ a frame all the same
+    assert empty.feed(greeting() + frame(b"", MORE) * MAX_FRAMES) is None
+    assert empty.feed(frame(b"", MORE)) == "too large"
+    commands = FrameReader(LIMIT)  # a read of more commands than a client ever sends at once
+    assert commands.feed(greeting() + frame(b"\x04PING", COMMAND) * MAX_COMMANDS) is None
+    assert commands.feed(frame(b"\x04PING", COMMAND) * MAX_COMMANDS) is None  # the next read: anew
+    assert commands.feed(frame(b"\x04PING", COMMAND) * (MAX_COMMANDS + 1)) == "unsigned or malformed"
+    short = FrameReader(300 + FRAME_COST)
     assert short.feed(greeting() + bytes([0, 255])) is None  # 255 in one byte
-    assert FrameReader(254).feed(greeting() + bytes([0, 255])) == "too large"
+    assert FrameReader(254 + FRAME_COST).feed(greeting() + bytes([0, 255])) == "too large"
     huge = FrameReader(LIMIT)
     assert huge.feed(greeting() + b"\x02" + (1 << 62).to_bytes(8, "big")) == "too large"
 
@@ -78,13 +87,14 @@ def test_messages_pass_both_ways_and_a_peer_sending_a_larger_one_is_cut_counted_
     router, port, cuts = guarded
     sock = dealer(port)
     try:
-        sock.send_multipart([b"a", b"x" * (LIMIT - 1)])
+        most = LIMIT - 1 - 2 * FRAME_COST  # two frames: the first of 1 byte
+        sock.send_multipart([b"a", b"x" * most])
         assert router.poll(5000)
         peer, *frames = router.recv_multipart()
-        assert frames == [b"a", b"x" * (LIMIT - 1)]
+        assert frames == [b"a", b"x" * most]
         router.send_multipart([peer, b"answer"])
         assert sock.poll(5000) and sock.recv_multipart() == [b"answer"]
-        sock.send_multipart([b"b", b"x" * LIMIT])  # ZeroMQ would drop a frame this large as if the peer had left
+        sock.send_multipart([b"b", b"x" * (most + 1)])
         wait_for(lambda: cuts["too large"] == 1, timeout=10)
         assert not router.poll(200)  # not a frame of it reached the socket behind
         sock.send_multipart([b"c"])  # the DEALER connects again
@@ -209,3 +219,17 @@ def test_what_the_guard_passes_on_to_a_client_is_not_held_back_for_coalescing(tm
         router.close()
         ctx.term()
         guard.close()
+
+
+def test_where_few_files_may_be_open_fewer_connections_are_taken():
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        pytest.skip(f"the soft limit is already {soft}")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # Linux's usual default
+        assert frameguard.links_allowed() == 64  # 2 ports x 64 x 3 descriptors: 3/8 of 1024
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+        assert frameguard.links_allowed() == frameguard.MAX_LINKS == 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
