@@ -51,6 +51,7 @@ from .jupyter_server import (
     wait_for,
     write_notebook,
 )
+from .pace import scaled
 
 pytestmark = pytest.mark.browser
 
@@ -624,24 +625,29 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     # the value under the cursor, on the loss curve
     # the hover dots: invisible until hovered. Read until they are there: the last redraw
     # after Stop may still be drawing them (a dot in a transition is neither shown nor hidden)
-    for _ in range(30):
-        dots = page.locator(".lmwidget-chart-loss").first.evaluate("""
+    def hover_dots():
+        return page.locator(".lmwidget-chart-loss").first.evaluate("""
         (fig) => Array.from(fig.querySelectorAll('.dot'))
           .filter(d => !d.closest('.g_legend') && getComputedStyle(d).opacity === '0')
           .map(d => { const r = d.getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })
         """)
+
+    for _ in range(30):
+        dots = hover_dots()
         if dots:
             break
         page.wait_for_timeout(500)
     assert dots, "no hover dots on the loss chart (15 s)"
     res["hover_dots"] = len(dots)
     tip = page.locator(".tooltiptext", has_text="step").first
-    for i in range(5):  # a few dots along the curve, as a person moves the mouse
-        dot = dots[len(dots) * (i + 1) // 6]
+    for i in range(10):  # dots along the curve, as a person moves the mouse
+        page.locator(".lmwidget-chart-loss").first.scroll_into_view_if_needed()
+        dots = hover_dots() or dots  # where they are now: the page may have moved since
+        dot = dots[len(dots) * (i % 5 + 1) // 6]
         page.mouse.move(dot["x"], dot["y"] - 30)
         page.mouse.move(dot["x"], dot["y"], steps=5)
         try:
-            tip.wait_for(state="visible", timeout=2000)
+            tip.wait_for(state="visible", timeout=scaled(2.0) * 1000)
             break
         except Exception:  # noqa: BLE001 - the assertion below says what was seen
             continue
@@ -907,7 +913,7 @@ def hover_last_rule(page, chart: str, want: str | None = None) -> str:
         page.mouse.move(box["x"], box["y"] + dy)
         tip = page.locator(".tooltiptext", has_text="step").first
         try:
-            tip.wait_for(state="visible", timeout=1000)
+            tip.wait_for(state="visible", timeout=scaled(1.0) * 1000)
         except Exception:  # noqa: BLE001 - reported by the caller's assertion
             continue
         text = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
