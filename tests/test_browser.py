@@ -622,15 +622,20 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
         assert page.locator(f"{control} button, button{control}").first.is_disabled(), control
     assert page.locator(".lmwidget-lr input, .lmwidget-lr .noUi-target[disabled]").count() >= 1
     assert not page.locator("button.lmwidget-sample, .lmwidget-sample button").first.is_disabled()
-    # the value under the cursor, on the loss curve
+    # the value under the cursor, on the loss curve: once the dashboard has drawn the end (the
+    # cell's output is re-rendered then, and a chart read before may be gone)
+    probe.eval("__lmw_run().dashboard.settle()")
     # the hover dots: invisible until hovered. Read until they are there: the last redraw
     # after Stop may still be drawing them (a dot in a transition is neither shown nor hidden)
     def hover_dots():
-        return page.locator(".lmwidget-chart-loss").first.evaluate("""
-        (fig) => Array.from(fig.querySelectorAll('.dot'))
-          .filter(d => !d.closest('.g_legend') && getComputedStyle(d).opacity === '0')
-          .map(d => { const r = d.getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })
-        """)
+        try:
+            return page.locator(".lmwidget-chart-loss").first.evaluate("""
+            (fig) => Array.from(fig.querySelectorAll('.dot'))
+              .filter(d => !d.closest('.g_legend') && getComputedStyle(d).opacity === '0')
+              .map(d => { const r = d.getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })
+            """)
+        except sync_api.Error:  # the chart was re-rendered as it was read: read it again
+            return []
 
     for _ in range(30):
         dots = hover_dots()
@@ -641,15 +646,15 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     res["hover_dots"] = len(dots)
     tip = page.locator(".tooltiptext", has_text="step").first
     for i in range(10):  # dots along the curve, as a person moves the mouse
-        page.locator(".lmwidget-chart-loss").first.scroll_into_view_if_needed()
-        dots = hover_dots() or dots  # where they are now: the page may have moved since
-        dot = dots[len(dots) * (i % 5 + 1) // 6]
-        page.mouse.move(dot["x"], dot["y"] - 30)
-        page.mouse.move(dot["x"], dot["y"], steps=5)
-        try:
+        try:  # the page may re-render the output as this reads it: then it tries again
+            page.locator(".lmwidget-chart-loss").first.scroll_into_view_if_needed(timeout=scaled(5.0) * 1000)
+            dots = hover_dots() or dots  # where they are now: the page may have moved since
+            dot = dots[len(dots) * (i % 5 + 1) // 6]
+            page.mouse.move(dot["x"], dot["y"] - 30)
+            page.mouse.move(dot["x"], dot["y"], steps=5)
             tip.wait_for(state="visible", timeout=scaled(2.0) * 1000)
             break
-        except Exception:  # noqa: BLE001 - the assertion below says what was seen
+        except sync_api.Error:  # the assertion below says what was seen
             continue
     res["hover"] = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
     assert re.search(r"step\s*\d+", res["hover"]) and re.search(r"train\s*-?\d", res["hover"]), res["hover"]
