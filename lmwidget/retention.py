@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import weakref
 
@@ -13,6 +14,29 @@ MAX_BYTES = 64 << 20     # what finished runs may hold together before the oldes
 _state = {"keep": KEEP, "max_bytes": MAX_BYTES}
 _lock = threading.Lock()
 _held: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # finished run -> bytes it holds
+
+
+def _find_malloc_trim():
+    try:  # glibc's; musl, macOS and Windows have none and give memory back by themselves or not at all
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def give_back_host_memory() -> bool:
+    """Hand the host memory freed so far back to the system, as torch.cuda.empty_cache() does
+    for the device: glibc keeps freed memory in its arenas for reuse, so a closed run's weights
+    stayed in the process's resident memory. The call releases the GIL. False where the C
+    library has no malloc_trim."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 def keep_runs(n: int | None = None, max_bytes: int | None = None) -> dict:

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from . import retention
 from .config import check_grad_clip, check_lr
 from .control import ENDED, LIVE_ONLY, Control, ended_refusal
 from .history import History
@@ -255,6 +256,7 @@ class Source:
             dashboard.retire()  # its own thread leaves the summary in its cells and closes it
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.empty_cache()
+        retention.give_back_host_memory()
 
     def _release(self) -> None:
         """Drop this source's references to the model, optimizer and data."""
