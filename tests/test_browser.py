@@ -897,29 +897,33 @@ def n_bars(page, chart: str) -> int:
 def hover_last_rule(page, chart: str, want: str | None = None) -> str:
     """Hover the newest vertical event rule of a chart; the tooltip's text (one containing
     `want`, when given, else "")."""
-    box = page.locator(f".lmwidget-chart-{chart}").first.evaluate("""
+    spots = page.locator(f".lmwidget-chart-{chart}").first.evaluate("""
     (fig) => {
       const rules = Array.from(fig.querySelectorAll('.curve path.line')).filter(p => {
         const n = (p.getAttribute('d') || '').match(/-?\\d*\\.?\\d+(?:e[-+]?\\d+)?/gi) || [];
         return !p.closest('.g_legend') && n.length === 4 && Math.abs(n[0] - n[2]) < 0.5;
       });
-      if (!rules.length) return null;
-      const r = rules[rules.length - 1].getBoundingClientRect();
-      return {x: r.x + r.width / 2, y: r.y + r.height / 2};
+      if (!rules.length) return [];
+      const rule = rules[rules.length - 1], r = rule.getBoundingClientRect();
+      // Only a dash takes the pointer, and a curve crossing the rule (a diverging loss
+      // climbs along it) takes it first: hover where the page itself finds the rule on top.
+      const spots = [];
+      for (let y = Math.ceil(r.top); y <= r.bottom; y += 1) {
+        for (const x of [r.x + r.width / 2, r.x + r.width / 2 - 1, r.x + r.width / 2 + 1]) {
+          if (document.elementFromPoint(x, y) === rule) { spots.push({x, y}); break; }
+        }
+      }
+      const step = Math.max(1, Math.floor(spots.length / 8));  // 8 spread along the rule
+      return spots.filter((_, i) => i % step === 0).slice(0, 8);
     }""")
-    if box is None:
-        return ""
     text = ""
-    # The rules are dashed and only their dashes take the pointer: a rule a step or two
-    # older sits under the newest one, within a pixel, and answers where the newest has a
-    # gap. So try a few heights, and keep the tooltip naming the newest rule's step.
-    for dy in (0, 3, -3, 6, -6, 9, -9):
-        page.mouse.move(box["x"], box["y"] + dy - 20)
-        page.mouse.move(box["x"], box["y"] + dy)
+    for spot in spots:
+        page.mouse.move(spot["x"] - 20, spot["y"])
+        page.mouse.move(spot["x"], spot["y"], steps=3)
         tip = page.locator(".tooltiptext", has_text="step").first
         try:
             tip.wait_for(state="visible", timeout=scaled(1.0) * 1000)
-        except Exception:  # noqa: BLE001 - reported by the caller's assertion
+        except sync_api.Error:  # reported by the caller's assertion
             continue
         text = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
         if want is None or want in text:
