@@ -10,7 +10,7 @@ import torch
 
 
 def global_rng(device: torch.device) -> dict:
-    """The process-wide RNG states a model may draw from: torch (dropout), CUDA, Python, numpy."""
+    """Those states now, as tensors and numbers a checkpoint holds (numpy's key as int64)."""
     numpy_state = np.random.get_state(legacy=False)
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -21,6 +21,7 @@ def global_rng(device: torch.device) -> dict:
 
 
 def set_global_rng(rng: dict, device: torch.device) -> None:
+    """Set the states `global_rng` returned (CUDA's only where the run trains on CUDA)."""
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)

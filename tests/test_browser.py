@@ -644,18 +644,15 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
         page.wait_for_timeout(500)
     assert dots, "no hover dots on the loss chart (15 s)"
     res["hover_dots"] = len(dots)
-    tip = page.locator(".tooltiptext", has_text="step").first
     for i in range(10):  # dots along the curve, as a person moves the mouse
         try:  # the page may re-render the output as this reads it: then it tries again
             page.locator(".lmwidget-chart-loss").first.scroll_into_view_if_needed(timeout=scaled(5.0) * 1000)
             dots = hover_dots() or dots  # where they are now: the page may have moved since
-            dot = dots[len(dots) * (i % 5 + 1) // 6]
-            page.mouse.move(dot["x"], dot["y"] - 30)
-            page.mouse.move(dot["x"], dot["y"], steps=5)
-            tip.wait_for(state="visible", timeout=scaled(2.0) * 1000)
-            break
         except sync_api.Error:  # the assertion below says what was seen
             continue
+        dot = dots[len(dots) * (i % 5 + 1) // 6]
+        if tooltip_at(page, dot["x"], dot["y"], wait=2.0, dy=-30):
+            break
     res["hover"] = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
     assert re.search(r"step\s*\d+", res["hover"]) and re.search(r"train\s*-?\d", res["hover"]), res["hover"]
     nb.screenshot("hover", scroll_to=".lmwidget-chart-loss")
@@ -918,17 +915,22 @@ def hover_last_rule(page, chart: str, want: str | None = None) -> str:
     }""")
     text = ""
     for spot in spots:
-        page.mouse.move(spot["x"] - 20, spot["y"])
-        page.mouse.move(spot["x"], spot["y"], steps=3)
-        tip = page.locator(".tooltiptext", has_text="step").first
-        try:
-            tip.wait_for(state="visible", timeout=scaled(1.0) * 1000)
-        except sync_api.Error:  # reported by the caller's assertion
-            continue
-        text = " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
-        if want is None or want in text:
+        text = tooltip_at(page, spot["x"], spot["y"], wait=1.0, dx=-20, steps=3) or text
+        if text and (want is None or want in text):
             return text
     return text if want is None else ""
+
+
+def tooltip_at(page, x: float, y: float, wait: float, dx: float = 0, dy: float = 0, steps: int = 5) -> str:
+    """Move the mouse onto (x, y) from (x + dx, y + dy), as a person does; the tooltips' text
+    once one naming a step shows within `wait` s (on the reference machine), else ""."""
+    page.mouse.move(x + dx, y + dy)
+    page.mouse.move(x, y, steps=steps)
+    try:
+        page.locator(".tooltiptext", has_text="step").first.wait_for(state="visible", timeout=scaled(wait) * 1000)
+    except sync_api.Error:  # the caller's assertion says what was seen
+        return ""
+    return " ".join(t.strip() for t in page.locator(".tooltiptext").all_inner_texts())
 
 
 # Chromium shortens a long value to its tail: "…3.98953501608,undefined)"
