@@ -24,6 +24,22 @@ def pytest_sessionstart(session):
     slowdown()
 
 
+_SECONDS = {"browser": 0.0, "slow": 0.0, "the rest": 0.0}  # per marker: setup, call and teardown
+
+
+def pytest_runtest_logreport(report):
+    keywords = report.keywords
+    group = "browser" if "browser" in keywords else "slow" if "slow" in keywords else "the rest"
+    _SECONDS[group] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The suite's budget at a glance: where its time went, per marker (CI has 90 minutes on
+    2 cores, and the suite should stay within a third of that on a slow machine)."""
+    spent = ", ".join(f"{group} {seconds / 60:.1f} min" for group, seconds in _SECONDS.items())
+    terminalreporter.write_line(f"lmwidget: time per marker: {spent}")
+
+
 def pytest_report_header(config):
     return (f"lmwidget: this machine trains the tiny test model {slowdown():.2f}x as slow as the "
             f"reference; every deadline is scaled by that")

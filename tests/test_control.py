@@ -135,7 +135,7 @@ def test_wait_while_paused_returns_immediately_when_not_paused():
     c.pause()
     c.resume()
     thread, returned = start_waiter(c)
-    assert assert_returns(thread, returned) < GUARD_S
+    assert assert_returns(thread, returned) < scaled(GUARD_S)
 
 
 def test_wait_while_paused_returns_immediately_when_stopped_or_with_a_pending_request():

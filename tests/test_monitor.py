@@ -12,19 +12,22 @@ from .conftest import TINY, run_python, scaled, wait_for
 
 
 def test_a_script_records_its_resources_and_exports_them(tmp_path):
-    """No kernel, no dashboard: a plain `python` process that trains for about 3 s."""
+    """No kernel, no dashboard: a plain `python` process that trains until it has 3 samples."""
     out = run_python(f"""
 import json, time, lmwidget
 run = lmwidget.train(display=False, max_steps=10**6, **{TINY!r})
-time.sleep(3.3)
+deadline = time.monotonic() + 60
+while len(run.resources) < 3 and time.monotonic() < deadline:
+    time.sleep(0.05)
 run.stop(); run.wait()
 r = run.resources
 rows = open(run.export({str(tmp_path)!r})["resources.csv"]).read().splitlines()
-print(json.dumps([len(r), r.time.diff().min(), r.rss_mb.min(), r.cpu_percent.max(), len(rows)]))
+print(json.dumps([len(r), r.time.diff().mean(), r.time.diff().min(), r.rss_mb.min(), r.cpu_percent.max(),
+                  len(rows)]))
 """).stdout
-    n, min_gap, rss, cpu, csv_rows = json.loads(out.strip().splitlines()[-1])
-    assert 3 <= n <= 5  # about one a second, never faster
-    assert min_gap >= 0.9 and rss > 10 and cpu > 1  # the process's memory, and training burns CPU
+    n, mean_gap, min_gap, rss, cpu, csv_rows = json.loads(out.strip().splitlines()[-1])
+    assert n >= 3 and mean_gap >= 0.9 and min_gap >= 0.5  # about one a second, never faster
+    assert rss > 10 and cpu > 1  # the process's memory, and training burns CPU
     assert csv_rows == n + 1  # the header and every sample
 
 

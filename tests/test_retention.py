@@ -181,11 +181,9 @@ def test_your_own_loop_lets_go_of_your_model_when_closed(tiny):
 
 
 CLOSED = r"""
-import gc, sys, psutil, lmwidget
+import gc, psutil, lmwidget
 from lmwidget import retention
 from tests.conftest import TINY
-if sys.argv[1] == "off":
-    retention._malloc_trim = None  # close() as if the C library had none
 run = lmwidget.train(display=False, **{**TINY, "n_layer": 4, "n_embd": 384, "block_size": 64, "max_steps": 2})
 assert run.wait(600)
 held = retention.held_bytes(run)
@@ -198,21 +196,17 @@ print(held, before - psutil.Process().memory_info().rss)
 
 
 def test_close_gives_the_memory_back_to_the_system():
-    """glibc keeps freed memory for reuse: in a fresh process, closing a run holding 110 MB
-    gave back 20-25 MB of resident memory with malloc_trim off, 156 MB with it (activations too)."""
+    """What a user sees in the system monitor: closing a run gives its memory back to the
+    system, not only to the allocator. In a fresh process, closing a run holding 110 MB gave
+    back 125-156 MB of resident memory (its activations too) where the C library trims, and
+    20-78 MB where close() left glibc's arenas untrimmed, so the bound is most of what it held."""
     if not retention.give_back_host_memory():
         pytest.skip("this C library has no malloc_trim")
-
-    def given(trim: str) -> tuple[int, int]:
-        out = subprocess.run([sys.executable, "-c", CLOSED, trim], cwd=REPO, capture_output=True,
-                             text=True, timeout=scaled(300))
-        assert out.returncode == 0, out.stderr[-2000:]
-        held, back = map(int, out.stdout.split())
-        return held, back
-
-    (held, off), (_, on) = given("off"), given("on")
-    assert on - off > held / 2, f"closing a run holding {held >> 20} MB gave back {on >> 20} MB, " \
-                                f"{off >> 20} MB without malloc_trim"
+    out = subprocess.run([sys.executable, "-c", CLOSED], cwd=REPO, capture_output=True, text=True,
+                         timeout=scaled(300))
+    assert out.returncode == 0, out.stderr[-2000:]
+    held, back = map(int, out.stdout.split())
+    assert back > 0.8 * held, f"closing a run holding {held >> 20} MB gave back {back >> 20} MB"
 
 
 @pytest.mark.slow

@@ -180,9 +180,9 @@ def test_stop_ends_the_thread_within_two_seconds_and_leaves_none(tiny):
     wait_for(lambda: run.step > 3)
     t0 = time.monotonic()
     threading.Thread(target=run.stop).start()
-    run._thread.join(2.0)
+    run._thread.join(scaled(2.0))
     assert not run._thread.is_alive()
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < scaled(2.0)
     assert run.state == "stopped"
     assert not [t for t in threading.enumerate() if t.name.startswith("lmwidget-run")]
     assert len(run.history) == run.step
