@@ -14,15 +14,14 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import zmq
 
-from .curve import KEYS, CurveServer, loopback, secure_client
+from .connfile import SCHEME, read_connection_file, write_connection_file  # noqa: F401 (their first home)
+from .curve import CurveServer, loopback, secure_client
 from .frameguard import FrameGuard
 from .replay import ReplayWindow
 
-SCHEME = "hmac-sha256-purpose"
 # what a signature is for: each purpose signs with a key of its own, derived from the
 # connection file's, so that a published record or a reply sent back to the job can never
 # pass for a request
@@ -43,43 +42,6 @@ PER_CALL = 256  # messages read per requests() call: a flood cannot keep the job
 
 def new_key() -> str:
     return secrets.token_hex(32)
-
-
-def write_connection_file(path, info: dict) -> Path:
-    """Write `info` (ports, keys) as JSON readable by its owner only (0600, as Jupyter's kernel
-    connection files), atomically: a reader never sees half of it."""
-    path = Path(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_connection_file(path) -> dict:
-    path = Path(path)
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read connection file {path}: {e}") from None
-    missing = [k for k in ("ip", "metrics_port", "control_port", "key", "signature_scheme") if k not in info]
-    if missing:
-        raise ValueError(f"connection file {path} lacks {', '.join(missing)}")
-    if info["signature_scheme"] != SCHEME and not info.get("ended"):  # an ended job's record is read, not spoken to
-        raise ValueError(f"connection file {path} asks for signature scheme "
-                         f"{info['signature_scheme']!r}; supported: {SCHEME!r}")
-    curve = info.get("curve")
-    if curve is not None and not (isinstance(curve, dict) and all(
-            isinstance(curve.get(k), str) and len(curve[k]) == 40 for k in KEYS)):
-        raise ValueError(f"connection file {path} has a malformed curve entry {curve!r:.80}: "
-                         f"expected {', '.join(KEYS)}, 40 characters of Z85 each")
-    return info
 
 
 class Signer:

@@ -333,8 +333,9 @@ def tokenizer_state(tokenizer) -> dict:
 
 def tokenizer_of(payload: dict):
     """The tokenizer a checkpoint was trained with: characters (every version), or the JSON
-    of a word, BPE or other tokenizer (0.2 on)."""
-    return tokens.restored(payload)
+    of a word, BPE or other tokenizer (0.2 on); a malformed one is refused naming the file."""
+    where = f"checkpoint {payload['path']}" if payload.get("path") else "the checkpoint"
+    return tokens.restored(payload, f"the tokenizer in {where}")
 
 
 def _plain_number(value):

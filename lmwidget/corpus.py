@@ -22,6 +22,7 @@ class Corpus:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive); got {val_fraction}")
         self.val_fraction, self.text_column = val_fraction, text_column
         self.files, self.dataset, self.text = [], None, None
+        self.inputs = []  # the file or directory read: prepare never writes inside it
         if hasattr(data, "column_names"):  # a datasets.Dataset
             if not hasattr(data, "num_rows"):
                 raise TypeError(f"a streaming dataset ({type(data).__name__}) has no known length to cut "
@@ -39,9 +40,10 @@ class Corpus:
                                 and not any(part.startswith(".") for part in p.relative_to(root).parts))
             if not self.files:
                 raise ValueError(f"directory {root} has no files to prepare (hidden files are skipped)")
-            self.describe = f"{root} ({len(self.files)} files)"
+            self.describe, self.inputs = f"{root} ({len(self.files)} files)", [root]
         elif isinstance(data, (str, os.PathLike)) and "\n" not in str(data) and Path(data).expanduser().is_file():
             self.files, self.describe = [Path(data).expanduser()], str(Path(data).expanduser())
+            self.inputs = list(self.files)
         else:  # a corpus name or a text: in memory already (data.load_text explains a bad name)
             from .data import load_text
 
@@ -76,7 +78,7 @@ class Corpus:
 
             cut = len(self.text) - max(1, int(len(self.text) * self.val_fraction))
             for split, part in (("train", self.text[:cut]), ("val", self.text[cut:])):
-                for piece in pieces(part, BLOCK) if split in splits else ():
+                for piece in pieces(part, BLOCK, spaces=True) if split in splits else ():
                     if progress:
                         progress(len(piece.encode("utf-8", "surrogatepass")))
                     yield split, piece
@@ -119,31 +121,58 @@ class Corpus:
 
 
 def _whole_lines(text: str) -> tuple[str, str]:
-    """`text` up to its last newline, and the rest (carried to the next piece)."""
+    """`text` up to its last newline, and the rest (carried to the next piece). A text of no
+    newline longer than a block is cut before its last space, else anywhere: what is carried
+    stays under a block whatever the lines (text8 is one line of 100 MB)."""
+    from .tokens import cut
+
     end = text.rfind("\n") + 1
+    if not end and len(text) > BLOCK:
+        end = cut(text, 0, len(text))
     return (text[:end], text[end:]) if end else ("", text)
 
 
 def prepare(data, out_dir, tokenizer="bpe", vocab_size: int = 0, val_fraction: float = 0.1,
             text_column: str = "text", progress: bool = True) -> Path:
-    """Tokenize `data` (a text file, a directory of text files, a Hugging Face `datasets.Dataset`,
-    a corpus name or a text) into the token directory `out_dir`: train.bin and val.bin (uint16
-    tokens, or uint32 past 65,536) and meta.json (the tokenizer as JSON, counts, a checksum).
-    Streams: memory does not grow with the corpus. The validation split is the tail
-    (`val_fraction` of the bytes, or of the rows), cut before any tokenizer is trained.
-    Train on it with `lmwidget.train(data=out_dir)`."""
+    """Tokenize `data` into the token directory `out_dir`, whole or not at all.
+
+    `out_dir` gets train.bin and val.bin (uint16 tokens, or uint32 past 65,536) and meta.json
+    (the tokenizer as JSON, counts, largest ids, checksums). Streams: memory does not grow with
+    the corpus, whatever its lines. The validation split is the tail (`val_fraction` of the
+    bytes, or of the rows), cut before any tokenizer is trained. The files are written into a
+    new directory beside `out_dir`, which replaces it only once whole: an interruption leaves
+    the previous token directory as it was. Train on it with `lmwidget.train(data=out_dir)`.
+
+    Args:
+        data: a text file, a directory of text files, a Hugging Face `datasets.Dataset`, a
+            corpus name or a text.
+        out_dir: a new directory, an empty one, or a token directory prepare wrote (replaced).
+        tokenizer: "char", "word", "bpe", or a tokenizer of the field (see tokens.load).
+        vocab_size: for "word" and "bpe" (0: their default).
+        val_fraction: the tail kept for validation.
+        text_column: a dataset's column of text.
+        progress: show progress bars.
+
+    Returns:
+        The token directory's path.
+
+    Raises:
+        ValueError: bad options or input; an `out_dir` holding files prepare did not write, or
+            inside the input directory (or holding the input): nothing is written then.
+    """
     from . import tokens
     from .data import utf8_len
     from .tokenfiles import TokenWriter
 
     tokens.check(tokenizer, vocab_size)
     corpus = Corpus(data, val_fraction, text_column)
-    tok = _tokenizer(corpus, tokenizer, vocab_size, progress)
-    writer = TokenWriter(out_dir, tok.vocab_size)
+    writer = TokenWriter(out_dir, inputs=corpus.inputs)  # checked, and its new directory made, before any training
     try:
+        tok = _tokenizer(corpus, tokenizer, vocab_size, progress)
+        writer.begin(tok.vocab_size)
         with _bar(corpus.total, "tokenizing", progress) as bar:
             for split, text in corpus.pieces(progress=bar.update):
-                for piece, ids in zip(tokens.pieces(text, ENCODE_PIECE), _encode(tok, text)):
+                for piece, ids in zip(tokens.pieces(text, ENCODE_PIECE, spaces=True), _encode(tok, text)):
                     writer.write(split, ids, utf8_len(piece))
     except BaseException:
         writer.abort()
@@ -156,7 +185,7 @@ def _encode(tok, text):
     """Token arrays of `text`'s pieces (tokens.pieces), one per piece."""
     from . import tokens
 
-    parts = tokens.pieces(text, ENCODE_PIECE)
+    parts = tokens.pieces(text, ENCODE_PIECE, spaces=True)
     if hasattr(tok, "encode_pieces"):
         return tok.encode_pieces(parts)
     return (tokens.encode_array(tok, p) for p in parts)

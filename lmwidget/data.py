@@ -219,6 +219,9 @@ class Dataset:
 
             self.tokenizer = tokens.build(tokenizer, text[:cut], vocab_size)
             self.train, self.val = (tokens.encode_array(self.tokenizer, t) for t in (text[:cut], text[cut:]))
+            from .tokencheck import check_encoded
+
+            check_encoded(self.tokenizer, self.train, self.val)  # a size misreported: refused now, not mid-run
         # UTF-8 bytes per token of each split: loss / ln 2 / this is bits per byte
         self.bytes_per_token = {split: utf8_len(text, a, b) / max(1, len(i)) for split, a, b, i
                                 in (("train", 0, cut, self.train), ("val", cut, len(text), self.val))}

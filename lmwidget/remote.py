@@ -15,7 +15,11 @@ from .channel import ClientEndpoint, read_connection_file
 from .checkpoint import SaveJob
 from .control import ENDED
 from .job import CONNECTION, RECORDS
+from .jsonfile import count_items
 from .source import Source
+
+RECORD_LINE = 16 << 20  # bytes of one line of a job's records read at most (a record has kilobytes)
+RECORD_ITEMS = 1 << 20  # JSON values in one line parsed at most (memory bounded to some 100 MB)
 
 REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
 REPLAY_TIMEOUT = 30.0  # s: a page of the record (up to about 4 MB) from a distant job
@@ -112,7 +116,13 @@ class RemoteRun(Source):
         path = self.run_dir / RECORDS
         if path.is_file():
             with open(path, "rb") as f:
-                for line in f:
+                while line := f.readline(RECORD_LINE + 1):  # never a whole file of no newline
+                    found = (f"a line of more than {RECORD_LINE:,} bytes" if len(line) > RECORD_LINE else
+                             f"a line of more than {RECORD_ITEMS:,} JSON values" if count_items(line) > RECORD_ITEMS
+                             else None)
+                    if found:
+                        raise ValueError(f"{path} has {found}: it was not parsed; expected the records a job "
+                                         f"writes, one JSON object a line, each under {RECORD_LINE >> 20} MiB")
                     try:
                         record = json.loads(line)
                     except ValueError:

@@ -3,15 +3,14 @@ tokenizer of the field, kept as JSON in checkpoints and cached by corpus and set
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .tokenstate import cached, from_state, restored, saved  # noqa: F401 (kept here too, their first home)
 
 TOKENIZERS = ("char", "word", "bpe")
 DEFAULT_VOCAB = {"word": 10_000, "bpe": 1024}  # word: a cap (most frequent first); bpe: its size
@@ -19,9 +18,18 @@ BYTE_ALPHABET = 256  # byte-level BPE starts from every byte
 UNK = "[UNK]"
 PROGRESS_AFTER = 1.5  # s: training a tokenizer shows a progress bar once it takes this long
 CHUNK = 1 << 16       # characters per piece handed to the Rust tokenizer at once
+LOOK_BACK = 1 << 12   # characters searched back for a space, to cut a text without newlines
+MAX_VOCAB = 1 << 22   # a tokenizer's largest id + 1: past the largest of the field (256k) by far
+GAP_SLACK = 1024      # ids a vocabulary may skip past twice its count of tokens (see gap_limit)
+MAX_JSON = 64 << 20   # bytes of a tokenizer.json read: the largest of the field have about 35 MB
 
 
-def _hf():
+def tokenizers_module():
+    """Hugging Face's tokenizers package, imported when a word or BPE tokenizer is first needed.
+
+    Raises:
+        ImportError: it is not installed, saying how to install it.
+    """
     try:
         import tokenizers
     except ImportError:
@@ -30,29 +38,87 @@ def _hf():
     return tokenizers
 
 
-def pieces(text: str, size: int = CHUNK):
+def gap_limit(count: int) -> int:
+    """The largest vocabulary size (largest id + 1) accepted for a tokenizer of `count` tokens:
+    ids may skip (added tokens numbered apart, removed merges), not demand embeddings for
+    millions of ids no token has."""
+    return 2 * count + GAP_SLACK
+
+
+def pieces(text: str, size: int = CHUNK, spaces: bool = False):
     """`text` in pieces of about `size` characters, each ending at a newline where there is one
-    (a tokenizer never sees a word cut in two)."""
+    (a tokenizer never sees a word cut in two).
+
+    Args:
+        text: the text.
+        size: the most characters of a piece.
+        spaces: where a piece has no newline, cut it before its last whitespace (prepare's
+            bounded reading of a text of one line); False cuts it at `size` exactly, as 0.2
+            did, so that a text in memory gives the same tokens (and fingerprint) as before.
+
+    Yields:
+        The pieces, which join into `text`.
+    """
     start = 0
     while start < len(text):
         end = min(len(text), start + size)
         if end < len(text):
-            cut = text.rfind("\n", start, end)
-            end = cut + 1 if cut > start else end
+            if spaces:
+                end = cut(text, start, end)
+            else:
+                newline = text.rfind("\n", start, end)
+                end = newline + 1 if newline > start else end
         yield text[start:end]
         start = end
+
+
+def cut(text: str, start: int, end: int) -> int:
+    """Where to end a piece text[start:end] that has more text after it.
+
+    Args:
+        text: the text.
+        start: the piece's first character.
+        end: the index just past its last character.
+
+    Returns:
+        The index after its last newline; else that of its last whitespace (looked for in its
+        last LOOK_BACK characters), so the space starts the next piece; else `end`.
+    """
+    newline = text.rfind("\n", start, end)
+    if newline > start:
+        return newline + 1
+    for i in range(end - 1, max(start, end - LOOK_BACK), -1):
+        if text[i].isspace():
+            return i
+    return end
 
 
 class HFTokenizer:
     """A Hugging Face `tokenizers.Tokenizer` under lmwidget's tokenizer contract: encode,
     decode, vocab_size, describe and a JSON state."""
 
-    def __init__(self, tokenizer, kind: str = "hf", name: str = ""):
-        self.tokenizer, self.kind, self.name = tokenizer, kind, name
+    def __init__(self, tokenizer, kind: str = "hf", name: str = "", source: str = "the tokenizer"):
+        self.tokenizer, self.kind, self.name, self._size = tokenizer, kind, name, None
+        count = tokenizer.get_vocab_size(with_added_tokens=True)
+        if self.vocab_size > MAX_VOCAB:
+            raise ValueError(f"{source} has a token of id {self.vocab_size - 1:,}: a model would need "
+                             f"{self.vocab_size:,} rows of embeddings; lmwidget takes ids below "
+                             f"{MAX_VOCAB:,}, as every tokenizer of the field has")
+        if self.vocab_size > gap_limit(count):
+            raise ValueError(f"{source} has {count:,} tokens but a token of id {self.vocab_size - 1:,}: a "
+                             f"model would need {self.vocab_size:,} rows of embeddings, most of them for ids "
+                             f"no token has. Accepted: ids below {gap_limit(count):,} for {count:,} tokens "
+                             f"(twice the count + {GAP_SLACK:,}), as a tokenizer of the field numbers them")
 
     @property
     def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+        """Its largest id + 1, which a model's embeddings must cover: not its count of tokens,
+        which is smaller where ids skip or a word is repeated."""
+        n = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if getattr(self, "_size", None) is None or self._size[0] != n:  # once, and after add_tokens
+            ids = self.tokenizer.get_vocab(with_added_tokens=True).values()
+            self._size = (n, max(n, max(ids, default=-1) + 1))
+        return self._size[1]
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for a in self.encode_pieces(pieces(text)) for i in a]
@@ -107,33 +173,10 @@ def encode_array(tokenizer, text: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype_for(tokenizer.vocab_size))
 
 
-def saved(tokenizer) -> dict:
-    """What a checkpoint or a token directory keeps of a tokenizer: the characters (as 0.1
-    did), else its JSON (no pickle)."""
-    if getattr(tokenizer, "kind", None) == "char":
-        return {"vocab": list(tokenizer.chars)}
-    return {"vocab": [], "tokenizer": tokenizer.state()}
-
-
-def restored(state: dict):
-    """The tokenizer `saved` kept."""
-    from .data import CharTokenizer
-
-    if state.get("tokenizer"):
-        return from_state(state["tokenizer"])
-    return CharTokenizer(state["vocab"])
-
-
-def from_state(state: dict) -> HFTokenizer:
-    """The tokenizer a checkpoint stored (HFTokenizer.state)."""
-    tok = _hf().Tokenizer.from_str(state["json"])
-    return HFTokenizer(tok, state.get("kind", "hf"), state.get("name", ""))
-
-
 def train_word(text, vocab_size: int) -> HFTokenizer:
     """Words and punctuation (and newlines), the `vocab_size` most frequent, [UNK] for the
     rest, learnt from `text` (a str, or an iterable of str pieces)."""
-    t = _hf()
+    t = tokenizers_module()
     tok = t.Tokenizer(t.models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = t.pre_tokenizers.Sequence([
         t.pre_tokenizers.Split(t.Regex(r"[^\S\n]+"), "removed"),
@@ -154,7 +197,7 @@ def train_bpe(text, vocab_size: int) -> HFTokenizer:
     """Byte-level BPE of `vocab_size` tokens, as GPT-2's: every text encodes, nothing is
     unknown; learnt from `text` (a str, or an iterable of str pieces)."""
     check_bpe_size(vocab_size)
-    t = _hf()
+    t = tokenizers_module()
     tok = t.Tokenizer(t.models.BPE())
     tok.pre_tokenizer = t.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = t.decoders.ByteLevel()
@@ -233,7 +276,7 @@ def load(spec) -> HFTokenizer:
     """A tokenizer object or a path under lmwidget's tokenizer contract."""
     if isinstance(spec, HFTokenizer):
         return spec
-    t = _hf()
+    t = tokenizers_module()
     if isinstance(spec, t.Tokenizer):
         return HFTokenizer(spec, "hf", "tokenizer")
     backend = getattr(spec, "backend_tokenizer", None)
@@ -252,36 +295,16 @@ def load(spec) -> HFTokenizer:
         elif not path.is_file():
             raise ValueError(f"tokenizer={str(spec)!r} is neither {', '.join(map(repr, TOKENIZERS))} "
                              f"nor an existing tokenizer.json file or tokenizer directory")
+        if path.stat().st_size > MAX_JSON:
+            raise ValueError(f"{path} has {path.stat().st_size:,} bytes, more than the {MAX_JSON >> 20} MiB a "
+                             f"tokenizer.json needs (256k tokens take about 35 MB): it was not read")
         try:
-            return HFTokenizer(t.Tokenizer.from_file(str(path)), "hf", path.parent.name or path.name)
+            tok = t.Tokenizer.from_file(str(path))
         except Exception as e:
             raise ValueError(f"{path} is not a tokenizer.json the tokenizers library reads: {e}") from None
+        return HFTokenizer(tok, "hf", path.parent.name or path.name, str(path))
     raise TypeError(f"tokenizer must be one of {', '.join(map(repr, TOKENIZERS))}, a tokenizers.Tokenizer, "
                     f"a transformers fast tokenizer, or a path to a tokenizer.json or its directory; "
                     f"got {type(spec).__name__}")
 
 
-def cached(kind: str, text: str, vocab_size: int) -> HFTokenizer:
-    """A trained tokenizer from the cache, keyed by the corpus' hash and the settings; trained
-    and written there (atomically) the first time."""
-    from .data import cache_dir
-
-    h = hashlib.sha256(json.dumps([kind, vocab_size, 1]).encode())
-    for piece in pieces(text, 1 << 22):
-        h.update(piece.encode("utf-8", "surrogatepass"))
-    path = cache_dir() / "tokenizers" / f"{kind}-{vocab_size}-{h.hexdigest()[:24]}.json"
-    if path.is_file():
-        try:
-            return from_state(json.loads(path.read_text(encoding="utf-8")))
-        except Exception:  # an unreadable cache entry is trained again
-            pass
-    tok = train_word(text, vocab_size) if kind == "word" else train_bpe(text, vocab_size)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(tok.state(), f)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: the tokenizer is still used, only not kept
-        pass
-    return tok

@@ -57,6 +57,51 @@ def test_the_connection_file_is_its_owners_only_and_read_back(tmp_path, job):
         read_connection_file(tmp_path / "curve.json")
 
 
+GOOD = {"transport": "tcp", "ip": "127.0.0.1", "metrics_port": 5001, "control_port": 5002, "key": "ab" * 32,
+        "signature_scheme": "hmac-sha256-purpose", "run_dir": "/tmp/run", "pid": 7}
+MALFORMED_CONNECTION = {
+    "a string": '"connection"', "a number": "42", "a list": "[1]", "null": "null", "empty": "",
+    "nested 30000 deep": "[" * 30_000 + "]" * 30_000, "nested objects": '{"a":' * 10_000 + "1" + "}" * 10_000,
+    "over 64 KiB": json.dumps({**GOOD, "pad": "x" * 70_000}), "not UTF-8": b'{"ip": "\xff"}',
+    "an integer of 5000 digits": '{"pid": ' + "9" * 5000 + "}", "cut short": '{"ip": "127',
+    "no key": {k: v for k, v in GOOD.items() if k != "key"}, "no ports": {"ip": "x", "key": "k", "signature_scheme": "s"},
+    "port a string": {**GOOD, "control_port": "5002"}, "port 0": {**GOOD, "metrics_port": 0},
+    "port 70000": {**GOOD, "control_port": 70_000}, "port true": {**GOOD, "control_port": True},
+    "port a float": {**GOOD, "control_port": 5002.0}, "ip a list": {**GOOD, "ip": ["127.0.0.1"]},
+    "ip empty": {**GOOD, "ip": ""}, "key a number": {**GOOD, "key": 12}, "key empty": {**GOOD, "key": ""},
+    "scheme null": {**GOOD, "signature_scheme": None}, "run_dir a number": {**GOOD, "run_dir": 3},
+    "pid a string": {**GOOD, "pid": "7"}, "ended a string": {**GOOD, "ended": "yes"},
+    "curve a list": {**GOOD, "curve": [1]},
+}
+
+
+@pytest.mark.parametrize("variant", MALFORMED_CONNECTION, ids=list(MALFORMED_CONNECTION))
+def test_a_malformed_connection_file_is_refused_naming_it_and_left_as_it_was(tmp_path, variant):
+    content = MALFORMED_CONNECTION[variant]
+    path = tmp_path / "connection.json"
+    path.write_bytes(content if isinstance(content, bytes) else
+                     (content if isinstance(content, str) else json.dumps(content)).encode())
+    before = path.read_bytes()
+    with pytest.raises(ValueError) as info:
+        read_connection_file(path)
+    assert f"connection file {path}" in str(info.value) and len(str(info.value)) < 600, str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_a_connection_file_over_64_kib_is_refused_unread(tmp_path):
+    path = tmp_path / "connection.json"
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)  # sparse: a gibibyte that is never read
+    with pytest.raises(ValueError, match=r"has 1,073,741,824 bytes, more than the 64 KiB such a file can need: it "
+                                         r"was not read; expected the JSON object a job writes"):
+        read_connection_file(path)
+    os.mkfifo(tmp_path / "fifo")  # a named pipe: refused without waiting for a writer
+    with pytest.raises(ValueError, match="is not a regular file"):
+        read_connection_file(tmp_path / "fifo")
+    path.write_text(json.dumps(GOOD))
+    assert read_connection_file(path) == GOOD
+
+
 def listening(port):
     """The addresses this process listens on at `port`."""
     return {c.laddr.ip for c in psutil.Process().net_connections("inet")

@@ -174,3 +174,32 @@ def test_a_word_level_lstm_learns_tiny_shakespeare():
     assert run.describe()["tokenizer"] == "words (4,000)"
     text = run.sample()
     assert len(text.split()) > 20  # decoded into words
+
+
+def head_pieces(text, size=1 << 16):
+    """0.2's tokens.pieces, ported as it was: a piece ends at its last newline, else at `size`."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            cut = text.rfind("\n", start, end)
+            end = cut + 1 if cut > start else end
+        yield text[start:end]
+        start = end
+
+
+def test_a_text_in_memory_is_encoded_as_0_2_did_whatever_its_lines(tmp_path, monkeypatch):
+    """Its tokens make the fingerprint that resuming a checkpoint compares: cutting a line of
+    over 64k characters anywhere else would make the same data look different."""
+    monkeypatch.setenv("LMWIDGET_CACHE_DIR", str(tmp_path))
+    shakespeare = SHARED_SHAKESPEARE.read_text(encoding="utf-8")
+    one_line = shakespeare[:400_000].replace("\n", " ")
+    tok = tokens.train_bpe(shakespeare, 1024)
+    expected = [i for p in head_pieces(one_line) for i in tok.tokenizer.encode(p, add_special_tokens=False).ids]
+    got = tokens.encode_array(tok, one_line)
+    assert got.tolist() == expected
+    assert [len(p) for p in tokens.pieces(one_line)] == [len(p) for p in head_pieces(one_line)]
+    assert tok.encode(one_line) == expected
+    assert len(expected) == 158_992  # as measured with 0.2 (HEAD) itself
+    print(f"{len(expected):,} ids as 0.2 gave; whitespace-cut pieces give "
+          f"{sum(len(a) for a in tok.encode_pieces(tokens.pieces(one_line, spaces=True))):,}")
