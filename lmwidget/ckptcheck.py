@@ -36,23 +36,32 @@ def load(path: Path) -> object:
     """torch.load(path, weights_only=True) of a file first checked to be a whole zip archive of
     stored records, as torch.save writes; its tensors checked to hold no more than the file.
     Every refusal is a CheckpointError naming the file, and never advises loading unsafely."""
-    _check_archive(path)
+    check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise _damaged(path, e) from None
+            raise damaged(path, e) from None
         raise CheckpointError(
-            f"checkpoint {path} was refused: it holds {_refused(str(e))}. lmwidget loads only "
+            f"checkpoint {path} was refused: it holds {refused(str(e))}. lmwidget loads only "
             f"tensors and plain values (torch.load with weights_only=True), so nothing in it ran "
             f"and nothing was loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        raise _damaged(path, e) from None
-    _check_tensors(payload, path)
+        raise damaged(path, e) from None
+    check_tensors(payload, path)
     return payload
 
 
-def _check_archive(path: Path) -> None:
+def check_archive(path: Path, kind: str = "checkpoint") -> list:
+    """Refuse a file that is not a whole zip archive of stored records, as torch.save writes,
+    reading its directory alone; `kind` names the file in the refusal.
+
+    Returns:
+        The archive's records (zipfile.ZipInfo).
+
+    Raises:
+        CheckpointError: the file is truncated, not a zip archive, damaged, compressed, or
+            its records overlap."""
     size = path.stat().st_size
     with open(path, "rb") as f:  # its first bytes and its last 64 KiB: never the whole file
         head = f.read(len(ZIP))
@@ -62,7 +71,7 @@ def _check_archive(path: Path) -> None:
     ends = at >= 0 and len(tail) - at >= 22 + int.from_bytes(tail[at + 20:at + 22], "little")
     if len(head) < len(ZIP) and ZIP.startswith(head) or head == ZIP and not ends:
         raise CheckpointError(
-            f"checkpoint {path} is truncated: its {size:,} bytes end before the end of the zip "
+            f"{kind} {path} is truncated: its {size:,} bytes end before the end of the zip "
             f"archive a whole checkpoint is (a copy or a save that was cut short, or a file still "
             f"being written). Nothing was loaded")
     if head != ZIP:
@@ -73,43 +82,44 @@ def _check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged ({size:,} bytes): the directory of its "
+        raise CheckpointError(f"{kind} {path} is damaged ({size:,} bytes): the directory of its "
                               f"zip archive cannot be read ({_words(e)}). Nothing was loaded") from None
     packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
     if packed:
         raise CheckpointError(
-            f"checkpoint {path} was refused: its record {packed[0]} is compressed, which torch.save "
+            f"{kind} {path} was refused: its record {packed[0]} is compressed, which torch.save "
             f"never does, and it could unpack to any size. Nothing was loaded")
     total = sum(r.file_size for r in records)
     if total > size:
         raise CheckpointError(
-            f"checkpoint {path} was refused: its records add up to {total:,} bytes, more than the "
+            f"{kind} {path} was refused: its records add up to {total:,} bytes, more than the "
             f"file's {size:,}, so they overlap, which torch.save never writes. Nothing was loaded")
+    return records
 
 
-def _check_tensors(obj, path: Path, where: str = "checkpoint") -> None:
+def check_tensors(obj, path: Path, where: str = "checkpoint", kind: str = "checkpoint") -> None:
     """A tensor must be dense and no larger than the bytes it lies on: a stride of 0 lets a few
     bytes of the file pose as a tensor of any size, which copying (the digest) would allocate."""
     if isinstance(obj, dict):
         for key, value in obj.items():
-            _check_tensors(value, path, f"{where}[{key!r}]")
+            check_tensors(value, path, f"{where}[{key!r}]", kind)
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
-            _check_tensors(value, path, f"{where}[{i}]")
+            check_tensors(value, path, f"{where}[{i}]", kind)
     elif torch.is_tensor(obj):
         if obj.layout != torch.strided:
-            raise CheckpointError(f"checkpoint {path} was refused: {where} is a {obj.layout} tensor; "
+            raise CheckpointError(f"{kind} {path} was refused: {where} is a {obj.layout} tensor; "
                                   f"lmwidget saves dense (strided) tensors only. Nothing was loaded")
         held = obj.untyped_storage().nbytes()
         if obj.numel() * obj.element_size() > held:
             raise CheckpointError(
-                f"checkpoint {path} was refused: {where} has shape {tuple(obj.shape)} "
+                f"{kind} {path} was refused: {where} has shape {tuple(obj.shape)} "
                 f"({obj.numel() * obj.element_size():,} bytes) but lies on {held:,} bytes of the file "
                 f"(strides {obj.stride()}: its elements overlap), which torch.save never writes. "
                 f"Nothing was loaded")
 
 
-def _refused(text: str) -> str:
+def refused(text: str) -> str:
     """What torch's weights-only unpickler refused, from its message, without its advice."""
     found = re.search(r"GLOBAL (\S+?)(?:\s|$)", text)
     if found:  # torch names a builtin without its module
@@ -128,8 +138,9 @@ def _refused(text: str) -> str:
     return "what only an unsafe unpickler would build"
 
 
-def _damaged(path: Path, error: BaseException) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} is damaged ({path.stat().st_size:,} bytes) and cannot "
+def damaged(path: Path, error: BaseException, kind: str = "checkpoint") -> CheckpointError:
+    """The refusal of a file torch cannot read: its size and the first sentence of why."""
+    return CheckpointError(f"{kind} {path} is damaged ({path.stat().st_size:,} bytes) and cannot "
                            f"be read: {_words(error)}. Nothing was loaded")
 
 
