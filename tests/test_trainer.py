@@ -156,9 +156,9 @@ def test_cpu_training_threads_leave_the_callers_threads_alone():
             "t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))\n"
             "t.start(); t.join()\n"
             "print(torch.get_num_threads(), seen[0])")
-    main, new_thread = run_python(code).stdout.split()
+    main, _ = run_python(code).stdout.split()
     assert main == default  # the user's thread keeps torch's default
-    assert new_thread == "1"  # threads started later adopt the last setting: torch's own rule
+    # (threads started later take the last setting: that is torch's rule, not lmwidget's)
 
 
 def test_bfloat16_autocast_trains(text):
@@ -175,7 +175,10 @@ def test_compiled_model_trains_like_the_plain_one(text):
     trainer, compiled = run_steps(text, 8, compile=True)
     assert trainer.forward is not trainer.model  # the compiled module trained
     _, plain = run_steps(text, 8)
-    np.testing.assert_allclose(compiled.loss, plain.loss, rtol=1e-4)
+    # the same weights give the same first loss; after that the generated kernels' order of
+    # summation (the CPU's vector width decides it) moves the last digits, and the steps carry it
+    assert compiled.loss.iloc[0] == pytest.approx(plain.loss.iloc[0], rel=1e-5)
+    np.testing.assert_allclose(compiled.loss, plain.loss, rtol=1e-3)
     assert len(trainer.generate_sample(20)) == 20  # sampling uses the plain module
 
 
