@@ -10,6 +10,7 @@ import traceback
 import ipywidgets as w
 import numpy as np
 
+from . import shutdown
 from .charts import Chart, SharedX, show_in_notebook
 from .control import ENDED
 from .palette import BLUE, BROWN, GREEN, ORANGE, PINK, PURPLE, RED, TEAL
@@ -117,8 +118,7 @@ class Compare(w.VBox):
     def kick(self) -> None:
         with self._lock:
             if self._updater is None:
-                self._updater = threading.Thread(target=self._loop, daemon=True, name="lmwidget-compare")
-                self._updater.start()
+                self._updater = shutdown.start(self._loop, "lmwidget-compare")
 
     def _loop(self) -> None:
         while True:
@@ -128,7 +128,7 @@ class Compare(w.VBox):
             except Exception:
                 self.table.value = f"<pre>{html.escape(traceback.format_exc())}</pre>"
             with self._lock:
-                if idle:
+                if idle or shutdown.exiting():
                     self._updater = None
                     return
             time.sleep(UPDATE_INTERVAL)

@@ -11,6 +11,7 @@ import traceback
 import ipywidgets as w
 import numpy as np
 
+from . import shutdown
 from .cells import Cells, close_widgets
 from .charts import Chart, SharedX, view_bundle
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING
@@ -259,9 +260,8 @@ class Dashboard(w.VBox):
         self._wake.set()
         with self._updater_lock:
             if self._updater is None:
-                self._updater = threading.Thread(target=self._update_loop, daemon=True,
-                                                 name=f"lmwidget-ui-{self._run.id}")
-                self._updater.start()
+                self._updater = shutdown.start(self._update_loop, f"lmwidget-ui-{self._run.id}",
+                                               wake=self._wake.set)
 
     def settle(self, timeout: float = 30.0) -> None:
         """Once the run has ended (or before it starts): wait until everything it recorded
@@ -278,6 +278,10 @@ class Dashboard(w.VBox):
 
     def _update_loop(self) -> None:
         while True:
+            if shutdown.exiting():  # the interpreter is going: nobody is left to see a redraw
+                with self._updater_lock:
+                    self._updater = None
+                return
             if self._retiring:
                 with self._updater_lock:
                     try:

@@ -11,6 +11,7 @@ import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
+from . import shutdown
 from .lrfind import UPDATE_INTERVAL, describe
 from .palette import BLUE, GREEN, PURPLE, RED
 
@@ -89,8 +90,7 @@ class LRFinderView(w.VBox):
     def kick(self) -> None:
         with self._lock:
             if self._updater is None:
-                self._updater = threading.Thread(target=self._loop, daemon=True, name="lmwidget-lrfind-ui")
-                self._updater.start()
+                self._updater = shutdown.start(self._loop, "lmwidget-lrfind-ui")
 
     def _loop(self) -> None:
         while True:
@@ -100,7 +100,8 @@ class LRFinderView(w.VBox):
             except Exception:  # never let a drawing bug kill the view silently
                 self.status.value = f"<pre>{html.escape(traceback.format_exc())}</pre>"
             with self._lock:
-                if done and not self._pending_runs and self._drawn_choice == self._finder.chosen:
+                if shutdown.exiting() or (done and not self._pending_runs
+                                          and self._drawn_choice == self._finder.chosen):
                     self._updater = None
                     return
             time.sleep(UPDATE_INTERVAL)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import shutdown
 from .channel import ClientEndpoint, read_connection_file
 from .checkpoint import SaveJob
 from .control import ENDED
@@ -100,8 +101,7 @@ class RemoteRun(Source):
                     f"read its record with lmwidget.attach(...) after it ends, or its checkpoints")
             self.detach()  # an ended job: its record is the whole story
             return
-        self._thread = threading.Thread(target=self._receive, daemon=True, name=f"lmwidget-attach-{self.id}")
-        self._thread.start()
+        self._thread = shutdown.start(self._receive, f"lmwidget-attach-{self.id}")
 
     # -- receiving ----------------------------------------------------------------------------
     def _call(self, kind: str, body=None, timeout: float = REQUEST_TIMEOUT) -> dict:
@@ -141,7 +141,7 @@ class RemoteRun(Source):
                 return
 
     def _receive(self) -> None:
-        while not self._closed.is_set():
+        while not self._closed.is_set() and not shutdown.exiting():
             try:
                 messages = self._client.metrics(timeout=0.2)
                 if messages:
