@@ -108,9 +108,10 @@ def output_texts(cell) -> list[str]:
     return texts
 
 
-def execute(path, parameters: dict | None = None, cwd=None, timeout: int = 600, wait: int = 300):
+def execute(path, parameters: dict | None = None, cwd=None, timeout: int = 600, wait: int = 300, env=None):
     """Run the notebook at `path` with `parameters`; return (executed notebook, report).
 
+    `env`: the kernel's environment (default: this process's).
     The report has the seconds it took, the kernel's peak resident memory, what became of
     each run, and `problems`: error outputs, tracebacks or warnings of lmwidget in any output,
     failed runs, dashboard errors, runs left unfinished."""
@@ -119,7 +120,7 @@ def execute(path, parameters: dict | None = None, cwd=None, timeout: int = 600, 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(cwd or Path.cwd())}})
     t0 = time.monotonic()
-    client.execute()
+    client.execute(**({} if env is None else {"env": env}))
     seconds = time.monotonic() - t0
     problems = []
     for i, cell in enumerate(nb.cells[:-1]):
