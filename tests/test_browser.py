@@ -297,10 +297,13 @@ __lmw_status_at = None
 def __lmw_watch(r=__lmw_run()):
     global __lmw_paused_at, __lmw_status_at
     end = __time.time() + 30
-    while __time.time() < end and __lmw_status_at is None:
+    while __time.time() < end and (__lmw_status_at is None or __lmw_paused_at is None):
+        # the status first: once it reads 'paused' the state does too, so a pause between
+        # the two reads is still seen (the other order left the kernel's time unset)
+        shown = 'paused' in r.dashboard.status.value
         if __lmw_paused_at is None and r.state == 'paused':
             __lmw_paused_at = [__time.time(), r.step]
-        if 'paused' in r.dashboard.status.value:
+        if shown and __lmw_status_at is None:
             __lmw_status_at = __time.time()
         __time.sleep(0.002)
 __t.Thread(target=__lmw_watch, daemon=True).start()
