@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from lmwidget.distributed import RankSync
+from lmwidget.training.distributed import RankSync
 
 N = 2000
 

@@ -11,10 +11,10 @@ out="${1:-gpu-report}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.csv"
 
-python -m lmwidget.bench --device cuda --dtype bfloat16 --compile --rounds 3 --steps 300 \
+python -m lmwidget bench --device cuda --dtype bfloat16 --compile --rounds 3 --steps 300 \
     --no-frameworks | tee "$out/bench.json"
 
-python -m lmwidget.bench --device cuda --dtype bfloat16 --compile --rounds 3 --steps 150 \
+python -m lmwidget bench --device cuda --dtype bfloat16 --compile --rounds 3 --steps 150 \
     --n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --batch-size 64 --no-frameworks \
     | tee "$out/nanogpt_gpu_recipe.json"
 

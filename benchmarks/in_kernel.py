@@ -144,8 +144,8 @@ def main() -> None:
                 k.run("run.stop(); run.wait()")
                 lmw.append((s1 - s0) * 16 * 64 / (t1 - t0))
             info = k.value("{'threads': torch.get_num_threads(), 'torch': torch.__version__, "
-                           "'cpus': lmwidget.system.usable_cpus(), 'training_threads': "
-                           "getattr(lmwidget, 'threads', lmwidget.trainer).cpu_threads(0)}")
+                           "'cpus': lmwidget.system.resources.usable_cpus(), 'training_threads': "
+                           "getattr(lmwidget, 'threads', lmwidget.training.trainer).cpu_threads(0)}")
         finally:
             k.kc.stop_channels()
             k.km.shutdown_kernel(now=True)

@@ -10,11 +10,11 @@ import torch.nn as nn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .config import OPTIONS, add_options
-from .callbacks import EarlyStopping, ReduceLROnPlateau
-from .lrfind import lr_find
-from .run import active_runs, train
-from .tokens import TOKENIZERS
+from lmwidget.training.config import OPTIONS, add_options
+from lmwidget.core.callbacks import EarlyStopping, ReduceLROnPlateau
+from lmwidget.lrfind.finder import lr_find
+from lmwidget.training.run import active_runs, train
+from lmwidget.data.tokens import TOKENIZERS
 
 class _Help(Exception):
     pass
@@ -137,7 +137,7 @@ class LmMagics(Magics):
 
 
 def load_ipython_extension(ipython) -> None:
-    from .frontends import prepare
+    from lmwidget.views.frontends import prepare
 
     prepare()  # Colab: its custom widget manager, before any dashboard is drawn
     ipython.register_magics(LmMagics)

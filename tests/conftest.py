@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import lmwidget
-from lmwidget.run import active_runs
+from lmwidget.training.run import active_runs
 
-from .pace import scaled, slowdown
+from tests.harness.pace import scaled, slowdown
 
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -52,7 +52,7 @@ def tiny():
 
 def wait_for(predicate, timeout=10.0, interval=0.005):
     """Poll until predicate() is true; fail the test (not hang) after `timeout` s on the
-    reference machine, scaled to this one's speed (tests/pace.py)."""
+    reference machine, scaled to this one's speed (tests/harness/pace.py)."""
     import time
 
     timeout = scaled(timeout)
@@ -132,9 +132,9 @@ class LocalServer:
 
 @pytest.fixture
 def start_job():
-    """Start `python -m lmwidget.train` jobs (tests.jobs.Job); every one, and every process
+    """Start `python -m lmwidget train` jobs (tests.jobs.Job); every one, and every process
     it started, is killed when the test ends, whatever happened."""
-    from tests.jobs import Job
+    from tests.harness.jobs import Job
 
     started = []
 

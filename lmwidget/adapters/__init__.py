@@ -1,0 +1,1 @@
+"""Training loops that are not lmwidget's: your own loop, the Hugging Face Trainer, Lightning."""

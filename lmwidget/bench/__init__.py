@@ -1,0 +1,1 @@
+"""Benchmarks of what the dashboard costs a training step."""

@@ -1,0 +1,1 @@
+"""Checkpoints: their format, safe loading, and random-number state."""

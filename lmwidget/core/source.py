@@ -1,0 +1,451 @@
+"""Source: the one interface between the views and whatever trains (lmwidget's loop, yours, a framework's, a job)."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+import warnings
+
+import torch
+
+from . import retention
+from lmwidget.training.config import check_grad_clip, check_lr
+from .control import ENDED, LIVE_ONLY, Control, ended_refusal
+from .history import History
+
+# what a source may be asked to do; a view shows each one a source cannot do disabled
+CONTROLS = ("pause", "stop", "lr", "grad_clip", "sample", "save", "histogram", "evaluate")
+_ids = itertools.count(1)  # one numbering for every source of this process
+_runs: list = []           # every source that trained in this process, oldest first
+_runs_lock = threading.Lock()
+
+
+class LmwidgetWarning(UserWarning):
+    """A warning from lmwidget that the user should act on."""
+
+
+# Python shows a warning once per call site by default; these must show every time.
+warnings.simplefilter("always", LmwidgetWarning)
+
+
+def register(source: "Source") -> None:
+    """A source starts training in this process (runs() lists it, and its resources are
+    sampled about once a second until it ends, off its thread)."""
+    from . import monitor
+
+    with _runs_lock:
+        if source not in _runs:
+            _runs.append(source)
+    monitor.watch()  # it also closes the finished runs that keep_runs() no longer keeps whole
+
+
+def runs() -> list:
+    """Every run that trained in this process (yours and lmwidget's), oldest first."""
+    with _runs_lock:
+        return list(_runs)
+
+
+def active_runs() -> list:
+    return [r for r in runs() if r.state not in ENDED]
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """Stop runs before the interpreter goes: torch work in a dying daemon thread aborts it."""
+    for run in active_runs():
+        run.stop()
+    for run in runs():
+        run.join(5.0)
+
+
+class Source:
+    """What the dashboard, compare, the static summary, the exports and a job's stream read,
+    and what their controls act on.
+
+    A source has a `record` (a History: metrics by step, the user's metrics, events,
+    resource samples, text samples, histograms) and a `control` (a Control: pause, stop and
+    requests, crossing threads). It says where the run stands (`state`, `step`, `max_steps`,
+    `lr`, `grad_clip`, `paused`, `elapsed`, `error`, `anomaly`), what it is (`describe()`,
+    `options()`, `layers`, `device`), and which controls it cannot carry out
+    (`unsupported`: {control: why}). Subclasses: Run (lmwidget's own loop), Loop (yours,
+    and the Hugging Face and Lightning adapters built on it) and RemoteRun (an attached job).
+    """
+
+    #: {control: why} for every control (see CONTROLS) this source cannot carry out
+    unsupported: dict = {}
+
+    def __init__(self):
+        self.id = next(_ids)
+        self.record = History()
+        self.control = Control()
+        self.ghosts: list = []     # earlier runs its dashboard draws faintly
+        self._dashboard = None
+        self._shown_in = None      # the execution count of the cell that displayed the dashboard
+        self._lock = threading.Lock()
+
+    # -- what it is ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"run {self.id}"
+
+    def describe(self) -> dict:
+        """What trains and how, as short strings for a header: at least "model"."""
+        return {"model": "a model"}
+
+    def options(self) -> dict:
+        """The run's options as plain values (compare labels runs by those that differ)."""
+        return {}
+
+    @property
+    def layers(self) -> list[str]:
+        """The layer groups of the per-layer gradient norms, in model order."""
+        return []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    # -- where it stands -----------------------------------------------------------------------
+    state = "running"
+    step = 0
+    max_steps = None   # None: not known (the progress shows no total)
+    lr = float("nan")
+    grad_clip = 0.0
+    started = False
+    error = None
+    anomaly = None
+    restored_from = None
+
+    @property
+    def paused(self) -> bool:
+        """Paused, or asked to pause (the Pause button reads "Resume"); never once ended."""
+        return self.control.paused and not self.ended
+
+    @property
+    def self_paused(self) -> bool:
+        """Paused by a non-finite step of its own, not by a request."""
+        return False
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def elapsed(self) -> float:
+        return self.record.clock() if self.started else 0.0
+
+    @property
+    def start_time(self) -> float | None:
+        """The wall-clock time (time.time()) of the run's clock's zero, for exports."""
+        return time.time() - self.elapsed if self.started else None
+
+    @property
+    def last_save(self):
+        """The newest save's outcome: ("ok", {"step", "path", "bytes", "seconds"}) or
+        ("error", message); None before any."""
+        return None
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        return []
+
+    # -- its record ---------------------------------------------------------------------------
+    @property
+    def history(self):
+        """Per-step metrics as a pandas DataFrame (a fresh copy at each access)."""
+        return self.record.frame()
+
+    @property
+    def events(self):
+        """What happened, as a DataFrame: step, time, kind, value, detail."""
+        return self.record.events_frame()
+
+    @property
+    def resources(self):
+        """Every resource sample: about one a second while the run trains (lmwidget.core.monitor)."""
+        return self.record.resources_frame()
+
+    @property
+    def samples(self) -> list[tuple[int, str]]:
+        return self.record.samples_since(0)
+
+    @property
+    def histograms(self) -> list[dict]:
+        """Histograms asked for with request_histogram(), oldest first."""
+        return self.record.histograms_since(0)
+
+    @property
+    def layer_grad_norms(self):
+        """The newest step's gradient norm of each layer group (before clipping), as a
+        pandas Series named by that step; None before the first step."""
+        latest = self.record.layer_grad_norms
+        if latest is None:
+            return None
+        import pandas as pd
+
+        step, norms = latest
+        return pd.Series(torch.as_tensor(norms).double().cpu().numpy(), index=self.layers, name=step)
+
+    def log(self, **metrics) -> None:
+        """Record metrics of your own at the current step (`run.log(val_acc=0.91)`): numbers
+        or 0-d tensors (kept on their device until a view reads them). Each lands in the
+        history, the exports and a chart of its own."""
+        self.record.log(self.step, metrics)
+
+    def log_event(self, kind: str, value=None, detail: str = "") -> None:
+        """Mark something at the current step: it joins `events` and the charts' markers."""
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"kind must be a non-empty string; got {kind!r}")
+        self.record.record_event(self.step, kind, value, str(detail))
+
+    @property
+    def gpu_status(self) -> str:
+        """Which GPU the resource samples describe, or why there is none."""
+        return self._resource_sampler().gpu_status
+
+    def sample_resources(self) -> dict:
+        """Sample CPU, memory and GPU now and record it (the resource monitor calls this about
+        once a second; never the training loop)."""
+        sampler = self._resource_sampler()
+        with self._lock:
+            sample = sampler.sample()
+        self.record.record_resources(self.record.clock(), self.step, sample)
+        return sample
+
+    def _resource_sampler(self):
+        with self._lock:
+            if getattr(self, "_sampler", None) is None:
+                from lmwidget.system.resources import ResourceSampler
+
+                self._sampler = ResourceSampler(self.device)
+            return self._sampler
+
+    # -- its memory ---------------------------------------------------------------------------
+    closed = False
+    #: what a closed run cannot do any more: each needs the model that close() let go of
+    NEED_MODEL = ("sample", "save", "histogram", "evaluate")
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Let go of what the run holds beyond its record: the model, optimizer and data (host
+        and device memory), and its dashboard's widgets, whose cells keep the static summary
+        of its curves. A run still training is stopped first. Its history, events, samples,
+        options and description stay: compare(), ghosts, exports and a new dashboard read them.
+        Older finished runs are closed this way while newer ones train (see keep_runs)."""
+        if self.closed:
+            return
+        if not self.ended:
+            self.stop("closed")
+        if not self.join(timeout):
+            raise TimeoutError(f"{self.name} did not end within {timeout} s of being stopped, so it "
+                               f"was not closed (its thread still holds the model); try again")
+        self.record.drain()  # no value of the record left on the device
+        latest = self.record.layer_grad_norms
+        if latest is not None:
+            self.record.layer_grad_norms = (latest[0], torch.as_tensor(latest[1]).cpu())
+        with self._lock:
+            if self.closed:
+                return
+            self._release()
+            why = f"{self.name} was closed: its model was released (its record stays)"
+            self.unsupported = {**self.unsupported, **{c: why for c in self.NEED_MODEL}}
+            self.closed = True
+            dashboard, self._dashboard = self._dashboard, None
+        if dashboard is not None:
+            dashboard.retire()  # its own thread leaves the summary in its cells and closes it
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        retention.give_back_host_memory()
+
+    def _release(self) -> None:
+        """Drop this source's references to the model, optimizer and data."""
+
+    # -- steering -----------------------------------------------------------------------------
+    def supports(self, control: str) -> bool:
+        return control not in self.unsupported
+
+    def _check(self, control: str) -> None:
+        """Refuse a control this source cannot carry out, or one that acts only on a loop
+        still training once the run has ended, saying why."""
+        if control in self.unsupported:
+            raise NotImplementedError(f"{self.name} cannot {control}: {self.unsupported[control]}")
+        if control in LIVE_ONLY and self.ended:
+            raise RuntimeError(ended_refusal(self.name, self.state, self.step, control))
+
+    # pause, resume and stop ask for a state that an ended run is past: then they do nothing
+    def pause(self) -> None:
+        """Pause at the next step boundary; nothing once the run has ended."""
+        if not self._past("pause"):
+            self.control.pause()
+
+    def resume(self) -> None:
+        if not self._past("pause"):
+            self.control.resume()
+
+    def stop(self, note: str = "") -> None:
+        """Stop at the next step boundary; `note` (why) goes into the stop event. Nothing
+        once the run has ended."""
+        if not self._past("stop"):
+            self.control.stop(note)
+
+    def _past(self, control: str) -> bool:
+        """True when the run has ended (the control has nothing to do); refuses a control
+        this source cannot carry out."""
+        if control in self.unsupported:
+            self._check(control)
+        return self.ended
+
+    def set_lr(self, lr, note: str = "") -> None:
+        """Set the base learning rate, applied at the next step; a schedule still shapes it."""
+        self._check("lr")
+        self._request("lr", check_lr(lr), note)
+
+    def set_grad_clip(self, grad_clip) -> None:
+        """Set the max gradient norm (0 turns clipping off), applied at the next step."""
+        self._check("grad_clip")
+        self._request("grad_clip", check_grad_clip(grad_clip))
+
+    def request_sample(self) -> None:
+        """Ask for a text sample without waiting: it lands in `samples` (and the dashboard)."""
+        self._check("sample")
+        self._request("sample")
+
+    def sample(self, timeout: float | None = 30.0) -> str:
+        """Text generated by the current model (taken between two training steps)."""
+        before = len(self.record.samples_since(0))
+        self.request_sample()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(samples := self.record.samples_since(before)) == 0:
+            if self.error is not None and self.ended:
+                raise RuntimeError(f"{self.name} failed before the sample was taken: {self.error!r}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no sample within {timeout} s; the training step may be slow")
+            time.sleep(0.01)
+        return samples[0][1]
+
+    def request_histogram(self, layer: str) -> None:
+        """Ask for histograms of a layer group's weights and gradients (see `layers`)."""
+        self._check("histogram")
+        if layer not in self.layers:
+            raise ValueError(f"unknown layer {layer!r}; this model's layers: {', '.join(self.layers)}")
+        self._request("histogram", layer)
+
+    def evaluate(self) -> None:
+        """Ask for a validation estimate at the next step boundary (the `val_loss` column)."""
+        self._check("evaluate")
+        self._request("evaluate")
+
+    def request_save(self, path=None):
+        """Ask for a checkpoint without waiting; returns a job whose `wait(timeout)` gives
+        {"path", "step", "bytes", ...}."""
+        raise NotImplementedError(f"{self.name} cannot save: {self.unsupported.get('save', 'not built')}")
+
+    def save(self, path=None, timeout: float | None = 60.0):
+        """Write a checkpoint of this step and return its path; blocks until it is written."""
+        from pathlib import Path
+
+        return Path(self.request_save(path).wait(timeout)["path"])
+
+    def _request(self, kind: str, value=None, note: str = "") -> None:
+        """Queue a request for the loop, carried out at its next step boundary."""
+        if not self.control.request(kind, value, note):
+            raise RuntimeError(f"{self.name} has ended ({self.state}): it cannot {kind} any more")
+
+    def watch(self, event: threading.Event) -> None:
+        """Set `event` whenever the run's state changes (a view redraws at once)."""
+        self.control.watch(event)
+
+    def unwatch(self, event: threading.Event) -> None:
+        self.control.unwatch(event)
+
+    @property
+    def alive(self) -> bool:
+        """Its training still runs (a thread, or a loop on the caller's thread)."""
+        return self.started and not self.ended
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the training to end; True once it has."""
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (True) or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = threading.Event()
+        self.watch(changed)
+        try:
+            while not self.ended:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                changed.wait(left if left is None else min(left, 1.0))
+                changed.clear()
+        finally:
+            self.unwatch(changed)
+        return True
+
+    def wait_for_step(self, step: int, timeout: float | None = None) -> bool:
+        """Block until the run has done `step` steps (True): a cell that pauses, samples or
+        inspects the run waits for it to have learned something first. False when `timeout`
+        s pass, or the run ends or pauses itself (a non-finite step) before that step;
+        re-raises a failure. A pause of yours is waited through."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0; got {step!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.step < step:
+            if self.ended:
+                if self.error is not None:
+                    raise self.error
+                return False
+            if self.self_paused:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)  # the caller's thread: the run is never touched
+        return True
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def dashboard(self):
+        """The dashboard widget (created on first use, on the calling thread)."""
+        with self._lock:
+            if self._dashboard is None:
+                from lmwidget.views.dashboard import Dashboard
+
+                self._dashboard = Dashboard(self)
+        return self._dashboard
+
+    def show(self) -> None:
+        """Display the dashboard in the running cell (once per cell); in a script, nothing."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or not hasattr(shell, "kernel"):
+            return  # not in a notebook kernel: nothing to draw on
+        if self._shown_in == shell.execution_count:
+            return
+        self._shown_in = shell.execution_count
+        self.dashboard.show()
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def export(self, directory) -> dict:
+        """Write the run's record into `directory` and return {name: path}: history.csv
+        (and .parquet with pyarrow), events.csv, resources.csv, samples.json, config.json,
+        and TensorBoard event files under tensorboard/ when tensorboard is installed."""
+        from lmwidget.views.export import export
+
+        return export(self, directory)
+
+    def to_html(self, path):
+        """Write one standalone HTML page with the run's curves (drawn without a kernel or
+        network) and the dashboard's widget state; returns its path."""
+        from lmwidget.views.export import to_html
+
+        return to_html(self, path)
+
+    def __repr__(self) -> str:
+        total = "?" if self.max_steps is None else self.max_steps
+        return (f"<lmwidget.{type(self).__name__} {self.id}: {self.describe().get('model')}, "
+                f"{self.state}, step {self.step}/{total}, lr={self.lr:.3g}>")

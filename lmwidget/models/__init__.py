@@ -1,0 +1,1 @@
+"""Models: lmwidget's GPT and LSTM, Hugging Face models, and model directories checked before loading."""

@@ -1,0 +1,1 @@
+"""The signed, encrypted channel between a job and a notebook."""

@@ -1,0 +1,1 @@
+"""lmwidget's own training: the config, the optimizer, the built-in loop, Run, and distributed ranks."""

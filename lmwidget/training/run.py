@@ -1,0 +1,334 @@
+"""Run: the handle on one run of lmwidget's own loop (its thread, trainer and dashboard), and train()."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from lmwidget.checkpoint import saving as checkpoint
+from lmwidget.models import pretrained
+from lmwidget.system import threads
+from lmwidget.core.callbacks import Callbacks
+from .config import TrainConfig
+from lmwidget.core.control import ENDED
+from lmwidget.data.dataset import Dataset
+from lmwidget.models.hf import unwrap
+from lmwidget.models.builtin import count_params
+from .optim import resolve_device
+from lmwidget.core.source import LmwidgetWarning, Source, active_runs, register, runs
+from lmwidget.core.steering import Steered
+from .trainer import Trainer
+
+
+def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
+          callbacks=None, ghosts: int = 0, **options) -> "Run":
+    """Start training in a background thread and return its Run at once.
+
+    In a notebook the dashboard is displayed in the cell's output. `model`: "gpt" (the
+    default), "lstm" or your nn.Module; `data`: "builtin" (the default), "shakespeare", a
+    path or text. Options: see TrainConfig; `callbacks`: a Callback or a list of them
+    (EarlyStopping, ReduceLROnPlateau, your own). `resume`: a checkpoint file, or a
+    directory of them (its newest is used), to continue, with its history; options given
+    override the saved ones, except those that shape the model (checkpoint.FIXED).
+    `ghosts=N` draws the loss curves of this kernel's N latest finished runs faintly on the
+    new dashboard. `lr` may be an LRFinder (lr_find): its chosen LR, else its suggestion.
+    If a run is already training, no second one starts unless `concurrent=True`: a warning
+    names `%lmstop` and the running run is returned.
+    """
+    if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
+        raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
+    if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
+        options["lr"].wait()  # it may still be training the model; re-raises its failure
+        options["lr"] = options["lr"].lr
+    restore = None
+    if resume is not None:
+        restore = checkpoint.read(resume)
+        config = checkpoint.resume_config(restore, model, data, options)
+    else:
+        config = TrainConfig.from_options(model="gpt" if model is None else model,
+                                          data="builtin" if data is None else data, **options)
+    callbacks = Callbacks(callbacks)
+    running = [r for r in active_runs() if not r.control.stop_requested]  # stopping ones are ending
+    if running and not concurrent:
+        warnings.warn(
+            f"run {running[-1].id} is still training (state {running[-1].state!r}, step "
+            f"{running[-1].step}/{running[-1].max_steps}), so no new run was started and that "
+            f"run was returned. Stop it with %lmstop (or run.stop()) first, or pass "
+            f"concurrent=True (--concurrent) to train both at once.",
+            LmwidgetWarning, stacklevel=2)
+        run = running[-1]
+    else:
+        run = Run(config, callbacks=callbacks.items, restore=restore)
+        if ghosts:
+            run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
+        run.start()
+    if display:
+        run.show()
+    return run
+
+
+def _describe_data(data) -> str:
+    return f"(a str of {len(data)} characters)" if isinstance(data, str) and len(data) > 60 else repr(data)
+
+
+class Run(Steered, Source):
+    """One run of lmwidget's own training loop. Every method is thread-safe and returns at
+    once, except wait(), sample() and save()."""
+
+    def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
+                 dataset: Dataset | None = None, callbacks=None, restore: dict | None = None,
+                 sync=None):
+        """Prepare a run (call start()); `model` and `dataset` override building them from
+        config; `restore` is a checkpoint (checkpoint.read) to continue; `sync` a RankSync
+        in a torchrun job (lmwidget.train's command line)."""
+        super().__init__()
+        default_dir = Path("lmwidget-checkpoints") / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
+        self.checkpoint_dir = Path(config.checkpoint_dir or default_dir).expanduser().resolve()
+        # the resolved directory is saved with the options: a resumed run keeps saving there
+        self.config = config = dataclasses.replace(config, checkpoint_dir=str(self.checkpoint_dir))
+        callbacks = Callbacks(callbacks)
+        if dataset is None:
+            tokenizer = None if restore is None else checkpoint.tokenizer_of(restore)
+            dataset = Dataset.from_config(config, tokenizer)
+        if restore is not None and dataset.fingerprint() != restore["data_sha256"]:
+            raise checkpoint.CheckpointError(
+                f"the data {_describe_data(config.data)} is not what checkpoint {restore['path']} was "
+                f"trained on (its tokens differ), so resuming would not continue that run: pass the "
+                f"original data")
+        dataset.check_block_size(config.block_size)
+        if model is None:
+            model = pretrained.build(config, dataset, sync.device if sync is not None else resolve_device(config.device))
+        self._trainer = Trainer(config, model, dataset, self.control, self.record,
+                                callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
+                                restore=restore, sync=sync)
+        self._thread = threading.Thread(target=self._trainer.run, daemon=True,
+                                        name=f"lmwidget-run-{self.id}")
+        self._described = None
+
+    def start(self) -> "Run":
+        register(self)
+        with self._lock:  # a save of the unstarted run is written before or after, never during
+            threads.start(self._thread, cpu=self.device.type == "cpu")
+        if self._dashboard is not None:
+            self._dashboard.kick()  # a view made before the start follows it from now
+        return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
+    def alive(self) -> bool:
+        """The training thread is running (it ends once the run has ended and saved)."""
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s for the training thread to end; True once it has."""
+        if self.started:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- what the run is and does -----------------------------------------------------------
+    def describe(self) -> dict:
+        if self._described is None:  # fixed for the run's life, and kept once it is closed
+            model = pretrained.describe(self.model, self.config.model)
+            self._described = {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
+                               "tokenizer": self.tokenizer.describe(),
+                               "data": str(self.config.summary()["data"])}
+        return dict(self._described)
+
+    def _release(self) -> None:
+        self.describe()
+        self._trainer.release()
+
+    def options(self) -> dict:
+        return self.config.summary()
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._trainer.grad_norms.names)
+
+    @property
+    def device(self) -> torch.device:
+        return self._trainer.device
+
+    @property
+    def steering(self):
+        """The loop's Steering: its state, anomaly and requests (Steered reads it)."""
+        return self._trainer.steering
+
+    @property
+    def step(self) -> int:
+        return self._trainer.step
+
+    @property
+    def max_steps(self) -> int:
+        return self.config.max_steps
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU intra-op threads the training step uses now: `threads=`, or what the thread
+        tuner settled on; None before the start and on an accelerator."""
+        return self._trainer.threads
+
+    @property
+    def lr(self) -> float:
+        """The base learning rate (the schedule shapes what is applied)."""
+        return self._trainer.base_lr
+
+    @property
+    def grad_clip(self) -> float:
+        return self._trainer.grad_clip
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The model it trains; None once the run was closed."""
+        return self._trainer.model
+
+    @property
+    def tokenizer(self):
+        return self._trainer.data.tokenizer if self._trainer.data is not None else self._trainer.tokenizer
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The tokens it trains on (memory-mapped when `data` is a token directory); None
+        once the run was closed."""
+        return self._trainer.data
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._trainer.error
+
+    @property
+    def elapsed(self) -> float:
+        t = self._trainer
+        return 0.0 if t.started is None else (t.ended or time.time()) - t.started
+
+    @property
+    def start_time(self) -> float | None:
+        t = self._trainer
+        return None if t.started is None else t.started - t.clock0
+
+    @property
+    def last_save(self):
+        return self._trainer.checkpointer.last
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        """Every checkpoint this run wrote: step, kind, path, bytes, seconds."""
+        return list(self._trainer.checkpointer.saved)
+
+    @property
+    def restored_from(self) -> str | None:
+        """The checkpoint this run resumed from, if any."""
+        return self._trainer.restored_from
+
+    # -- steering -------------------------------------------------------------------------
+    def _request(self, kind: str, value=None, note: str = "") -> None:
+        """Queue a request for the loop; once the loop has ended, carry it out here (after
+        the loop's own leftovers, in one order)."""
+        self._trainer.steering.request(kind, value, note)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (True), or return False once `timeout` seconds pass or
+        the run pauses itself on a non-finite step (it then waits for you: lower the LR and
+        resume, or stop it). A pause of yours is waited through.
+
+        Re-raises the exception of a failed run. In a notebook this blocks widget
+        messages while it waits, unless comms run over subshells.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(f"run {self.id}'s own training thread (a callback?) called wait(): "
+                               f"it would wait for itself forever")
+        if not self.started:
+            raise RuntimeError(f"run {self.id} has not started: call run.start() first")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed, control = threading.Event(), self.control
+        control.watch(changed)  # set at every state change: no polling
+        try:
+            while self._thread.is_alive() and self.state not in ENDED:
+                if (self.state == "paused" and self._trainer.self_paused and control.paused
+                        and not control.stop_requested):  # and nobody has told it to go on yet
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                changed.wait(left)
+                changed.clear()
+        finally:
+            control.unwatch(changed)
+        self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            return False
+        if self.error is not None:
+            raise self.error
+        return True
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def request_save(self, path=None) -> checkpoint.SaveJob:
+        """Ask for a checkpoint without waiting (the Save button); see save()."""
+        self._check("save")
+        return self._ask(checkpoint.SaveJob(path))
+
+    def save(self, path=None, timeout: float | None = 60.0) -> Path:
+        """Write a checkpoint of this step and return its path; blocks until it is written.
+
+        `path`: a file, a directory to save into, or None for `checkpoint_dir`
+        (saved-<step>.pt). Taken between two steps while the run trains, at once while it
+        is paused or has ended. The file is written atomically; `lmwidget.train(resume=path)`
+        continues the run from it. Raises what went wrong (a full disk, a bad path).
+        """
+        return super().save(path, timeout)
+
+    def _ask(self, job: checkpoint.SaveJob) -> checkpoint.SaveJob:
+        """Have the loop carry out `job` between two steps (or carry it out now, from a
+        callback, before the start, or after the end)."""
+        self._trainer.checkpointer.ask(job)
+        if threading.current_thread() is self._thread:  # a callback, between two steps
+            self._trainer.apply("save", None)
+            return job
+        with self._lock:
+            unstarted = not self.started
+            if unstarted:
+                self._trainer.apply("save", None)
+        if not unstarted:
+            self._request("save")
+        return job
+
+    def branch(self, *, display: bool = True, callbacks=None, timeout: float | None = 60.0,
+               **options) -> "Run":
+        """A new run that starts from this one's current state (weights, optimizer, LR as
+        steered, data position, RNG states) and history, with `options` changed (lr=...).
+
+        The branch is taken between two steps (at once if paused or ended) and returned
+        paused at the branch step: its dashboard's Resume (or `branch.resume()`) starts it.
+        This run goes on untouched, so two choices can be tried from the same point and
+        compared. Options that shape the model or the data split cannot change.
+        """
+        self._check("save")
+        copied = self._ask(checkpoint.SaveJob(memory=True)).wait(timeout)
+        payload = copied["payload"]
+        payload["path"] = f"run {self.id} at step {copied['step']}"
+        config = checkpoint.resume_config(payload, copied["model"], None, options)
+        child = Run(config, dataset=self._trainer.data, callbacks=callbacks, restore=payload)
+        self.record.record_event(copied["step"], "branch", None,
+                                 f"run {child.id} branched here" + "".join(
+                                     f", {k}={v!r}" for k, v in options.items()))
+        child.control.pause()  # paused at the branch step until resumed
+        child.start()
+        deadline = time.monotonic() + 30
+        while child.state != "paused" and child.state not in ENDED and time.monotonic() < deadline:
+            time.sleep(0.002)  # its thread restores the state, then stops at the pause
+        if display:
+            child.show()
+        return child
+
+    def __repr__(self) -> str:
+        model = self.config.summary()["model"]
+        return (f"<lmwidget.Run {self.id}: {model}, {self.state}, step {self.step}/"
+                f"{self.max_steps}, lr={self.lr:.3g}>")

@@ -1,0 +1,186 @@
+"""Runs side by side: loss (or bits per byte), validation loss, grad norm and LR overlaid, live, with a table."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import traceback
+
+import ipywidgets as w
+import numpy as np
+
+from lmwidget.system import shutdown
+from .charts import Chart, SharedX, show_in_notebook
+from lmwidget.core.control import ENDED
+from lmwidget.core.palette import BLUE, BROWN, GREEN, ORANGE, PINK, PURPLE, RED, TEAL
+from lmwidget.core.schema import BY_NAME, CHARTS, COLUMNS, PER_BYTE
+from lmwidget.core.source import Source
+
+PALETTE = (BLUE, ORANGE, GREEN, PURPLE, RED, TEAL, BROWN, PINK)
+UPDATE_INTERVAL = 0.25
+LEGEND_CHARS = 28  # longer legend labels overflow bqplot's legend box (it sizes the box, not the text)
+SKIP = {"checkpoint_dir", "data", "model", "device", "threads", "compile"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def labels_for(runs) -> list[str]:
+    """What tells the runs apart, e.g. "run 3: lr=0.003": the options (and steered LRs) that
+    differ between them, the LR first, at most three."""
+    rows = []
+    for run in runs:
+        summary = dict(run.options())
+        summary["lr"] = run.lr  # as steered
+        rows.append(summary)
+    keys = [k for k in rows[0] if k not in SKIP and len({repr(r.get(k)) for r in rows}) > 1]
+    keys.sort(key=lambda k: k != "lr")  # the LR first: what runs are most often compared by
+    return [f"run {run.id}" + (": " + ", ".join(f"{k}={_fmt(row[k])}" for k in keys[:3]) if keys else "")
+            for run, row in zip(runs, rows)]
+
+
+def legend_labels(labels, runs, max_chars: int = LEGEND_CHARS) -> list[str]:
+    """`labels` cut to what a chart's legend shows whole (at most `max_chars`, whole options
+    kept, "…" where cut), each still its own; else "run <id>"."""
+    out = []
+    for label in labels:
+        if len(label) > max_chars:
+            cut = label[:max_chars - 1]
+            label = (cut.rsplit(", ", 1)[0] if ", " in cut else cut).rstrip(":, ") + "…"
+        out.append(label)
+    return out if len(set(out)) == len(out) else [f"run {run.id}" for run in runs]
+
+
+def tokenizers_differ(runs) -> bool:
+    """Runs whose tokenizers differ: their losses per token measure different things."""
+    return len({run.describe().get("tokenizer") for run in runs}) > 1
+
+
+def stats(run, per_byte: bool = False) -> dict:
+    """Final and best values of a run, for the table (in bits per byte with `per_byte`)."""
+    name, val_name = (PER_BYTE["loss"], PER_BYTE["val_loss"]) if per_byte else ("loss", "val_loss")
+    frame = run.history
+    loss = frame[name].to_numpy()
+    tail = loss[-50:][np.isfinite(loss[-50:])]
+    val = frame[["step", val_name]].dropna()
+    best = val.loc[val[val_name].idxmin()] if len(val) else None
+    return {"state": run.state, "step": run.step, "loss": float(tail.mean()) if len(tail) else np.nan,
+            "val_loss": float(val[val_name].iloc[-1]) if len(val) else np.nan,
+            "best_val_loss": float(best[val_name]) if best is not None else np.nan,
+            "best_step": int(best["step"]) if best is not None else None,
+            "tokens_per_sec": float(np.nanmedian(frame["tokens_per_sec"])) if len(frame) else np.nan}
+
+
+class Compare(w.VBox):
+    """Built on the caller's thread; one updater thread writes every trait while any run trains."""
+
+    def __init__(self, runs, labels=None, per_byte: bool | None = None):
+        if not runs:
+            raise ValueError("compare() needs at least one run")
+        bad = [r for r in runs if not isinstance(r, Source)]
+        if bad:
+            raise TypeError(f"compare() takes lmwidget runs (a Run, Loop, RemoteRun, ...); got "
+                            f"{type(bad[0]).__name__}")
+        self.runs = list(runs)
+        self.labels = list(labels) if labels is not None else labels_for(self.runs)
+        if len(self.labels) != len(self.runs):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.runs)} runs")
+        self.legend = legend_labels(self.labels, self.runs)  # the charts' series (the table: in full)
+        self.colors = [PALETTE[i % len(PALETTE)] for i in range(len(self.runs))]
+        colors = dict(zip(self.legend, self.colors))
+        x = SharedX()  # every chart's step axis, from 0
+        self.per_byte = tokenizers_differ(self.runs) if per_byte is None else bool(per_byte)
+        self.metrics = [BY_NAME[PER_BYTE[m.name]] if self.per_byte and m.name in PER_BYTE else m
+                        for m in COLUMNS if m.compare]
+        self.charts = {}
+        for m in self.metrics:
+            spec = CHARTS[m.chart]
+            series = {label: (colors[label], "circle" if m.sparse else None) for label in self.legend}
+            css = f"lmwidget-compare-{m.name.replace('_', '-')}"
+            self.charts[m.name] = Chart(m.title or spec.title, x, series, css, log=spec.log,
+                                        tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero)
+        self.table = w.HTML()
+        self.table.add_class("lmwidget-compare-table")
+        grid = w.GridBox([c.figure for c in self.charts.values()], layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
+        super().__init__([grid, self.table])
+        self.add_class("lmwidget-compare")
+        self._rows = [0] * len(self.runs)
+        self._table_key = None
+        self._updater = None
+        self._lock = threading.Lock()
+        self.kick()
+
+    def kick(self) -> None:
+        with self._lock:
+            if self._updater is None:
+                self._updater = shutdown.start(self._loop, "lmwidget-compare")
+
+    def _loop(self) -> None:
+        while True:
+            idle = all(r.state in ENDED for r in self.runs)  # one started later is followed too
+            try:
+                self.refresh()
+            except Exception:
+                self.table.value = f"<pre>{html.escape(traceback.format_exc())}</pre>"
+            with self._lock:
+                if idle or shutdown.exiting():
+                    self._updater = None
+                    return
+            time.sleep(UPDATE_INTERVAL)
+
+    def refresh(self) -> None:
+        fed = {}
+        for i, (run, label) in enumerate(zip(self.runs, self.legend)):
+            run.record.drain()
+            new = run.record.since(self._rows[i])
+            self._rows[i] += len(new["step"])
+            for m in self.metrics:
+                x, y = new["step"], new[m.name]
+                if m.sparse:
+                    keep = ~np.isnan(y)
+                    x, y = x[keep], y[keep]
+                if self.charts[m.name].extend(label, x, y):
+                    fed.setdefault(m.name, []).append(label)
+        for column, labels in fed.items():
+            self.charts[column].draw(labels)
+        key = tuple((r.state, r.step) for r in self.runs)
+        if key != self._table_key:
+            self._table_key = key
+            self.table.value = self.table_html()
+
+    def _ipython_display_(self) -> None:
+        show_in_notebook(self)  # once per cell: compare() on its own line draws one view
+
+    def table_html(self) -> str:
+        loss = "bits/byte" if self.per_byte else "loss"
+        head = (f"<tr><th>run</th><th>state</th><th>step</th><th>{loss} (last 50)</th><th>val {loss}</th>"
+                f"<th>best val {loss}</th><th>tokens/s</th></tr>")
+        rows = []
+        for run, label, color in zip(self.runs, self.labels, self.colors):
+            s = stats(run, self.per_byte)
+            best = "–" if s["best_step"] is None else f"{s['best_val_loss']:.4f} (step {s['best_step']})"
+            rows.append(
+                f'<tr><td><span style="color:{color}">&#9632;</span> {html.escape(label)}</td>'
+                f"<td>{s['state']}</td><td>{s['step']}</td>"
+                f"<td>{s['loss']:.4f}</td><td>{s['val_loss']:.4f}</td><td>{best}</td>"
+                f"<td>{s['tokens_per_sec']:,.0f}</td></tr>")
+        return (f'<table style="border-collapse:collapse" border="1" cellpadding="3">{head}'
+                f'{"".join(rows)}</table>')
+
+
+def compare(*runs, labels=None, per_byte: bool | None = None, display: bool = True) -> Compare:
+    """Overlay the loss, validation loss, grad norm and LR of several runs (finished or still
+    training: the charts follow them live), each labelled by what differs between them,
+    with a table of final and best values. `per_byte`: losses in bits per byte (the default
+    when the runs' tokenizers differ), else in nats per token."""
+    if len(runs) == 1 and isinstance(runs[0], (list, tuple)):
+        runs = tuple(runs[0])
+    view = Compare(runs, labels, per_byte)
+    if display:
+        show_in_notebook(view)
+    return view

@@ -1,0 +1,491 @@
+"""Dashboard: the widget view of any source (see source.py), redrawn by one throttled updater thread."""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+import traceback
+
+import ipywidgets as w
+import numpy as np
+
+from lmwidget.system import shutdown
+from .cells import Cells, close_widgets
+from .charts import Chart, SharedX, view_bundle
+from .smoothing import DEFAULT as DEFAULT_SMOOTHING
+from .compare import labels_for, legend_labels
+from lmwidget.core.control import ENDED, LIVE_ONLY
+from .frontends import prepare, track_cells
+from .pacing import Pacer
+from lmwidget.core.palette import AMBER, BLUE, GREEN, GREY, MUTED, RED
+from .panels import HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
+from lmwidget.core.schema import CHARTS, user_chart
+from .summary import summary_html
+
+UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
+SUMMARY_QUIET = 1.0     # s with nothing redrawn before the static summary joins the cell
+GHOST_COLOR = MUTED
+LR_DECADES = 2.0            # the LR slider spans this many decades either side of the current LR,
+LR_SLIDER_WIDTH = "460px"   # over a track of ~290 px: 10 px of drag is x1.37 at most
+BYTES_PER_SEC = 128 * 1024  # long runs redraw less often rather than stream full series at 4 Hz
+STATE_COLORS = {"running": GREEN, "paused": AMBER, "stopped": GREY,
+                "finished": BLUE, "failed": RED}
+BAR_STYLES = {"running": "", "paused": "warning", "stopped": "info", "finished": "success",
+              "failed": "danger"}
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "–"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def lr_range(lr: float) -> tuple[float, float]:
+    """The LR slider's (min, max) exponents: centred on `lr`, LR_DECADES either side."""
+    centre = math.log10(lr)
+    return centre - LR_DECADES, centre + LR_DECADES
+
+
+def redraw_interval(sent_bytes: int) -> float:
+    """Seconds until the next redraw: 4 Hz, slower once a redraw carries many bytes."""
+    return max(UPDATE_INTERVAL, sent_bytes / BYTES_PER_SEC)
+
+
+def _css(key: str) -> str:
+    return "lmwidget-chart-" + key.replace("_", "-").replace(":", "-")
+
+
+class Dashboard(w.VBox):
+    """Widgets are built on the caller's (main) thread. Their callbacks only ask the source;
+    the updater thread alone writes widget traits."""
+
+    def __init__(self, run):
+        self._run = run
+        total = run.max_steps
+        self.title = w.HTML(" · ".join(f"<b>{html.escape(str(v))}</b>" if k == "model" else html.escape(str(v))
+                                       for k, v in run.describe().items()))
+        self.status = w.HTML(layout=w.Layout(min_width="80px"))
+        self.step_label = w.Label("0")
+        self.progress = w.IntProgress(value=0, min=0, max=total or 1, layout=w.Layout(
+            width="220px", display=None if total else "none"))
+        self.speed = w.Label()
+        self.timing = w.Label()
+        self.pause_button = w.Button(description="Pause", icon="pause", layout=w.Layout(width="100px"))
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
+                                    layout=w.Layout(width="90px"))
+        lr = run.lr if math.isfinite(run.lr) and run.lr > 0 else 1e-3
+        lo, hi = lr_range(lr)
+        self.lr_slider = w.FloatLogSlider(value=lr, base=10, min=lo, max=hi, step=0.01,
+                                          description="lr", readout_format=".2e",
+                                          continuous_update=False, layout=w.Layout(width=LR_SLIDER_WIDTH))
+        self.clip_input = w.BoundedFloatText(value=run.grad_clip or 0.0, min=0, max=1e30, step=0.1,
+                                             description="clip norm", layout=w.Layout(width="180px"))
+        self.smoothing = w.FloatSlider(value=DEFAULT_SMOOTHING, min=0.0, max=0.99, step=0.01, description="smoothing",
+                                       readout_format=".2f", continuous_update=False,
+                                       tooltip="exponential moving average of loss, perplexity and tokens/s "
+                                               "(0: raw); the raw curve stays faint behind",
+                                       layout=w.Layout(width="260px"))
+        self.sample_button = w.Button(description="Sample", icon="comment")
+        self.save_button = w.Button(description="Save", icon="save",
+                                    tooltip="write a checkpoint of this step (run.save())")
+        self.evaluate_button = w.Button(description="Evaluate", icon="check",
+                                        tooltip="estimate the validation loss now (run.evaluate())")
+        self.save_status = w.HTML()
+        self.notice = w.HTML()
+        self.sample_text = w.HTML()
+        self._wake = threading.Event()  # set by a click, the run's state changing, the page: redraw now
+        self.pacer = Pacer(self._wake)
+        for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
+                            (self.lr_slider, "lmwidget-lr"), (self.step_label, "lmwidget-step"),
+                            (self.status, "lmwidget-status"), (self.sample_button, "lmwidget-sample"),
+                            (self.sample_text, "lmwidget-sample-text"), (self.notice, "lmwidget-notice"),
+                            (self.clip_input, "lmwidget-clip"), (self.save_button, "lmwidget-save"),
+                            (self.save_status, "lmwidget-save-status"), (self.title, "lmwidget-title"),
+                            (self.evaluate_button, "lmwidget-evaluate"), (self.smoothing, "lmwidget-smoothing")):
+            widget.add_class(css)
+
+        # earlier runs of this kernel, drawn faintly on the loss chart (train(ghosts=N))
+        self._ghosts = [g for g in run.ghosts if g is not run]
+        self._ghost_labels = (legend_labels(labels_for([*self._ghosts, run])[:-1], self._ghosts)
+                              if self._ghosts else [])
+        self._x = SharedX()  # one step axis shared by every chart, from 0
+        self._metrics = [m for m in run.record.metrics() if m.chart in CHARTS]
+        self.charts = {}
+        for spec in CHARTS.values():
+            series = {m.label: (m.color, "circle" if m.sparse else None)
+                      for m in self._metrics if m.chart == spec.key}
+            if spec.key == "loss":
+                series.update({label: (GHOST_COLOR, None) for label in self._ghost_labels})
+            self.charts[spec.key] = Chart(spec.title, self._x, series, _css(spec.key), log=spec.log,
+                                          tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero,
+                                          smooth=spec.smooth)
+        self.charts["grad_norm"].add_hline("clip", RED)
+        for label in self._ghost_labels:
+            self.charts["loss"].marks[label].opacities = [0.6]
+        self.resources = ResourcesPanel(gpu=run.device.type == "cuda")
+        self.layers = LayersPanel(run.layers)
+        self.histograms = HistogramPanel(run)
+        self.timelines = [*self.charts.values(), *self.resources.charts]  # every chart with events
+
+        self.pause_button.on_click(self._on_pause)
+        self.stop_button.on_click(lambda _: self._ask(run.stop))
+        self.sample_button.on_click(lambda _: self._ask(run.request_sample))
+        self.save_button.on_click(lambda _: self._ask(run.request_save))  # its outcome is drawn
+        self.evaluate_button.on_click(lambda _: self._ask(run.evaluate))
+        self.histograms.button.on_click(lambda _: self._ask(run.request_histogram, self.histograms.layer.value))
+        self.lr_slider.observe(self._on_lr, names="value")
+        self.clip_input.observe(self._on_clip, names="value")
+        self.smoothing.observe(lambda _: self.kick(), names="value")  # the updater redraws with it
+        self._controls = {"pause": self.pause_button, "stop": self.stop_button, "lr": self.lr_slider,
+                          "grad_clip": self.clip_input, "sample": self.sample_button,
+                          "save": self.save_button, "histogram": self.histograms.button,
+                          "evaluate": self.evaluate_button}
+        for control, why in run.unsupported.items():  # shown, but disabled, saying why
+            self._controls[control].disabled = True
+            self._controls[control].tooltip = f"not available: {why}"
+
+        header = w.HBox([self.status, w.Label("step"), self.step_label,
+                         w.Label(f"/ {total}" if total else ""), self.progress, self.speed, self.timing],
+                        layout=w.Layout(align_items="center", grid_gap="8px"))
+        controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
+                           self.sample_button, self.evaluate_button, self.save_button, self.smoothing],
+                          layout=w.Layout(align_items="center", grid_gap="8px", flex_flow="row wrap"))
+        figures = [c.figure for c in self.charts.values()] + [self.layers.figure] + [
+            c.figure for c in self.resources.charts]
+        self.grid = w.GridBox(figures, layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
+        super().__init__([self.title, header, controls, self.save_status, self.notice, self.grid,
+                          self.resources.gpu_label, self.histograms.widget, self.sample_text])
+        self.add_class("lmwidget-dashboard")
+
+        self._rows = 0           # history rows already fed to the charts
+        self._n_logged = 0       # the user's metric values already fed to their charts
+        self._undrawn = {}       # chart -> the series fed but not yet sent
+        self._held = False       # the last refresh held the charts back for the page
+        self._x0 = None          # the first step drawn
+        self._sent = 0           # chart bytes sent by the last refresh
+        self._drawn_lr, self._drawn_clip = self.lr_slider.value, self.clip_input.value
+        self._n_events = 0
+        self._n_samples = 0
+        self._shown = None       # the last (state, step, paused, lr, clip) drawn
+        self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
+        self._notice = None      # what the notice shows: (kind, ...)
+        self._save_shown = None  # the save outcome drawn
+        self.cells = Cells(f"lmwidget-{run.id}")  # the cells showing it: the summary goes there
+        self._retiring = False   # the run was closed: leave the summary, close the widgets
+        self._drawn_at = -math.inf  # when the last refresh changed anything (monotonic s)
+        self._updater = None
+        self._updater_lock = threading.Lock()
+        run.watch(self._wake)
+        self._urgent_until = -math.inf
+        self.kick()
+
+    # -- callbacks: any thread (a subshell included); they only ask the source -----------------
+    def _ask(self, action, *args) -> None:
+        try:
+            action(*args)
+        except (RuntimeError, ValueError, NotImplementedError, ConnectionError) as e:
+            self.save_status.value = f'<span style="color:{STATE_COLORS["failed"]}">{html.escape(str(e))}</span>'
+        self.kick()
+
+    def _on_pause(self, _):
+        self._ask(self._run.resume if self._run.paused else self._run.pause)
+
+    def _on_lr(self, change):
+        if not self._echo() and not math.isclose(change["new"], self._run.lr, rel_tol=1e-9):
+            self._run.set_lr(change["new"])
+
+    def _on_clip(self, change):
+        if not self._echo() and change["new"] != self._run.grad_clip:
+            self._run.set_grad_clip(change["new"])
+
+    def _echo(self) -> bool:
+        """True inside the updater's own write of a control: that is no request."""
+        return threading.current_thread() is self._updater
+
+    # -- display and the static summary --------------------------------------------------------
+    def show(self) -> None:
+        """Display in the running cell under a display id, so that when the run ends the
+        cell's output can also carry a static summary (see _leave_summary)."""
+        prepare()
+        track_cells()  # whether a redraw's acknowledgement can reach this kernel now
+        self.cells.show(self._bundle())
+        self.kick()  # an ended run's updater leaves the summary in this cell too
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def _bundle(self, summary: str | None = None) -> dict:
+        run = self._run
+        bundle = view_bundle(self, f"lmwidget dashboard of {run.name} ({run.state} at step {run.step}"
+                                   f"/{run.max_steps or '?'}): live in a notebook with a kernel")
+        if summary is not None:
+            bundle["text/html"] = summary
+        return bundle
+
+    def _summary_key(self) -> tuple:
+        run = self._run
+        return (run.state, run.step, len(run.record.events_since(0)), self.smoothing.value)
+
+    def _leave_summary(self) -> None:
+        """Once the run has ended: add the final curves as HTML to every cell showing this
+        dashboard. A live front end keeps drawing the widget (its richer type); a saved
+        notebook viewed with no kernel (nbviewer, GitHub, a reopened file) shows the HTML.
+        Redone when the run moves on (a save, a sample after the end) or the smoothing."""
+        if self._run.state in ENDED:
+            smoothing = self.smoothing.value
+            self.cells.update(lambda: self._bundle(summary_html(self._run, smoothing)), self._summary_key())
+
+    def retire(self) -> None:
+        """The run was closed: its cells keep only the static summary of its curves, and
+        every widget of this dashboard is closed (on the updater's thread, which draws)."""
+        self._retiring = True
+        self.kick()
+
+    def _retire_now(self) -> None:
+        run, smoothing = self._run, self.smoothing.value
+        self.cells.update(lambda: {"text/plain": f"lmwidget: {run.name} ({run.state} at step {run.step}), closed",
+                                   "text/html": summary_html(run, smoothing)}, "closed")
+        run.unwatch(self._wake)
+        close_widgets(self, self.pacer.drawn, self.pacer.acked, self.pacer.link, self.histograms.figures)
+
+    def kick(self) -> None:
+        """Make sure the updater runs (it exits once the run has ended and all is drawn), and
+        wake it now: a click shows its effect without waiting out a long redraw interval."""
+        self._urgent_until = time.monotonic() + 1.0  # redraw at full rate for a second
+        self._wake.set()
+        with self._updater_lock:
+            if self._updater is None:
+                self._updater = shutdown.start(self._update_loop, f"lmwidget-ui-{self._run.id}",
+                                               wake=self._wake.set)
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Once the run has ended (or before it starts): wait until everything it recorded
+        is drawn. While it trains the charts are at most one redraw behind anyway."""
+        self.kick()
+        with self._updater_lock:
+            updater = self._updater
+        if updater is not None and self._idle() and updater is not threading.current_thread():
+            updater.join(timeout)
+
+    def _idle(self) -> bool:
+        """Nothing more will happen by itself: the run has ended, or has not started."""
+        return self._run.state in ENDED or not self._run.started
+
+    def _update_loop(self) -> None:
+        while True:
+            if shutdown.exiting():  # the interpreter is going: nobody is left to see a redraw
+                with self._updater_lock:
+                    self._updater = None
+                return
+            if self._retiring:
+                with self._updater_lock:
+                    try:
+                        self._retire_now()
+                    finally:
+                        self._updater = None
+                    return
+            idle = self._idle()  # read first: the last draw sees the end
+            try:
+                self.refresh()
+                # the summary re-renders the cell's output: only once the last updates have
+                # landed, or a new view could get an update while it is still being built
+                if idle and time.monotonic() - self._drawn_at >= SUMMARY_QUIET:
+                    self._leave_summary()  # once per ended state: it checks what changed
+            except Exception:  # never let a drawing bug kill the view silently
+                self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
+            with self._updater_lock:  # a start kicks under this lock: no lost start
+                drawn = (not self._held and not self._retiring
+                         and self._n_samples == len(self._run.record.samples_since(0))
+                         and not self.histograms.pending(self._run)
+                         and (self._run.state not in ENDED or self.cells.up_to_date(self._summary_key())))
+                if idle and self._idle() and drawn:
+                    self._updater = None
+                    return
+            now = time.monotonic()
+            wait = UPDATE_INTERVAL if now < self._urgent_until else redraw_interval(self._sent)
+            held = self.pacer.held()  # the page is busy: the charts wait, the status goes on
+            if held:  # woken by the page's acknowledgement, else at the status' pace at most
+                wait = max(UPDATE_INTERVAL, min(wait, held))
+            self._wake.wait(wait)  # a click, a change of state or the page wakes it at once
+            self._wake.clear()
+
+    def refresh(self) -> None:
+        """Draw what changed since the last refresh; send nothing when nothing did."""
+        run = self._run
+        record = run.record
+        record.drain()
+        new = record.since(self._rows)
+        self._rows += len(new["step"])
+        steps = new["step"]
+        if self._x0 is None and len(steps):
+            self._x0 = float(steps[0])
+        # the status first: it is small, and it is what a click waits to see; the charts'
+        # messages follow it, and a busy browser draws them after it
+        state, step, paused = run.state, run.step, run.paused
+        shown = (state, step, paused, run.lr, run.grad_clip)
+        changed = shown != self._shown or len(steps) > 0
+        if changed:
+            self._draw_status(run, *shown)
+            self._shown = shown
+        self._feed(new)
+        now = time.monotonic()
+        self._held = bool(self.pacer.held())
+        if self._held:  # the page has not caught up: the charts wait, the status went
+            if changed:
+                self._drawn_at = now
+            return
+        fed, self._undrawn = self._undrawn, {}
+        if self._x0 is not None and "grad_norm" in fed:  # the clip threshold, up to this step
+            self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), run.grad_clip or 0.0)
+        self._sent = sum(self.charts[chart].draw(sorted(names)) for chart, names in fed.items())
+        weight = self.smoothing.value  # a new weight: every smoothed curve redrawn, once
+        self._sent += sum(chart.set_smoothing(weight) for chart in self.charts.values())
+        self._sent += self.layers.refresh(run)
+        self._sent += self.resources.refresh(run)
+        self._sent += self.histograms.refresh(run)
+        changed = changed or bool(self._sent)
+        events = record.events_since(0)
+        if len(events) != self._n_events:
+            changed = True
+            self._n_events = len(events)
+            for chart in self.timelines:
+                chart.draw_events(events)
+        if changed:  # numbered: a front end acknowledges it once it has handled all of it
+            self.pacer.sent()
+        self._draw_samples(run)
+        self._draw_save(run)
+        if changed:
+            self._drawn_at = time.monotonic()
+
+    def _feed(self, new: dict) -> None:
+        """Give the charts' series the new rows and the user's new metrics (not sent yet)."""
+        fed = self._undrawn
+        if self._ghosts:  # once: their curves are drawn whole
+            for ghost, label in zip(self._ghosts, self._ghost_labels):
+                h = ghost.record.since(0)
+                self.charts["loss"].extend(label, h["step"], h["loss"])
+            fed.setdefault("loss", set()).update(self._ghost_labels)
+            self._ghosts = []
+        steps = new["step"]
+        for m in self._metrics:
+            values = new[m.name] if m.derive is None else m.derive(new)
+            x = steps
+            if m.sparse:  # an evaluation's dots, where there was one
+                keep = ~np.isnan(values)
+                x, values = steps[keep], values[keep]
+            if self.charts[m.chart].extend(m.label, x, values):
+                fed.setdefault(m.chart, set()).add(m.label)
+        logged = self._run.record.logged_since(self._n_logged)
+        self._n_logged += len(logged)
+        for name in dict.fromkeys(n for _, n, _ in logged):
+            points = [(s, v) for s, n, v in logged if n == name]
+            key = f"user:{name}"
+            if key not in self.charts:
+                self._add_user_chart(name)
+            x, y = np.array(points, dtype=np.float64).T
+            self.charts[key].extend(name, x, y)
+            fed.setdefault(key, set()).add(name)
+
+    def _add_user_chart(self, name: str) -> None:
+        """A chart of its own for a metric the user logs (on the updater thread)."""
+        metric = next(m for m in self._run.record.metrics() if m.name == name and m.user)
+        spec = user_chart(metric)
+        chart = Chart(spec.title, self._x, {name: (metric.color, None)}, _css(spec.key),
+                      tick_format=spec.tick_format)
+        self.charts[spec.key] = chart
+        self.timelines.append(chart)
+        chart.draw_events(self._run.record.events_since(0))
+        self.grid.children = (*self.grid.children, chart.figure)
+
+    def _draw_save(self, run) -> None:
+        last = run.last_save
+        if last is self._save_shown or last is None:
+            return
+        self._save_shown = last
+        outcome, detail = last
+        if outcome == "ok":
+            self.save_status.value = (
+                f'<span style="color:{BLUE}">saved step {detail["step"]} to '
+                f'<code>{html.escape(str(detail["path"]))}</code>'
+                + (f' ({detail["bytes"] / 1e6:.2f} MB in {detail["seconds"] * 1e3:.0f} ms)'
+                   if detail.get("bytes") else "") + "</span>")
+        else:
+            self.save_status.value = f'<span style="color:{STATE_COLORS["failed"]}">{html.escape(detail)}</span>'
+
+    def _draw_status(self, run, state, step, paused, lr, clip) -> None:
+        self.status.value = f'<b style="color:{STATE_COLORS[state]}">{state}</b>'
+        self.step_label.value = str(step)
+        with self.progress.hold_sync():
+            if run.max_steps:
+                self.progress.value = min(step, run.max_steps)
+            self.progress.bar_style = BAR_STYLES[state]
+        self.pause_button.description = "Resume" if paused else "Pause"
+        self.pause_button.icon = "play" if paused else "pause"
+        if state in ENDED:  # what acts only on a loop still training says why it cannot
+            for control in LIVE_ONLY:
+                if control not in run.unsupported:
+                    self._controls[control].disabled = True
+                    self._controls[control].tooltip = f"the run has {state}: it cannot {LIVE_ONLY[control]} any more"
+        # show a value applied elsewhere (code, a policy) once; a user's edit in flight stays
+        if lr != self._drawn_lr and math.isfinite(lr) and lr > 0:
+            self._drawn_lr = lr
+            lo, hi = lr_range(lr)  # centred on the LR applied, from the slider or elsewhere
+            with self.lr_slider.hold_sync():  # widen first, or the slider would clamp it
+                self.lr_slider.min = min(self.lr_slider.min, lo)
+                self.lr_slider.max = max(self.lr_slider.max, hi)
+                self.lr_slider.value = lr
+                self.lr_slider.min, self.lr_slider.max = lo, hi
+        if clip is not None and clip != self._drawn_clip:
+            self._drawn_clip = clip
+            self.clip_input.value = clip
+        tps = run.record.last("tokens_per_sec")
+        self.speed.value = (f"{tps:,.0f} tokens/s" if math.isfinite(tps) and state == "running"
+                            else "— tokens/s" if math.isfinite(tps) else "")
+        t0, s0, rate = self._rate
+        now = time.monotonic()
+        if state == "running" and now - t0 >= 1.0:
+            current = (step - s0) / (now - t0)
+            rate = current if not math.isfinite(rate) else 0.7 * rate + 0.3 * current
+            self._rate = (now, step, rate)
+        elif state != "running":
+            self._rate = (now, step, rate)
+        left = (run.max_steps - step) if run.max_steps else float("nan")
+        eta = left / rate if state == "running" and rate > 0 else float("nan")
+        self.timing.value = f"elapsed {_fmt_duration(run.elapsed)}" + (
+            f" · ETA {_fmt_duration(eta)}" if math.isfinite(eta) else "")
+        self._draw_notice(run, state, step, paused)
+
+    def _draw_notice(self, run, state, step, paused) -> None:
+        """A failure, else the last non-finite step (prominent while it keeps the run paused)."""
+        if state == "failed" and run.error is not None:
+            key = ("failed",)
+        elif run.anomaly is not None:
+            key = ("anomaly", *run.anomaly, paused and state == "paused")
+        else:
+            key = None
+        if key == self._notice:
+            return
+        self._notice = key
+        if key is None:
+            self.notice.value = ""
+        elif key[0] == "failed":
+            err = run.error
+            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            self.notice.value = (f'<div style="color:{STATE_COLORS["failed"]}"><b>training failed at step '
+                                 f'{step}: {html.escape(repr(err))}</b></div><pre>{html.escape(tb)}</pre>')
+        else:
+            self.notice.value = format_anomaly(*key[1:])
+
+    def _draw_samples(self, run) -> None:
+        new = run.record.samples_since(self._n_samples)
+        if not new:
+            return
+        self._n_samples += len(new)
+        step, text = new[-1]
+        self.sample_text.value = (f"<b>sample at step {step}</b><pre style='white-space:pre-wrap'>"
+                                  f"{html.escape(text)}</pre>")

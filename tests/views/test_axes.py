@@ -1,0 +1,63 @@
+"""Axes: round ticks, domains from 0, a constant inside the chart."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lmwidget.views.axes import linear_ticks, log_ticks, nice_step, x_domain, y_domain
+
+
+@pytest.mark.parametrize("span, step", [(4.7, 1), (401, 100), (0.03, 0.01), (39_800, 10_000), (7, 2)])
+def test_steps_are_1_2_or_5_times_a_power_of_ten(span, step):
+    assert nice_step(span, 5) == pytest.approx(step)
+
+
+@pytest.mark.parametrize("lo, hi", [(1.33, 4.67), (0.0, 401.0), (513.0, 39_800.0), (-0.8, 2.3), (0.0012, 0.0031)])
+def test_linear_ticks_are_round_and_few(lo, hi):
+    low, high, ticks = y_domain(lo, hi)
+    assert low <= lo and high >= hi and 2 <= len(ticks) <= 6
+    step = np.diff(ticks)
+    assert np.allclose(step, step[0]) and nice_step(step[0] * 4, 4) == pytest.approx(step[0])
+    assert all(math.isclose(t / step[0], round(t / step[0]), abs_tol=1e-9) for t in ticks)  # on the grid
+
+
+def test_steps_and_time_start_at_0_with_integer_steps():
+    lo, hi, ticks = x_domain(401)
+    assert (lo, hi) == (0.0, 401.0) and list(ticks) == [0, 100, 200, 300, 400]
+    assert list(x_domain(3)[2]) == [0, 1, 2, 3]  # never half a step
+    assert x_domain(0)[1] == 1.0  # an empty run still has a width
+    assert list(x_domain(2.6, integer=False)[2]) == [0, 1, 2]  # seconds
+
+
+def test_quantities_that_cannot_be_negative_start_at_0_and_small_changes_stay_small():
+    lo, hi, ticks = y_domain(396.0, 407.0, zero=True)  # memory in MB
+    assert lo == 0 and hi >= 407 and 10 / (hi - lo) < 0.03  # 10 MB is a small change
+    assert y_domain(0.02, 0.9, zero=True)[0] == 0  # per-layer norms: never a negative tick
+    assert y_domain(0.0, 3.2, zero=True)[2][0] == 0
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("value", [3e-3, 1.0, 250.0])
+def test_a_constant_sits_inside_the_chart(value, log):
+    lo, hi, ticks = y_domain(value, value, log=log)
+    middle = (math.log10(lo) + math.log10(hi)) / 2 if log else (lo + hi) / 2
+    assert lo < value < hi
+    assert (math.log10(value) if log else value) == pytest.approx(middle, rel=0.05)
+    assert len(ticks) >= 2
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (5, 100, [5, 10, 20, 50, 100]),              # perplexity: not 100/90/80/70 crowded together
+    (0.6, 0.8, [0.6, 0.7, 0.8]),                 # grad norm within a decade
+    (1e-6, 1, [1e-6, 1e-4, 1e-2, 1]),            # six decades: every other one
+    (1e-4, 3e-3, [1e-4, 2e-4, 5e-4, 1e-3, 2e-3]),
+])
+def test_log_ticks_are_round_and_never_crowd(lo, hi, expected):
+    assert log_ticks(lo, hi) == pytest.approx(expected)
+
+
+def test_a_log_axis_within_a_few_percent_still_has_round_ticks():
+    ticks = log_ticks(0.61, 0.64)  # 1..9 x 10^k has one value there at most: a round grid
+    assert ticks == pytest.approx([0.61, 0.62, 0.63, 0.64])
+    assert linear_ticks(0, 7, 3).tolist() == [0, 5]  # about 3 parts or fewer
