@@ -1,10 +1,21 @@
-"""What the notebook front end and kernel allow: Colab's widget manager, and whether a cell runs."""
+"""What the notebook front end and kernel allow: Colab's widget manager and notice, whether a cell runs."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import warnings
+
+from IPython import get_ipython
+
+from lmwidget.core.source import LmwidgetWarning
+
+# Colab shows widget state sent from a thread other than the kernel's main one only once a
+# cell runs (googlecolab/colabtools#3373, open since 2023), and every redraw of a dashboard
+# comes from its updater thread
+COLAB_NOTICE = ("In Colab, this dashboard's live updates may not show until a cell runs "
+                "(googlecolab/colabtools#3373): run a cell, such as run.wait(), to see them, "
+                "or open the notebook in JupyterLab or on Binder to watch training live.")
 
 _lock = threading.Lock()
 _prepared = False
@@ -13,7 +24,11 @@ _cell_running = threading.Event()  # a cell is executing on the kernel's main th
 
 
 def in_colab() -> bool:
-    """True in a Google Colab kernel (its `google.colab` package is imported at start-up)."""
+    """Whether this kernel is Google Colab's.
+
+    Returns:
+        True in a Colab kernel (its `google.colab` package is imported at start-up).
+    """
     return "google.colab" in sys.modules
 
 
@@ -30,17 +45,30 @@ def prepare() -> None:
 
             output.enable_custom_widget_manager()
         except Exception as e:  # a run may already be training: never fail its display
-            from lmwidget.core.source import LmwidgetWarning
-
             warnings.warn(f"could not enable Colab's custom widget manager ({e!r}): the charts "
                           f"may not draw. Run `from google.colab import output; "
                           f"output.enable_custom_widget_manager()` yourself", LmwidgetWarning,
                           stacklevel=3)
 
 
+def frontend_notice() -> str | None:
+    """What a view should tell the user about this front end, in one line of plain text.
+
+    Returns:
+        In a Colab kernel, COLAB_NOTICE: Colab draws the redraws a view's updater thread
+        sends only once a cell runs, so the dashboard must say that it is not live there.
+        Elsewhere, None.
+    """
+    return COLAB_NOTICE if in_colab() else None
+
+
 def cell_running() -> bool:
-    """True while a cell executes on the kernel's main thread, which then reads no widget
-    message unless comms run over subshells (see track_cells)."""
+    """Whether a cell executes on the kernel's main thread now.
+
+    Returns:
+        True while one does: the main thread then reads no widget message unless comms
+        run over subshells (see track_cells).
+    """
     return _cell_running.is_set()
 
 
@@ -48,8 +76,6 @@ def track_cells() -> None:
     """Once per kernel: follow when cells start and end (IPython's pre/post_run_cell).
     Called from a cell on the main thread, that cell is running now."""
     global _tracking
-    from IPython import get_ipython
-
     shell = get_ipython()
     with _lock:
         if _tracking or shell is None or not hasattr(shell, "events"):

@@ -1,4 +1,4 @@
-"""Colab's custom widget manager is turned on by lmwidget itself, once, and only in Colab."""
+"""Colab: lmwidget turns its custom widget manager on, once and only there, and says live updates wait for a cell."""
 
 import sys
 import types
@@ -66,3 +66,15 @@ def test_a_failing_colab_call_warns_and_never_breaks_the_display(colab, monkeypa
         frontends.prepare()
     frontends.prepare()  # tried once only: no second warning
     assert frontends._prepared is True
+
+
+def test_in_colab_the_notice_says_live_updates_wait_for_a_cell_and_what_to_do(colab):
+    notice = frontends.frontend_notice()
+    assert notice == frontends.COLAB_NOTICE and "\n" not in notice
+    assert "googlecolab/colabtools#3373" in notice  # why
+    assert "run.wait()" in notice and "JupyterLab" in notice and "Binder" in notice  # what to do
+
+
+def test_outside_colab_there_is_no_notice(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert frontends.frontend_notice() is None
