@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import html
 import threading
-import time
-import traceback
 
 import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
-from lmwidget.system import shutdown
-from .finder import UPDATE_INTERVAL, describe
+from .finder import describe
 from lmwidget.core.palette import BLUE, GREEN, PURPLE, RED
+from lmwidget.views.updater import Updater
 
 SUGGESTION_COLORS = {"steepest": GREEN, "min/10": PURPLE}
 
@@ -63,8 +61,11 @@ class LRFinderView(w.VBox):
         self._shown = None
         self._n = 0
         self._pending_runs = []
-        self._lock = threading.Lock()
-        self._updater = None
+        self._lock = threading.Lock()  # the runs to show
+        # it redraws until the test is done, every run started here shown and the choice drawn
+        self.updater = Updater("lmwidget-lrfind-ui", lambda ended: self.refresh(), lambda: finder.done,
+                               self.status, drawn=lambda: (not self._pending_runs
+                                                           and self._drawn_choice == finder.chosen))
         self.kick()
 
     # -- callbacks: any thread; they set the choice or queue a run ----------------------------
@@ -88,23 +89,13 @@ class LRFinderView(w.VBox):
 
     # -- the updater ------------------------------------------------------------------------
     def kick(self) -> None:
-        with self._lock:
-            if self._updater is None:
-                self._updater = shutdown.start(self._loop, "lmwidget-lrfind-ui")
+        """Make sure the updater runs, and wake it now."""
+        self.updater.kick()
 
-    def _loop(self) -> None:
-        while True:
-            done = self._finder.done
-            try:
-                self.refresh()
-            except Exception:  # never let a drawing bug kill the view silently
-                self.status.value = f"<pre>{html.escape(traceback.format_exc())}</pre>"
-            with self._lock:
-                if shutdown.exiting() or (done and not self._pending_runs
-                                          and self._drawn_choice == self._finder.chosen):
-                    self._updater = None
-                    return
-            time.sleep(UPDATE_INTERVAL)
+    @property
+    def _updater(self) -> threading.Thread | None:
+        """The updater's thread while it runs, else None."""
+        return self.updater.thread
 
     _drawn_choice = None
     _error = ""

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import html
-import threading
-import time
-import traceback
 
 import ipywidgets as w
 import numpy as np
 
-from lmwidget.system import shutdown
 from .charts import Chart, SharedX, show_in_notebook
 from lmwidget.core.control import ENDED
 from lmwidget.core.palette import BLUE, BROWN, GREEN, ORANGE, PINK, PURPLE, RED, TEAL
 from lmwidget.core.schema import BY_NAME, CHARTS, COLUMNS, PER_BYTE
 from lmwidget.core.source import Source
+from .updater import Updater
 
 PALETTE = (BLUE, ORANGE, GREEN, PURPLE, RED, TEAL, BROWN, PINK)
-UPDATE_INTERVAL = 0.25
 LEGEND_CHARS = 28  # longer legend labels overflow bqplot's legend box (it sizes the box, not the text)
 SKIP = {"checkpoint_dir", "data", "model", "device", "threads", "compile"}
 
@@ -111,27 +107,14 @@ class Compare(w.VBox):
         self.add_class("lmwidget-compare")
         self._rows = [0] * len(self.runs)
         self._table_key = None
-        self._updater = None
-        self._lock = threading.Lock()
+        # one started later is followed too: it redraws until every run has ended
+        self.updater = Updater("lmwidget-compare", lambda ended: self.refresh(),
+                               lambda: all(r.state in ENDED for r in self.runs), self.table)
         self.kick()
 
     def kick(self) -> None:
-        with self._lock:
-            if self._updater is None:
-                self._updater = shutdown.start(self._loop, "lmwidget-compare")
-
-    def _loop(self) -> None:
-        while True:
-            idle = all(r.state in ENDED for r in self.runs)  # one started later is followed too
-            try:
-                self.refresh()
-            except Exception:
-                self.table.value = f"<pre>{html.escape(traceback.format_exc())}</pre>"
-            with self._lock:
-                if idle or shutdown.exiting():
-                    self._updater = None
-                    return
-            time.sleep(UPDATE_INTERVAL)
+        """Make sure the updater runs, and wake it now."""
+        self.updater.kick()
 
     def refresh(self) -> None:
         fed = {}

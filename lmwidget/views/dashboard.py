@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import html
 import math
-import threading
 import time
 import traceback
 
 import ipywidgets as w
 import numpy as np
 
-from lmwidget.system import shutdown
 from .cells import Cells, close_widgets
 from .charts import Chart, SharedX, view_bundle
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING
@@ -23,8 +21,8 @@ from lmwidget.core.palette import AMBER, BLUE, GREEN, GREY, MUTED, RED
 from .panels import HistogramPanel, LayersPanel, ResourcesPanel, format_anomaly
 from lmwidget.core.schema import CHARTS, user_chart
 from .summary import summary_html
+from .updater import UPDATE_INTERVAL, Updater
 
-UPDATE_INTERVAL = 0.25  # s: at most 4 redraws per second
 SUMMARY_QUIET = 1.0     # s with nothing redrawn before the static summary joins the cell
 GHOST_COLOR = MUTED
 LR_DECADES = 2.0            # the LR slider spans this many decades either side of the current LR,
@@ -97,8 +95,10 @@ class Dashboard(w.VBox):
         self.save_status = w.HTML()
         self.notice = w.HTML()
         self.sample_text = w.HTML()
-        self._wake = threading.Event()  # set by a click, the run's state changing, the page: redraw now
-        self.pacer = Pacer(self._wake)
+        self.updater = Updater(f"lmwidget-ui-{run.id}", self._redraw, self._idle, self.notice,
+                               "dashboard error:\n", drawn=self._drawn, wait=self._wait,
+                               retired=self._retire_now)
+        self.pacer = Pacer(self.updater.wake)  # the page wakes it too
         for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
                             (self.lr_slider, "lmwidget-lr"), (self.step_label, "lmwidget-step"),
                             (self.status, "lmwidget-status"), (self.sample_button, "lmwidget-sample"),
@@ -176,11 +176,8 @@ class Dashboard(w.VBox):
         self._notice = None      # what the notice shows: (kind, ...)
         self._save_shown = None  # the save outcome drawn
         self.cells = Cells(f"lmwidget-{run.id}")  # the cells showing it: the summary goes there
-        self._retiring = False   # the run was closed: leave the summary, close the widgets
         self._drawn_at = -math.inf  # when the last refresh changed anything (monotonic s)
-        self._updater = None
-        self._updater_lock = threading.Lock()
-        run.watch(self._wake)
+        run.watch(self.updater.wake)  # a change of the run's state redraws at once
         self._urgent_until = -math.inf
         self.kick()
 
@@ -205,7 +202,7 @@ class Dashboard(w.VBox):
 
     def _echo(self) -> bool:
         """True inside the updater's own write of a control: that is no request."""
-        return threading.current_thread() is self._updater
+        return self.updater.on_thread()
 
     # -- display and the static summary --------------------------------------------------------
     def show(self) -> None:
@@ -243,76 +240,57 @@ class Dashboard(w.VBox):
     def retire(self) -> None:
         """The run was closed: its cells keep only the static summary of its curves, and
         every widget of this dashboard is closed (on the updater's thread, which draws)."""
-        self._retiring = True
-        self.kick()
+        self.updater.retire()
 
     def _retire_now(self) -> None:
         run, smoothing = self._run, self.smoothing.value
         self.cells.update(lambda: {"text/plain": f"lmwidget: {run.name} ({run.state} at step {run.step}), closed",
                                    "text/html": summary_html(run, smoothing)}, "closed")
-        run.unwatch(self._wake)
+        run.unwatch(self.updater.wake)
         close_widgets(self, self.pacer.drawn, self.pacer.acked, self.pacer.link, self.histograms.figures)
 
     def kick(self) -> None:
         """Make sure the updater runs (it exits once the run has ended and all is drawn), and
         wake it now: a click shows its effect without waiting out a long redraw interval."""
         self._urgent_until = time.monotonic() + 1.0  # redraw at full rate for a second
-        self._wake.set()
-        with self._updater_lock:
-            if self._updater is None:
-                self._updater = shutdown.start(self._update_loop, f"lmwidget-ui-{self._run.id}",
-                                               wake=self._wake.set)
+        self.updater.kick()
 
     def settle(self, timeout: float = 30.0) -> None:
         """Once the run has ended (or before it starts): wait until everything it recorded
         is drawn. While it trains the charts are at most one redraw behind anyway."""
         self.kick()
-        with self._updater_lock:
-            updater = self._updater
-        if updater is not None and self._idle() and updater is not threading.current_thread():
-            updater.join(timeout)
+        if self._idle():
+            self.updater.join(timeout)
 
     def _idle(self) -> bool:
         """Nothing more will happen by itself: the run has ended, or has not started."""
         return self._run.state in ENDED or not self._run.started
 
-    def _update_loop(self) -> None:
-        while True:
-            if shutdown.exiting():  # the interpreter is going: nobody is left to see a redraw
-                with self._updater_lock:
-                    self._updater = None
-                return
-            if self._retiring:
-                with self._updater_lock:
-                    try:
-                        self._retire_now()
-                    finally:
-                        self._updater = None
-                    return
-            idle = self._idle()  # read first: the last draw sees the end
-            try:
-                self.refresh()
-                # the summary re-renders the cell's output: only once the last updates have
-                # landed, or a new view could get an update while it is still being built
-                if idle and time.monotonic() - self._drawn_at >= SUMMARY_QUIET:
-                    self._leave_summary()  # once per ended state: it checks what changed
-            except Exception:  # never let a drawing bug kill the view silently
-                self.notice.value = f"<pre>dashboard error:\n{html.escape(traceback.format_exc())}</pre>"
-            with self._updater_lock:  # a start kicks under this lock: no lost start
-                drawn = (not self._held and not self._retiring
-                         and self._n_samples == len(self._run.record.samples_since(0))
-                         and not self.histograms.pending(self._run)
-                         and (self._run.state not in ENDED or self.cells.up_to_date(self._summary_key())))
-                if idle and self._idle() and drawn:
-                    self._updater = None
-                    return
-            now = time.monotonic()
-            wait = UPDATE_INTERVAL if now < self._urgent_until else redraw_interval(self._sent)
-            held = self.pacer.held()  # the page is busy: the charts wait, the status goes on
-            if held:  # woken by the page's acknowledgement, else at the status' pace at most
-                wait = max(UPDATE_INTERVAL, min(wait, held))
-            self._wake.wait(wait)  # a click, a change of state or the page wakes it at once
-            self._wake.clear()
+    def _redraw(self, idle: bool) -> None:
+        """One round of the updater: what changed, and once the run has ended its summary."""
+        self.refresh()
+        # the summary re-renders the cell's output: only once the last updates have
+        # landed, or a new view could get an update while it is still being built
+        if idle and time.monotonic() - self._drawn_at >= SUMMARY_QUIET:
+            self._leave_summary()  # once per ended state: it checks what changed
+
+    def _drawn(self) -> bool:
+        """All is shown: nothing held back for the page, every sample and histogram asked
+        for drawn, and an ended run's summary in its cells."""
+        run = self._run
+        return (self._idle() and not self._held
+                and self._n_samples == len(run.record.samples_since(0))
+                and not self.histograms.pending(run)
+                and (run.state not in ENDED or self.cells.up_to_date(self._summary_key())))
+
+    def _wait(self) -> float:
+        """Seconds to the next redraw: 4 Hz for a second after a kick, else by the bytes the
+        last redraw sent; while the page is busy, as soon as it catches up."""
+        wait = UPDATE_INTERVAL if time.monotonic() < self._urgent_until else redraw_interval(self._sent)
+        held = self.pacer.held()  # the page is busy: the charts wait, the status goes on
+        if held:  # woken by the page's acknowledgement, else at the status' pace at most
+            wait = max(UPDATE_INTERVAL, min(wait, held))
+        return wait
 
     def refresh(self) -> None:
         """Draw what changed since the last refresh; send nothing when nothing did."""

@@ -39,7 +39,7 @@ def test_two_finished_runs_and_one_still_training():
     assert view.charts["lr"].marks[lb].y[0] == pytest.approx(3e-2)
     live.stop()
     live.wait(30)
-    wait_for(lambda: view._updater is None, 10)  # all ended: the view stops redrawing
+    wait_for(lambda: not view.updater.running, 10)  # all ended: the view stops redrawing
     table = re.sub(r"<[^>]+>", "|", view.table.value)
     assert f"run {live.id}: lr=0.001, max_steps=1000000||stopped|" in table and "|finished||60|" in table
     best = a.history.dropna(subset=["val_loss"]).val_loss.min()
@@ -63,7 +63,7 @@ def test_ghosts_are_earlier_runs_drawn_faintly_on_the_dashboard():
     run.wait(30)
     (label,) = [g for g in d._ghost_labels if g.startswith(f"run {earlier.id}:")]
     assert "lr=0.03" in label and len(d._ghost_labels) == 2  # the two latest finished runs
-    wait_for(lambda: d._updater is None, 10)
+    wait_for(lambda: not d.updater.running, 10)
     ghost = d.charts["loss"].marks[label]
     assert len(ghost.x) == 60 and ghost.opacities == [0.6]
     np.testing.assert_allclose(ghost.y, earlier.history.loss, rtol=1e-6)

@@ -32,7 +32,7 @@ def settle(dashboard, run):
     """Wait for the run to end and the updater's last redraw."""
     run._thread.join(120)
     assert not run._thread.is_alive(), f"run still training after 120 s (step {run.step})"
-    wait_for(lambda: dashboard._updater is None, timeout=10)
+    wait_for(lambda: not dashboard.updater.running, timeout=10)
 
 
 @pytest.fixture
@@ -364,7 +364,7 @@ def test_a_redraw_sends_each_series_once(tiny, sent):
     run.wait(30)
     sent.clear()
     d = Dashboard(run)  # a second view: its first redraw draws the whole run
-    wait_for(lambda: d._updater is None, timeout=5)
+    wait_for(lambda: not d.updater.running, timeout=5)
     # the step charts (resources are sampled by the monitor thread, and a sample taken as the
     # run ended may land after the first redraw: they are drawn again, rightly)
     marks = [m for c in d.charts.values() for m in (*c.marks.values(), *c.extra.values(), *c.smoothed.values(),
@@ -422,7 +422,7 @@ def test_refresh_reports_the_bytes_it_sent(tiny):
     run = start(tiny, max_steps=300, eval_interval=100)
     run.wait(30)
     d = Dashboard(run)
-    wait_for(lambda: d._updater is None, timeout=10)
+    wait_for(lambda: not d.updater.running, timeout=10)
     marks = [m for c in (*d.charts.values(), *d.resources.charts)
              for m in (*c.marks.values(), *c.smoothed.values(), *c.hover.values())]
     assert d._sent == sum(m.x.nbytes + m.y.nbytes for m in marks) + d.layers.bars.y.nbytes
@@ -445,7 +445,7 @@ def test_the_dashboard_of_an_unstarted_run_waits_without_a_thread(tiny):
 
     run = lmwidget.Run(TrainConfig.from_options(**tiny, max_steps=50))
     d = run.dashboard
-    wait_for(lambda: d._updater is None, timeout=5)  # no thread spinning for a run not started
+    wait_for(lambda: not d.updater.running, timeout=5)  # no thread spinning for a run not started
     run.start()
     settle(d, run)
     assert d.step_label.value == "50"
@@ -643,7 +643,7 @@ def test_an_ended_run_leaves_its_summary_in_the_cell(tiny, monkeypatch):
     assert "finished at step 30/30" in data["text/html"] and data["text/html"].count("<svg") == 5
     assert data["text/plain"].startswith(f"lmwidget dashboard of run {run.id} (finished")
     d.kick()
-    wait_for(lambda: d._updater is None)
+    wait_for(lambda: not d.updater.running)
     assert len(pub.published) == 1  # nothing changed: not sent again
     pub.parent_header = {"msg_id": "cell-2"}
     d.show()  # shown again in another cell after the end: that cell gets it too
