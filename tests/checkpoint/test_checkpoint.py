@@ -16,7 +16,7 @@ import torch
 
 import lmwidget
 from lmwidget import Callback, CheckpointError, TrainConfig
-from lmwidget.checkpoint import saving as checkpoint
+from lmwidget.checkpoint import files as checkpoint
 from lmwidget.training.run import Run
 
 from tests.conftest import TINY, wait_for
@@ -210,7 +210,7 @@ def test_interrupted_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
 
 CRASH = r"""
 import io, sys, time, torch, lmwidget
-from lmwidget.checkpoint import saving as checkpoint
+from lmwidget.checkpoint import files as checkpoint
 from tests.conftest import TINY
 run = lmwidget.train(display=False, max_steps=5, **TINY)
 run.wait()

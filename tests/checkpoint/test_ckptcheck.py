@@ -16,7 +16,7 @@ import torch
 
 import lmwidget
 from lmwidget import CheckpointError
-from lmwidget.checkpoint import saving as checkpoint
+from lmwidget.checkpoint import files as checkpoint
 
 from tests.conftest import TINY, scaled
 
