@@ -137,6 +137,11 @@ class LmMagics(Magics):
 
 
 def load_ipython_extension(ipython) -> None:
+    """Add `%lmtrain`, `%lmstop` and `%lmfind` to IPython; `%load_ext lmwidget` calls it.
+
+    Args:
+        ipython: the running `InteractiveShell`.
+    """
     from lmwidget.views.frontends import prepare
 
     prepare()  # Colab: its custom widget manager, before any dashboard is drawn

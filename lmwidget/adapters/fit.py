@@ -15,6 +15,21 @@ def fit(trainer, *args, display: bool = True, **kwargs):
     `trainer.fit(model, ...)`. lmwidget's options for the run (`tokens_per_step`,
     `sample`, `checkpoint_dir`, `callbacks`, `name`) go in `run_options={...}`. The
     trainer's own progress bar is left out: the dashboard shows the progress.
+
+    Args:
+        trainer: a `transformers.Trainer`, or a Lightning (or `pytorch_lightning`) `Trainer`.
+        *args: passed on to `trainer.train` (a checkpoint to resume from) or, after the
+            LightningModule, to `trainer.fit` (data loaders).
+        display: show the dashboard in the current cell.
+        **kwargs: passed on to `trainer.train` or `trainer.fit` (`ckpt_path=`, ...), except
+            `run_options`, lmwidget's options for the run.
+
+    Returns:
+        The run (an `HFRun` or a `LightningRun`, both a `Loop`), already training.
+
+    Raises:
+        TypeError: `trainer` is neither framework's Trainer, or a Lightning fit without its
+            LightningModule.
     """
     options = kwargs.pop("run_options", None) or {}
     if is_hf_trainer(trainer):

@@ -44,7 +44,18 @@ def keep_runs(n: int | None = None, max_bytes: int | None = None) -> dict:
     (3 to start) always; older ones while all finished runs together hold at most `max_bytes`
     (64 MiB to start; 0: none beyond the newest `n`). Beyond that the oldest are closed:
     their history, events and samples stay (dashboards show their final curves, compare()
-    and exports work), their memory goes. Returns the settings in force before."""
+    and exports work), their memory goes.
+
+    Args:
+        n: finished runs always kept, newest first (None: unchanged).
+        max_bytes: what all finished runs may hold together (None: unchanged).
+
+    Returns:
+        The settings in force before the call.
+
+    Raises:
+        ValueError: `n` or `max_bytes` is not an integer >= 0.
+    """
     with _lock:
         before = dict(_state)
         for name, value in (("n", n), ("max_bytes", max_bytes)):

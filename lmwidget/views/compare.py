@@ -160,7 +160,17 @@ def compare(*runs, labels=None, per_byte: bool | None = None, display: bool = Tr
     """Overlay the loss, validation loss, grad norm and LR of several runs (finished or still
     training: the charts follow them live), each labelled by what differs between them,
     with a table of final and best values. `per_byte`: losses in bits per byte (the default
-    when the runs' tokenizers differ), else in nats per token."""
+    when the runs' tokenizers differ), else in nats per token.
+
+    Args:
+        *runs: the runs to overlay (any `Source`), or one list of them.
+        labels: a label for each run (default: what differs between their options).
+        per_byte: True for bits per byte, False for nats per token, None to choose.
+        display: show the view in the current cell.
+
+    Returns:
+        The comparison view, which follows runs still training.
+    """
     if len(runs) == 1 and isinstance(runs[0], (list, tuple)):
         runs = tuple(runs[0])
     view = Compare(runs, labels, per_byte)
