@@ -16,11 +16,18 @@ from .loading import CheckpointError, check_fits  # noqa: F401
 from .options import FIXED, config_state, resume_config, tokenizer_of, tokenizer_state  # noqa: F401
 
 
-class SaveJob:
-    """One save asked for: where, and (once written) the outcome, for whoever waits on it."""
+class PendingSave:
+    """One save asked for: where, and (once written) the outcome, for whoever waits on it.
+
+    Args:
+        path: a file, or a directory to save into; None for the run's checkpoint_dir.
+        memory: no file: the result's "payload" is a copy of the checkpoint (a branch).
+
+    Raises:
+        TypeError: `path` is neither None, a str nor an os.PathLike.
+    """
 
     def __init__(self, path=None, memory: bool = False):
-        """`memory`: no file; the result's "payload" is a copy of the checkpoint (a branch)."""
         self.memory = memory
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike (a file, or a directory to save "
@@ -31,16 +38,32 @@ class SaveJob:
         self._done = threading.Event()
 
     def finish(self, result: dict | None = None, error: BaseException | None = None) -> None:
+        """Answer whoever waits: with the save's `result`, or the `error` that prevented it."""
         self.result, self.error = result, error
         self._done.set()
 
     def wait(self, timeout: float | None) -> dict:
+        """Block until the save is written.
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            The save's result ({"step", "kind", "path", "bytes", "seconds"} for a file).
+
+        Raises:
+            TimeoutError: not written within `timeout` (it still will be).
+            BaseException: the error that prevented the save, as raised where it was written.
+        """
         if not self._done.wait(timeout):
             raise TimeoutError(f"not done within {timeout} s (the training step may be slow); a "
                                f"save is still written at the next step boundary")
         if self.error is not None:
             raise self.error
         return self.result
+
+
+SaveJob = PendingSave  # its former name, which callers may still use
 
 
 class Checkpointer:
@@ -62,35 +85,36 @@ class Checkpointer:
         self._periodic: list[Path] = []  # the periodic files this run wrote, oldest first
         self._written: set[Path] = set()  # every file this run wrote (it may replace those)
         self._due: list[str] = []     # saves due at the next step boundary
-        self._jobs: list[SaveJob] = []
+        self._asked: list[PendingSave] = []
         self._lock = threading.Lock()
         self.writes = True  # False on a torchrun job's other ranks: rank 0 writes for them all
 
-    def ask(self, job: SaveJob) -> SaveJob:
+    def ask(self, pending: PendingSave) -> PendingSave:
+        """Queue a save to be written at the next step boundary (any thread)."""
         with self._lock:
-            self._jobs.append(job)
-        return job
+            self._asked.append(pending)
+        return pending
 
     def run_jobs(self) -> None:
         """Write every save asked for (called between steps, or after the loop ended)."""
         with self._lock:
-            jobs, self._jobs = self._jobs, []
-        for job in jobs:
+            asked, self._asked = self._asked, []
+        for pending in asked:
             try:
-                job.finish(self.copy() if job.memory else self.save("saved", job.path))
+                pending.finish(self.copy() if pending.memory else self.save("saved", pending.path))
             except BaseException as e:
-                self._failed("branch" if job.memory else "saved", e)
-                job.finish(error=e)
+                self._failed("branch" if pending.memory else "saved", e)
+                pending.finish(error=e)
                 if not isinstance(e, Exception):
                     raise
 
     def cancel(self, error: BaseException) -> None:
         """The loop failed: saves still asked for are answered with why (none waits forever)."""
         with self._lock:
-            jobs, self._jobs = self._jobs, []
-        for job in jobs:
-            what, again = ("branch", "run.branch()") if job.memory else ("checkpoint", "run.save()")
-            job.finish(error=RuntimeError(
+            asked, self._asked = self._asked, []
+        for pending in asked:
+            what, again = ("branch", "run.branch()") if pending.memory else ("checkpoint", "run.save()")
+            pending.finish(error=RuntimeError(
                 f"the run failed at step {self.trainer.step} before this {what} was taken "
                 f"({error!r}); {again} again to take it from the run as it is now"))
 

@@ -13,7 +13,7 @@ import torch
 
 from lmwidget.system import shutdown
 from lmwidget.remote.transport.channel import ClientEndpoint, read_connection_file
-from lmwidget.checkpoint.saving import SaveJob
+from lmwidget.checkpoint.saving import PendingSave
 from lmwidget.core.control import ENDED
 from .job import CONNECTION, RECORDS
 from lmwidget.system.jsonfile import count_items
@@ -324,9 +324,9 @@ class RemoteRun(Source):
             body = {"layer": value}
         self._send(kind, body)
 
-    def request_save(self, path=None) -> SaveJob:
+    def request_save(self, path=None) -> PendingSave:
         """Ask the job for a checkpoint (written by its rank 0, on its machine)."""
-        save = SaveJob(path)
+        save = PendingSave(path)
         body = {"path": None if path is None else str(path)}
 
         def ask():
