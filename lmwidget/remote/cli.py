@@ -16,7 +16,8 @@ from lmwidget.checkpoint import saving as checkpoint
 from lmwidget.core.callbacks import EarlyStopping, ReduceLROnPlateau
 from lmwidget.training.config import TrainConfig, add_options
 from lmwidget.training.distributed import RankSync, launched
-from .job import Job, RankLog
+from .job import Job
+from .rundir import RankLog
 from lmwidget.system.resources import usable_cpus
 
 PROG = "python -m lmwidget train"

@@ -3,24 +3,16 @@ a run, with the same dashboard and controls."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from lmwidget.system import shutdown
 from lmwidget.remote.transport.channel import ClientEndpoint, read_connection_file
 from lmwidget.checkpoint.saving import PendingSave
 from lmwidget.core.control import ENDED
-from .job import CONNECTION, RECORDS
-from lmwidget.system.jsonfile import count_items
-from lmwidget.core.source import Source
-
-RECORD_LINE = 16 << 20  # bytes of one line of a job's records read at most (a record has kilobytes)
-RECORD_ITEMS = 1 << 20  # JSON values in one line parsed at most (memory bounded to some 100 MB)
+from .rundir import CONNECTION, RECORDS
+from .recorded import RECORD_ITEMS, RECORD_LINE, RecordedRun  # noqa: F401  (the limits: imported from here too)
 
 REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
 REPLAY_TIMEOUT = 30.0  # s: a page of the record (up to about 4 MB) from a distant job
@@ -43,7 +35,7 @@ def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) ->
     return run
 
 
-class RemoteRun(Source):
+class RemoteRun(RecordedRun):
     """A job's run as a notebook sees it: a source like any other, whose record is replayed
     and followed from the job, and whose controls send signed requests that the job carries
     out at its next step boundary."""
@@ -61,14 +53,6 @@ class RemoteRun(Source):
         self.run_dir = Path(info.get("run_dir", self.connection_file.parent))
         if not (self.run_dir / RECORDS).is_file() and (self.connection_file.parent / RECORDS).is_file():
             self.run_dir = self.connection_file.parent  # the directory was moved or copied here
-        self._device = torch.device("cpu")  # the job's, once its record says
-        self._last_save = None
-        self._status = {"state": "running", "lr": float("nan"), "grad_clip": 0.0, "paused": False,
-                        "anomaly": None, "error": None, "checkpoint": None}
-        self._live = {"step": 0, "elapsed": 0.0, "ranks": [], "rejected": {}}
-        self._seq = 0   # the next record to apply
-        self._info = None
-        self._records_lock = threading.Lock()  # records are applied one at a time, in order
         self._closed = threading.Event()
         self._save_client = None  # saves wait for their file: on a socket of their own
         self._heard = time.monotonic()  # when the job was last heard from
@@ -115,19 +99,7 @@ class RemoteRun(Source):
         else from the job (what the file holds, in pages)."""
         path = self.run_dir / RECORDS
         if path.is_file():
-            with open(path, "rb") as f:
-                while line := f.readline(RECORD_LINE + 1):  # never a whole file of no newline
-                    found = (f"a line of more than {RECORD_LINE:,} bytes" if len(line) > RECORD_LINE else
-                             f"a line of more than {RECORD_ITEMS:,} JSON values" if count_items(line) > RECORD_ITEMS
-                             else None)
-                    if found:
-                        raise ValueError(f"{path} has {found}: it was not parsed; expected the records a job "
-                                         f"writes, one JSON object a line, each under {RECORD_LINE >> 20} MiB")
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        break  # a line being written: the stream brings it
-                    self._apply(record)
+            self._read_records(path)
         if self.connected:
             self._catch_up()
 
@@ -164,137 +136,9 @@ class RemoteRun(Source):
         elif message["kind"] == "live":
             self._on_live(body)
 
-    def _on_live(self, body: dict) -> None:
-        self._live = body
-        norms, latest = body.get("layer_grad_norms"), self.record.layer_grad_norms
-        if norms is not None and (latest is None or latest[0] != norms[0]):
-            self.record.layer_grad_norms = (norms[0], torch.tensor(norms[1]))
-
-    def _apply(self, record: dict) -> None:
-        """One record, in order; one seen already is skipped."""
-        with self._records_lock:
-            if record["seq"] != self._seq:
-                return
-            self._seq += 1
-            kind, body, h = record["type"], record["body"], self.record
-            if kind == "info":
-                self._info = body
-                self._device = torch.device(body["device"])
-                self._status["lr"] = body["config"]["lr"]
-                self._status["grad_clip"] = body["config"]["grad_clip"]
-            elif kind == "rows":
-                h.extend(body)
-            elif kind == "events":
-                for step, t, what, value, detail in body:
-                    h.record_event(step, what, value, detail, time=t)
-            elif kind == "samples":
-                for s, text in body:
-                    h.add_sample(s, text)
-            elif kind == "logged":
-                h.extend_logged(body)
-            elif kind == "resources":
-                for t, s, sample in body:  # a value not measured came as null
-                    h.record_resources(t, s, {k: np.nan if v is None else v for k, v in sample.items()})
-            elif kind == "histograms":
-                for x in body:
-                    h.add_histogram(_histogram(x))
-            elif kind == "status":
-                self._on_status(body)
-
-    def _on_status(self, status: dict) -> None:
-        before, self._status = self._status, status
-        if status["checkpoint"] != before.get("checkpoint"):
-            self._last_save = None if status["checkpoint"] is None else tuple(status["checkpoint"])
-        if status["paused"] != self.control.paused:  # mirrored, so the button reads right at once
-            (self.control.pause if status["paused"] else self.control.resume)()
-        if status["state"] != before["state"]:
-            self.control.announce()  # the dashboard redraws the state at once
-
-    # -- what the run is doing ----------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        return self._status["state"]
-
-    @property
-    def step(self) -> int:
-        return max(int(self._live["step"]), int(self.record.last("step", 0)))
-
-    @property
-    def max_steps(self) -> int:
-        return int(self._info["max_steps"])
-
-    def options(self) -> dict:
-        """The job's options, as it started with them."""
-        return dict(self._info["config"])
-
-    def describe(self) -> dict:
-        saved = self._info.get("describe")  # written since lmwidget 0.2
-        return dict(saved) if saved else {"model": str(self._info["config"].get("model")),
-                                          "data": str(self._info["config"].get("data"))}
-
     @property
     def name(self) -> str:
         return f"job {self.run_dir.name}"
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def last_save(self):
-        return self._last_save
-
-    @property
-    def world_size(self) -> int:
-        return int(self._info["world_size"])
-
-    @property
-    def ranks(self) -> list[dict]:
-        """Each rank's loss, grad norm and tokens/s at the latest step (empty for one process)."""
-        return list(self._live.get("ranks", []))
-
-    @property
-    def rejected(self) -> dict:
-        """Control messages the job dropped unanswered (bad signature, unsigned or malformed, too
-        large, unknown kind, stale, replayed, too many requests) and CURVE client keys it
-        refused, by why."""
-        return dict(self._live.get("rejected", {}))
-
-    @property
-    def lr(self) -> float:
-        return float(self._status["lr"])
-
-    @property
-    def grad_clip(self) -> float:
-        return float(self._status["grad_clip"])
-
-    @property
-    def anomaly(self):
-        return tuple(self._status["anomaly"]) if self._status["anomaly"] else None
-
-    @property
-    def error(self):
-        return None if self._status["error"] is None else RuntimeError(f"the job failed: {self._status['error']}")
-
-    @property
-    def elapsed(self) -> float:
-        return float(self._live["elapsed"])
-
-    @property
-    def started(self) -> bool:
-        return True
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self._info["layers"])
-
-    @property
-    def gpu_status(self) -> str:
-        return f"the job's rank 0 ({self._info['device']}), sampled there"
-
-    def sample_resources(self) -> dict:
-        """The job samples its own resources; nothing is measured here."""
-        return {}
 
     # -- steering ---------------------------------------------------------------------------
     def _send(self, kind: str, body=None) -> dict:
@@ -390,9 +234,3 @@ class RemoteRun(Source):
         return (f"<lmwidget.RemoteRun {self.id}: job {self.address} ({self.world_size} rank(s)), "
                 f"{self.state}, step {self.step}/{self.max_steps}, lr={self.lr:.3g}>")
 
-
-def _histogram(h: dict) -> dict:
-    def part(p):
-        return None if p is None else {"counts": np.asarray(p["counts"]), "edges": np.asarray(p["edges"]),
-                                       "nonfinite": p["nonfinite"]}
-    return {**h, "weights": part(h["weights"]), "grads": part(h["grads"])}
