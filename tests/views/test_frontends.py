@@ -6,8 +6,8 @@ import types
 import pytest
 
 import lmwidget
-from lmwidget.views import frontends
 from lmwidget.magics import load_ipython_extension
+from lmwidget.views import frontends
 
 
 @pytest.fixture
