@@ -78,21 +78,34 @@ def test_guides_have_no_unmarked_fragments():
     assert runnable >= 15, f"the guides' runnable Python blocks: {runnable}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", [p for p in GUIDES if any(r is None for _, _, r in python_blocks(p))],
-                         ids=lambda p: p.stem)
-def test_guide_code_runs(page, tmp_path):
-    """Every Python block a user would copy from this guide runs, in page order."""
-    blocks = [(f"{page.relative_to(ROOT)}:{line}", code) for line, code, reason in python_blocks(page)
-              if reason is None]
-    env = dict(os.environ, LMWIDGET_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path),
+RUNNABLE = [p for p in GUIDES if any(reason is None for _, _, reason in python_blocks(p))]
+
+
+@pytest.fixture(scope="module")
+def guide_failures(tmp_path_factory) -> dict[str, list[str]]:
+    """Run every guide's runnable blocks, page after page, in one process (one import of torch),
+    each block in a fresh namespace and directory; returns each page's failures."""
+    tmp = tmp_path_factory.mktemp("guides")
+    blocks = [(f"{page.relative_to(ROOT)}:{line}", code) for page in RUNNABLE
+              for line, code, reason in python_blocks(page) if reason is None]
+    env = dict(os.environ, LMWIDGET_CACHE_DIR=str(tmp / "cache"), HOME=str(tmp),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                TRANSFORMERS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     done = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), capture_output=True,
-                          text=True, cwd=tmp_path, env=env, timeout=600)
+                          text=True, cwd=tmp, env=env, timeout=900)
     report = [line for line in done.stdout.splitlines() if line.startswith("DOCS-FAILURES ")]
     assert done.returncode == 0 and report, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    failures = json.loads(report[-1].removeprefix("DOCS-FAILURES "))
+    failures: dict[str, list[str]] = {}
+    for failure in json.loads(report[-1].removeprefix("DOCS-FAILURES ")):
+        failures.setdefault(failure.split(":", 1)[0], []).append(failure)
+    return failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.stem)
+def test_guide_code_runs(page, guide_failures):
+    """Every Python block a user would copy from this guide runs, in page order."""
+    failures = guide_failures.get(str(page.relative_to(ROOT)), [])
     assert not failures, "\n\n".join(failures)
     assert not any(ROOT.glob("lmwidget-checkpoints")), "a guide's block wrote into the repository"
 
