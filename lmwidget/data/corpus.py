@@ -8,6 +8,12 @@ import codecs
 import os
 from pathlib import Path
 
+from . import tokens
+from .chars import CharTokenizer
+from .text import load_text, utf8_len
+from .tokenfiles import TokenWriter, read_meta
+from .tokens import TOKENIZERS, cut, pieces
+
 BLOCK = 1 << 20       # bytes read from a file at once
 ROWS = 1000           # dataset rows read at once
 ENCODE_PIECE = 1 << 16  # characters per piece given to the tokenizer (whole lines)
@@ -45,8 +51,6 @@ class Corpus:
             self.files, self.describe = [Path(data).expanduser()], str(Path(data).expanduser())
             self.inputs = list(self.files)
         else:  # a corpus name or a text: in memory already (data.load_text explains a bad name)
-            from .dataset import load_text
-
             self.text = load_text(data)
             self.describe = data if isinstance(data, str) and len(data) < 40 else f"a text of {len(self.text):,} characters"
         if self.files:
@@ -54,8 +58,6 @@ class Corpus:
             if not self.total:
                 raise ValueError(f"{self.describe} is empty: there is nothing to prepare")
         elif self.text is not None:
-            from .dataset import utf8_len
-
             self.total = utf8_len(self.text)
 
     def pieces(self, splits=("train", "val"), progress=None):
@@ -74,8 +76,6 @@ class Corpus:
                         progress(len(text.encode("utf-8", "surrogatepass")))
                     yield split, text
         else:
-            from .tokens import pieces
-
             cut = len(self.text) - max(1, int(len(self.text) * self.val_fraction))
             for split, part in (("train", self.text[:cut]), ("val", self.text[cut:])):
                 for piece in pieces(part, BLOCK, spaces=True) if split in splits else ():
@@ -124,8 +124,6 @@ def _whole_lines(text: str) -> tuple[str, str]:
     """`text` up to its last newline, and the rest (carried to the next piece). A text of no
     newline longer than a block is cut before its last space, else anywhere: what is carried
     stays under a block whatever the lines (text8 is one line of 100 MB)."""
-    from .tokens import cut
-
     end = text.rfind("\n") + 1
     if not end and len(text) > BLOCK:
         end = cut(text, 0, len(text))
@@ -160,10 +158,6 @@ def prepare(data, out_dir, tokenizer="bpe", vocab_size: int = 0, val_fraction: f
         ValueError: bad options or input; an `out_dir` holding files prepare did not write, or
             inside the input directory (or holding the input): nothing is written then.
     """
-    from . import tokens
-    from .dataset import utf8_len
-    from .tokenfiles import TokenWriter
-
     tokens.check(tokenizer, vocab_size)
     corpus = Corpus(data, val_fraction, text_column)
     writer = TokenWriter(out_dir, inputs=corpus.inputs)  # checked, and its new directory made, before any training
@@ -183,8 +177,6 @@ def prepare(data, out_dir, tokenizer="bpe", vocab_size: int = 0, val_fraction: f
 
 def _encode(tok, text):
     """Token arrays of `text`'s pieces (tokens.pieces), one per piece."""
-    from . import tokens
-
     parts = tokens.pieces(text, ENCODE_PIECE, spaces=True)
     if hasattr(tok, "encode_pieces"):
         return tok.encode_pieces(parts)
@@ -194,9 +186,6 @@ def _encode(tok, text):
 def _tokenizer(corpus: Corpus, spec, vocab_size: int, progress: bool):
     """The tokenizer: characters seen anywhere, or words / BPE trained on the training split
     (streamed), or the one given."""
-    from . import tokens
-    from .dataset import CharTokenizer
-
     if isinstance(spec, CharTokenizer) or spec not in ("char", "word", "bpe"):
         return tokens.load(spec) if not isinstance(spec, CharTokenizer) else spec
     if spec == "char":
@@ -220,8 +209,6 @@ def _bar(total, desc: str, progress: bool, unit: str = "B"):
 
 def main(argv=None) -> None:
     """`python -m lmwidget prepare DATA OUT_DIR [--tokenizer bpe] [--vocab-size N] ...`."""
-    from .tokens import TOKENIZERS
-
     p = argparse.ArgumentParser(prog="python -m lmwidget prepare",
                                 description="Tokenize a corpus once into a token directory for "
                                             "lmwidget.train(data=OUT_DIR).")
@@ -238,8 +225,6 @@ def main(argv=None) -> None:
                       progress=not args.quiet)
     except (ValueError, TypeError, ImportError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
-    from .tokenfiles import read_meta
-
     meta = read_meta(out)
     counts = ", ".join(f"{s} {v['tokens']:,} tokens ({v['bytes']:,} bytes)" for s, v in meta["splits"].items())
     print(f"wrote {out}: {counts}; {meta['dtype']}, vocab_size {meta['vocab_size']:,}")

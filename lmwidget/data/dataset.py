@@ -1,198 +1,20 @@
-"""Corpora, the character tokenizer, the train/validation split and random batches."""
+"""Dataset: a tokenized corpus, its train/validation split and random batches."""
 
 from __future__ import annotations
 
-import hashlib
 import copy
-import os
-import tempfile
-import urllib.error
-import urllib.request
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CORPORA = ("builtin", "shakespeare")
-
-SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-)
-SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-SHAKESPEARE_BYTES = 1_115_394
-URL_ENV = "LMWIDGET_SHAKESPEARE_URL"  # tests point this at a local server
-CACHE_ENV = "LMWIDGET_CACHE_DIR"
-CHUNK = 1 << 16  # characters encoded at once: the working memory of an encoding, whatever the text
-
-
-class CharTokenizer:
-    """Maps each distinct character of a text to an integer id, and back."""
-
-    kind = "char"
-
-    def __init__(self, chars):
-        self.chars = sorted(set(chars))
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self.codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, as chars
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(text)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise ValueError(
-                f"character {e.args[0]!r} is not in the vocabulary of {self.vocab_size} "
-                f"characters this model was trained on"
-            ) from None
-
-    def encode_array(self, text: str) -> np.ndarray:
-        """encode() as a compact array (uint16, or uint32 past 65,536 characters), a piece at a
-        time: its working memory does not grow with the text."""
-        from .tokenfiles import dtype_for
-
-        out = np.empty(len(text), dtype_for(self.vocab_size))
-        cps = self.codepoints
-        for start in range(0, len(text), CHUNK):
-            piece = text[start:start + CHUNK]
-            cp = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-            ids = np.searchsorted(cps, cp)
-            bad = (ids >= len(cps)) | (cps[np.minimum(ids, len(cps) - 1)] != cp)
-            if bad.any():
-                self.encode(piece[int(np.argmax(bad))])  # raises, naming the character
-            out[start:start + len(piece)] = ids
-        return out
-
-    def decode(self, ids) -> str:
-        """The text of `ids`; an id outside the vocabulary (a model with more outputs than
-        the data has characters) reads as U+FFFD."""
-        n = len(self.chars)
-        return "".join(self.chars[i] if 0 <= i < n else "\ufffd" for i in map(int, ids))
-
-    @property
-    def start_id(self) -> int:
-        """The token a sample starts from: a newline where the text has one."""
-        return self.stoi.get("\n", 0)
-
-    def describe(self) -> str:
-        return f"characters ({self.vocab_size})"
-
-    def same_as(self, other) -> bool:
-        return isinstance(other, CharTokenizer) and other.chars == self.chars
-
-
-def builtin_text() -> str:
-    """English prose that ships with every CPython: the reference-manual topics."""
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:  # a trimmed Python: fall back to the builtins' docstrings
-        import builtins
-
-        docs = (getattr(obj, "__doc__", None) for obj in vars(builtins).values())
-        return "\n\n".join(d for d in docs if isinstance(d, str))
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lmwidget"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def shakespeare_text(timeout: float = 30.0) -> str:
-    """Tiny Shakespeare, downloaded once into the cache, checksum-verified."""
-    path = cache_dir() / "tinyshakespeare.txt"
-    if path.is_file():
-        data = path.read_bytes()
-        if _sha256(data) == SHAKESPEARE_SHA256:
-            return data.decode("utf-8")
-    url = os.environ.get(URL_ENV) or SHAKESPEARE_URL
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read(SHAKESPEARE_BYTES + 1)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConnectionError(
-            f"could not download tiny Shakespeare from {url} ({reason}). Offline, use "
-            f"data='builtin' (ships with Python), or download the file elsewhere and pass "
-            f"its path: data='path/to/tinyshakespeare.txt'"
-        ) from e
-    digest = _sha256(data)
-    if digest != SHAKESPEARE_SHA256:
-        raise ValueError(
-            f"tiny Shakespeare from {url} has sha256 {digest} ({len(data)} bytes); expected "
-            f"{SHAKESPEARE_SHA256} ({SHAKESPEARE_BYTES} bytes). Nothing was cached."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tinyshakespeare-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return data.decode("utf-8")
-
-
-def _read_file(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-
-
-def load_text(data) -> str:
-    """The text of `data`: a corpus name, a path to a UTF-8 file, or the text itself.
-
-    A string without whitespace that is neither a corpus name nor an existing file is
-    refused: it is a misspelt name or a wrong path, not text worth training on.
-    """
-    if isinstance(data, os.PathLike):
-        text = _read_file(Path(data))
-    elif not isinstance(data, str):
-        raise TypeError(
-            f"data must be a corpus name {CORPORA}, a path to a UTF-8 text file, or a str "
-            f"of text; got {type(data).__name__}"
-        )
-    elif data.strip() == "builtin":
-        text = builtin_text()
-    elif data.strip() == "shakespeare":
-        text = shakespeare_text()
-    elif "\n" not in data and os.path.exists(os.path.expanduser(data.strip())):
-        text = _read_file(Path(os.path.expanduser(data.strip())))
-    elif data and not any(c.isspace() for c in data):
-        raise ValueError(
-            f"data={data!r} is neither a corpus name nor an existing file. Valid corpus "
-            f"names: {', '.join(CORPORA)}; or pass a path to an existing UTF-8 text file, or "
-            f"a string of text to train on (text containing spaces or newlines)"
-        )
-    else:
-        text = data
-    if not text:
-        raise ValueError(f"the corpus {_describe(data)} is empty: there is nothing to train on")
-    return text
-
-
-def _describe(data) -> str:
-    if isinstance(data, str) and len(data) > 40:
-        return f"(a str of {len(data)} characters)"
-    return repr(str(data))
+from . import tokenfiles, tokens
+from .chars import CharTokenizer
+from .tokencheck import META, SPLITS, check_digest, check_encoded, check_ids, dtype_for, inside, read_meta
+from .tokenstate import restored
+from .text import (CACHE_ENV, CHUNK, CORPORA, SHAKESPEARE_BYTES, SHAKESPEARE_SHA256, SHAKESPEARE_URL,  # noqa: F401
+                   URL_ENV, builtin_text, cache_dir, load_text, shakespeare_text, utf8_len)
 
 
 class Dataset:
@@ -215,12 +37,8 @@ class Dataset:
             ids = self.tokenizer.encode_array(text)  # one character, one token: views of one array
             self.train, self.val = ids[:cut], ids[cut:]
         else:
-            from . import tokens
-
             self.tokenizer = tokens.build(tokenizer, text[:cut], vocab_size)
             self.train, self.val = (tokens.encode_array(self.tokenizer, t) for t in (text[:cut], text[cut:]))
-            from .tokencheck import check_encoded
-
             check_encoded(self.tokenizer, self.train, self.val)  # a size misreported: refused now, not mid-run
         # UTF-8 bytes per token of each split: loss / ln 2 / this is bits per byte
         self.bytes_per_token = {split: utf8_len(text, a, b) / max(1, len(i)) for split, a, b, i
@@ -239,10 +57,8 @@ class Dataset:
     def load(cls, data="builtin", val_fraction: float = 0.1, tokenizer=None, vocab_size: int = 0) -> "Dataset":
         """The dataset train(data=...) would build: a corpus name, a file path, text, or a
         token directory (lmwidget.prepare), read through np.memmap."""
-        from . import tokenfiles
-
         if tokenfiles.is_dir(data):
-            return tokenfiles.open_dir(data, tokenizer, vocab_size)
+            return open_dir(data, tokenizer, vocab_size)
         return cls(load_text(data), val_fraction, tokenizer, vocab_size)
 
     @classmethod
@@ -319,9 +135,60 @@ class Dataset:
         return blocks[:, :-1], blocks[:, 1:]
 
 
-def utf8_len(text: str, start: int = 0, end: int | None = None) -> int:
-    """len(text[start:end].encode("utf-8")), without holding a copy or the whole encoding."""
-    end = len(text) if end is None else end
-    if text.isascii():
-        return end - start
-    return sum(len(text[i:min(end, i + CHUNK)].encode("utf-8", "surrogatepass")) for i in range(start, end, CHUNK))
+def open_dir(path, tokenizer=None, vocab_size: int = 0):
+    """The Dataset of a token directory: its tokenizer and memory-mapped splits.
+
+    Args:
+        path: the token directory.
+        tokenizer: a tokenizer option given with it (refused unless it is the directory's own).
+        vocab_size: must be 0 (the directory brings its vocabulary).
+
+    Returns:
+        A Dataset of the memory-mapped train.bin and val.bin.
+
+    Raises:
+        ValueError: a meta.json that is malformed or changed after it was written, a file it
+            names outside the directory, a missing, truncated or mismatched file, a token id
+            past the tokenizer's vocabulary, or options that cannot apply; naming the file.
+    """
+    path = Path(path).expanduser()
+    meta = read_meta(path)
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")  # the files' order, on any machine
+    own = restored(meta["tokenizer"], f"the tokenizer in {path / META}")
+    if own.vocab_size != meta["vocab_size"] or np.dtype(meta["dtype"]) != dtype_for(own.vocab_size):
+        raise ValueError(f"{path / META}: its tokenizer has {own.vocab_size:,} tokens but the file "
+                         f"says vocab_size={meta['vocab_size']} ({meta['dtype']}); prepare it again")
+    check_digest(path, meta)  # a consistency check: the ids themselves are read from the files
+    if vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} cannot apply to token directory {path}: it was "
+                         f"tokenized with {own.describe()}; leave vocab_size at 0")
+    if isinstance(tokenizer, str) and tokenizer in tokens.TOKENIZERS[1:]:
+        raise ValueError(f"tokenizer={tokenizer!r} cannot apply to token directory {path}: it was "
+                         f"tokenized with {own.describe()}, which it brings; leave tokenizer at its "
+                         f"default, or prepare the text again with tokenizer={tokenizer!r}")
+    if tokenizer is not None and not (isinstance(tokenizer, str) and tokenizer == "char"):
+        given = tokenizer if hasattr(tokenizer, "same_as") else tokens.load(tokenizer)
+        if not own.same_as(given):
+            raise ValueError(f"the tokenizer given ({tokens.label(tokenizer)}) is not the one token "
+                             f"directory {path} was prepared with ({own.describe()})")
+    arrays, bytes_per_token = {}, {}
+    for split in SPLITS:
+        info = meta["splits"][split]
+        file = inside(path, f"splits.{split}.file", info["file"])
+        if not file.is_file():
+            raise ValueError(f"token directory {path} has no {info['file']} (its {META} lists "
+                             f"{info['tokens']:,} {split} tokens); prepare the directory again")
+        expected = info["tokens"] * dtype.itemsize
+        if file.stat().st_size != expected:
+            raise ValueError(
+                f"{file} has {file.stat().st_size:,} bytes but {META} lists {info['tokens']:,} "
+                f"{meta['dtype']} tokens ({expected:,} bytes): the directory is incomplete or mixed "
+                f"from two preparations; prepare it again")
+        top = tokenfiles.split_max(file, dtype, info["tokens"])  # read once, then known from the cache
+        check_ids(file, top, own)
+        if "max_id" in info and info["max_id"] != top:
+            raise ValueError(f"{file} holds ids up to {top:,}, but its {META} records max_id = "
+                             f"{info['max_id']:,}: the two do not belong together; prepare the directory again")
+        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if expected else np.empty(0, dtype)
+        bytes_per_token[split] = info["bytes"] / max(1, info["tokens"])
+    return Dataset.from_tokens(arrays["train"], arrays["val"], own, bytes_per_token, meta["sha256"])

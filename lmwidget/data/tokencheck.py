@@ -270,3 +270,8 @@ def check_target(out_dir, inputs=()) -> None:
         raise ValueError(f"out_dir={str(out_dir)!r} holds files lmwidget.prepare did not write ({listed}): "
                          f"they are left as they are. {accepted} (train.bin, val.bin and its {META}); "
                          f"pass another out_dir")
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits in it, else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)

@@ -13,12 +13,8 @@ import numpy as np
 
 from lmwidget.system import atomic, jsonfile
 from .tokencheck import (DIGEST, FORMAT, LITTER, META, SPLITS, VERSION, check_digest, check_ids,  # noqa: F401
-                         check_target, inside, largest_id, meta_digest, read_meta)
-
-
-def dtype_for(vocab_size: int) -> np.dtype:
-    """uint16 when every id fits in it, else uint32."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+                         check_target, dtype_for, inside, largest_id, meta_digest, read_meta)
+from .text import cache_dir
 
 
 def is_dir(data) -> bool:
@@ -154,8 +150,6 @@ def _key(file: Path) -> tuple[Path, dict]:
     """The cache entry of `file`'s largest id, and what identifies this very version of it:
     st_ctime_ns changes with any change and cannot be set by a user, so a file from outside
     never matches an entry it did not earn."""
-    from .dataset import cache_dir
-
     info = os.stat(file)
     ident = {"path": str(Path(file).resolve()), "dev": info.st_dev, "ino": info.st_ino, "size": info.st_size,
              "mtime_ns": info.st_mtime_ns, "ctime_ns": info.st_ctime_ns}
@@ -203,63 +197,3 @@ def split_max(file: Path, dtype: np.dtype, tokens: int) -> int:
     return top
 
 
-def open_dir(path, tokenizer=None, vocab_size: int = 0):
-    """The Dataset of a token directory: its tokenizer and memory-mapped splits.
-
-    Args:
-        path: the token directory.
-        tokenizer: a tokenizer option given with it (refused unless it is the directory's own).
-        vocab_size: must be 0 (the directory brings its vocabulary).
-
-    Returns:
-        A Dataset of the memory-mapped train.bin and val.bin.
-
-    Raises:
-        ValueError: a meta.json that is malformed or changed after it was written, a file it
-            names outside the directory, a missing, truncated or mismatched file, a token id
-            past the tokenizer's vocabulary, or options that cannot apply; naming the file.
-    """
-    from . import tokens
-    from .dataset import Dataset
-
-    path = Path(path).expanduser()
-    meta = read_meta(path)
-    dtype = np.dtype(meta["dtype"]).newbyteorder("<")  # the files' order, on any machine
-    own = tokens.restored(meta["tokenizer"], f"the tokenizer in {path / META}")
-    if own.vocab_size != meta["vocab_size"] or np.dtype(meta["dtype"]) != dtype_for(own.vocab_size):
-        raise ValueError(f"{path / META}: its tokenizer has {own.vocab_size:,} tokens but the file "
-                         f"says vocab_size={meta['vocab_size']} ({meta['dtype']}); prepare it again")
-    check_digest(path, meta)  # a consistency check: the ids themselves are read from the files
-    if vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} cannot apply to token directory {path}: it was "
-                         f"tokenized with {own.describe()}; leave vocab_size at 0")
-    if isinstance(tokenizer, str) and tokenizer in tokens.TOKENIZERS[1:]:
-        raise ValueError(f"tokenizer={tokenizer!r} cannot apply to token directory {path}: it was "
-                         f"tokenized with {own.describe()}, which it brings; leave tokenizer at its "
-                         f"default, or prepare the text again with tokenizer={tokenizer!r}")
-    if tokenizer is not None and not (isinstance(tokenizer, str) and tokenizer == "char"):
-        given = tokenizer if hasattr(tokenizer, "same_as") else tokens.load(tokenizer)
-        if not own.same_as(given):
-            raise ValueError(f"the tokenizer given ({tokens.label(tokenizer)}) is not the one token "
-                             f"directory {path} was prepared with ({own.describe()})")
-    arrays, bytes_per_token = {}, {}
-    for split in SPLITS:
-        info = meta["splits"][split]
-        file = inside(path, f"splits.{split}.file", info["file"])
-        if not file.is_file():
-            raise ValueError(f"token directory {path} has no {info['file']} (its {META} lists "
-                             f"{info['tokens']:,} {split} tokens); prepare the directory again")
-        expected = info["tokens"] * dtype.itemsize
-        if file.stat().st_size != expected:
-            raise ValueError(
-                f"{file} has {file.stat().st_size:,} bytes but {META} lists {info['tokens']:,} "
-                f"{meta['dtype']} tokens ({expected:,} bytes): the directory is incomplete or mixed "
-                f"from two preparations; prepare it again")
-        top = split_max(file, dtype, info["tokens"])  # read once, then known from the cache
-        check_ids(file, top, own)
-        if "max_id" in info and info["max_id"] != top:
-            raise ValueError(f"{file} holds ids up to {top:,}, but its {META} records max_id = "
-                             f"{info['max_id']:,}: the two do not belong together; prepare the directory again")
-        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if expected else np.empty(0, dtype)
-        bytes_per_token[split] = info["bytes"] / max(1, info["tokens"])
-    return Dataset.from_tokens(arrays["train"], arrays["val"], own, bytes_per_token, meta["sha256"])

@@ -6,12 +6,13 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import TYPE_CHECKING
 
+from lmwidget.system import jsonfile
 from lmwidget.system.jsonfile import shorten
 
-if TYPE_CHECKING:
-    from .tokens import HFTokenizer
+from .chars import CharTokenizer
+from .subword import MAX_JSON, HFTokenizer, pieces, tokenizers_module, train_bpe, train_word
+from .text import cache_dir
 
 
 def saved(tokenizer) -> dict:
@@ -42,7 +43,6 @@ def restored(state: dict, source: str = "the tokenizer a checkpoint stored"):
     Raises:
         ValueError: `state` is not what `saved` writes, naming `source` and what was found.
     """
-    from .dataset import CharTokenizer
     if not isinstance(state, dict):
         raise ValueError(f"{source} is {shorten(state)}; expected an object with \"vocab\" (a list "
                          f"of characters) or \"tokenizer\" (a saved tokenizer)")
@@ -74,8 +74,6 @@ def from_state(state: dict, source: str = "the tokenizer a checkpoint stored") -
             and all(isinstance(state.get(k, ""), str) for k in ("kind", "name"))):
         raise ValueError(f"{source} is {shorten(state)}; expected an object with \"json\" (the text of "
                          f"a tokenizer.json), \"kind\" and \"name\" (strings)")
-    from .tokens import HFTokenizer, tokenizers_module
-
     t = tokenizers_module()
     try:
         tok = t.Tokenizer.from_str(state["json"])
@@ -89,10 +87,6 @@ def from_state(state: dict, source: str = "the tokenizer a checkpoint stored") -
 def cached(kind: str, text: str, vocab_size: int) -> "HFTokenizer":
     """A trained tokenizer from the cache, keyed by the corpus' hash and the settings; trained
     and written there (atomically) the first time."""
-    from lmwidget.system import jsonfile
-    from .dataset import cache_dir
-    from .tokens import MAX_JSON, pieces, train_bpe, train_word
-
     h = hashlib.sha256(json.dumps([kind, vocab_size, 1]).encode())
     for piece in pieces(text, 1 << 22):
         h.update(piece.encode("utf-8", "surrogatepass"))

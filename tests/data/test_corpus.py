@@ -12,7 +12,8 @@ import lmwidget
 from lmwidget.data import corpus
 from lmwidget.data import tokens
 from lmwidget.data.dataset import CharTokenizer, Dataset
-from lmwidget.data.tokenfiles import open_dir, read_meta
+from lmwidget.data.dataset import open_dir
+from lmwidget.data.tokenfiles import read_meta
 
 from tests.conftest import SHARED_SHAKESPEARE
 
