@@ -202,38 +202,6 @@ def check_vocab(model, tokenizer) -> None:
             f"model.resize_token_embeddings({tokenizer.vocab_size})")
 
 
-def build(config, dataset, device) -> nn.Module:
-    """The model a run trains, on `device`: gpt or lstm built from the options (seeded), the
-    directory's pretrained model, or the user's module; checked against the dataset.
-
-    Args:
-        config: the run's options.
-        dataset: its dataset (tokenizer, vocab_size, batches).
-        device: where the model goes.
-
-    Returns:
-        The model, on `device`.
-
-    Raises:
-        ValueError: the directory, the vocabulary or the model's contract is refused (load,
-            check_vocab, models.check_user_model).
-    """
-    import torch
-
-    from .builtin import build_model, check_user_model
-
-    if isinstance(config.model, str) and config.model in MODELS:
-        with torch.random.fork_rng(devices=[]):  # seeded init, the user's RNG untouched
-            torch.manual_seed(config.seed)
-            return build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
-                               config.n_head, config.n_embd, config.dropout)
-    model = load(config.model) if is_directory(config.model) else config.model
-    check_vocab(model, dataset.tokenizer)
-    model = model.to(device)
-    check_user_model(model, dataset, config, device)
-    return model
-
-
 def describe(model, option) -> str:
     """The model as the dashboard's header names it.
 
@@ -257,3 +225,10 @@ def _transformers():
         raise ImportError("a model directory is loaded with Hugging Face transformers: "
                           "pip install 'lmwidget[hf]'") from None
     return transformers
+
+
+def build(config, dataset, device) -> nn.Module:
+    """The model a run trains: see lmwidget.models.resolve.build (kept here for its callers)."""
+    from .resolve import build as resolved
+
+    return resolved(config, dataset, device)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
+from lmwidget.errors import CheckpointError, ModelDirError
 from lmwidget.system import jsonfile
+from lmwidget.system import torchfile
 
 CONFIG_LIMIT = 1 << 20  # config.json, generation_config.json: a few KiB as save_pretrained writes
 INDEX_LIMIT = 8 << 20  # *.index.json: a few hundred KiB for the largest models
@@ -25,10 +27,6 @@ MEANING = (("ignore_mismatched_sizes", "a saved weight's shape differs from the 
                                        "implies"),
            ("trust_remote_code", "it needs Python code of the directory's own"),
            ("weights_only", "a weights file holds objects other than tensors"))
-
-
-class ModelDirError(ValueError):
-    """A model directory refused before anything was built; the message names the file and why."""
 
 
 def json_object(file: Path, limit: int, what: str) -> dict:
@@ -137,20 +135,18 @@ def _safetensors(file: Path) -> dict:
 
 
 def _torch_archive(file: Path) -> dict:
-    """The shapes in a pytorch_model.bin, checked as lmwidget's checkpoints are (ckptcheck: a whole
+    """The shapes in a pytorch_model.bin, checked as lmwidget's checkpoints are (torchfile: a whole
     archive of stored records that do not overlap, dense tensors on their own bytes)."""
-    from lmwidget.checkpoint import loading as ckptcheck
-
     kind, accepted = "weights file", "Accepted: model.safetensors (save_pretrained writes one)"
     with open(file, "rb") as f:
-        head = f.read(len(ckptcheck.ZIP))
-    if head != ckptcheck.ZIP:
+        head = f.read(len(torchfile.ZIP))
+    if head != torchfile.ZIP:
         raise ModelDirError(
             f"{file} was refused: it is not the zip archive torch.save writes (its first bytes "
             f"are {head.hex(' ') or 'none'}), so reading it would mean unpickling all of it. "
             f"{accepted}, or a pytorch_model.bin saved by torch 1.6 or later")
     try:
-        records = ckptcheck.check_archive(file, kind)
+        records = torchfile.check_archive(file, kind)
         pickles = [r for r in records if r.filename.endswith("data.pkl")]
         if len(pickles) != 1 or pickles[0].file_size > PICKLE_LIMIT:
             what = (f"its pickle is {pickles[0].file_size:,} bytes, more than the "
@@ -162,17 +158,17 @@ def _torch_archive(file: Path) -> dict:
         except pickle.UnpicklingError as e:
             raise ModelDirError(
                 f"{file} was refused: it holds objects other than tensors "
-                f"({ckptcheck.refused(str(e))}), and lmwidget never unpickles those: nothing in it "
+                f"({torchfile.refused(str(e))}), and lmwidget never unpickles those: nothing in it "
                 f"ran and nothing was loaded. Accepted: tensors alone, as save_pretrained writes "
                 f"them (best as model.safetensors)") from None
         except Exception as e:
-            raise ckptcheck.damaged(file, e, kind) from None
+            raise torchfile.damaged(file, e, kind) from None
         if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
                                                   for k, v in state.items()):
             raise ModelDirError(f"{file} was refused: it holds a {type(state).__name__}, not a "
                                 f"dict of names to tensors as save_pretrained writes. {accepted}")
-        ckptcheck.check_tensors(state, file, file.name, kind)
-    except ckptcheck.CheckpointError as e:
+        torchfile.check_tensors(state, file, file.name, kind)
+    except CheckpointError as e:
         raise ModelDirError(f"{e}. {accepted}") from None
     return {key: tuple(tensor.shape) for key, tensor in state.items()}
 

@@ -23,7 +23,7 @@ from lmwidget.models import pretrained
 from lmwidget.data import tokens
 from lmwidget.data.dataset import builtin_text
 from lmwidget.models.hf import adapt
-from lmwidget.models.builtin import check_user_model
+from lmwidget.models.contract import check_user_model
 
 transformers = pytest.importorskip("transformers")
 
