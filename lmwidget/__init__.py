@@ -1,22 +1,31 @@
 """lmwidget: train a language model in the background of a Jupyter kernel, and steer it live."""
 
-from lmwidget.core.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
-from lmwidget.checkpoint.saving import CheckpointError
-from lmwidget.views.compare import compare
-from lmwidget.training.config import TrainConfig
-from lmwidget.data.corpus import prepare
-from lmwidget.data.dataset import CharTokenizer, Dataset
-from lmwidget.lrfind.finder import LRFinder, lr_find
+from .adapters.fit import fit
+from .adapters.loop import Loop, StopTraining, steer
+from .core import viewers
+from .core.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
+from .core.registry import runs
+from .core.retention import keep_runs
+from .core.source import CONTROLS, Source
+from .data.corpus import prepare
+from .data.dataset import CharTokenizer, Dataset
+from .errors import CheckpointError, LmwidgetError, LmwidgetWarning, ModelDirError
+from .lrfind.finder import LRFinder, lr_find
 from .magics import load_ipython_extension
-from lmwidget.models.builtin import GPT, LSTM
-from lmwidget.adapters.fit import fit
-from lmwidget.adapters.loop import Loop, StopTraining, steer
-from lmwidget.remote.remote_run import RemoteRun, attach
-from lmwidget.core.retention import keep_runs
-from lmwidget.training.run import Run, train
-from lmwidget.core.source import CONTROLS, LmwidgetWarning, Source, runs
+from .models.builtin import GPT, LSTM
+from .remote.remote_run import RemoteRun, attach
+from .training.config import TrainConfig
+from .training.run import Run, train
+from .version import __version__
+from .views.compare import compare
+from .views.dashboard import Dashboard
+from .views.export import export, to_html
 
-__version__ = "0.2.0"
-__all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CONTROLS", "attach", "RemoteRun", "runs", "keep_runs", "lr_find", "LRFinder", "compare", "prepare", "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset",
-           "Callback", "EarlyStopping", "ReduceLROnPlateau", "LmwidgetWarning", "CheckpointError",
-           "load_ipython_extension"]
+# the views attach to every source from here: core never imports a view
+viewers.use(dashboard=Dashboard, export=export, to_html=to_html)
+
+__all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CONTROLS", "attach",
+           "RemoteRun", "runs", "keep_runs", "lr_find", "LRFinder", "compare", "prepare",
+           "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset", "Callback", "EarlyStopping",
+           "ReduceLROnPlateau", "LmwidgetError", "LmwidgetWarning", "CheckpointError",
+           "ModelDirError", "load_ipython_extension"]

@@ -9,13 +9,20 @@ import threading
 import time
 import weakref
 
-from . import retention
+from . import registry, retention
 from lmwidget.system.resources import SAMPLE_INTERVAL
 
 TICK = 0.1  # s between looks: a run is first sampled within this of its start, however short
 _lock = threading.Lock()
 _state: dict = {"thread": None}
 _sampled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # run -> when last sampled
+
+
+def register(source) -> None:
+    """A source starts training in this process (runs() lists it, and its resources are
+    sampled about once a second until it ends, off its thread)."""
+    registry.add(source)
+    watch()  # it also closes the finished runs that keep_runs() no longer keeps whole
 
 
 def watch() -> None:
@@ -47,8 +54,7 @@ def _stop_at_exit() -> None:
 
 
 def _loop() -> None:
-    from .source import runs
-
+    runs = registry.runs
     while not _state.get("exiting"):
         for run in retention.to_close(runs()):  # here, never on a training thread
             try:

@@ -2,65 +2,30 @@
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import threading
 import time
-import warnings
 
 import torch
 
-from . import retention
-from lmwidget.training.config import check_grad_clip, check_lr
+from lmwidget.errors import LmwidgetWarning  # noqa: F401 (its callers import it from here too)
+from lmwidget.system.resources import ResourceSampler
+
+from .closing import Closable
 from .control import ENDED, LIVE_ONLY, Control, ended_refusal
 from .history import History
+from .monitor import register  # noqa: F401 (its callers import these from here too)
+from .registry import active_runs, runs  # noqa: F401
+from .values import check_grad_clip, check_lr
+from .viewers import Viewable
+from .waiting import Waitable
 
 # what a source may be asked to do; a view shows each one a source cannot do disabled
 CONTROLS = ("pause", "stop", "lr", "grad_clip", "sample", "save", "histogram", "evaluate")
 _ids = itertools.count(1)  # one numbering for every source of this process
-_runs: list = []           # every source that trained in this process, oldest first
-_runs_lock = threading.Lock()
 
 
-class LmwidgetWarning(UserWarning):
-    """A warning from lmwidget that the user should act on."""
-
-
-# Python shows a warning once per call site by default; these must show every time.
-warnings.simplefilter("always", LmwidgetWarning)
-
-
-def register(source: "Source") -> None:
-    """A source starts training in this process (runs() lists it, and its resources are
-    sampled about once a second until it ends, off its thread)."""
-    from . import monitor
-
-    with _runs_lock:
-        if source not in _runs:
-            _runs.append(source)
-    monitor.watch()  # it also closes the finished runs that keep_runs() no longer keeps whole
-
-
-def runs() -> list:
-    """Every run that trained in this process (yours and lmwidget's), oldest first."""
-    with _runs_lock:
-        return list(_runs)
-
-
-def active_runs() -> list:
-    return [r for r in runs() if r.state not in ENDED]
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    """Stop runs before the interpreter goes: torch work in a dying daemon thread aborts it."""
-    for run in active_runs():
-        run.stop()
-    for run in runs():
-        run.join(5.0)
-
-
-class Source:
+class Source(Viewable, Closable, Waitable):
     """What the dashboard, compare, the static summary, the exports and a job's stream read,
     and what their controls act on.
 
@@ -81,7 +46,7 @@ class Source:
         self.record = History()
         self.control = Control()
         self.ghosts: list = []     # earlier runs its dashboard draws faintly
-        self._dashboard = None
+        self._dashboard = None     # made on first use (Viewable.dashboard)
         self._shown_in = None      # the execution count of the cell that displayed the dashboard
         self._lock = threading.Lock()
 
@@ -217,49 +182,8 @@ class Source:
     def _resource_sampler(self):
         with self._lock:
             if getattr(self, "_sampler", None) is None:
-                from lmwidget.system.resources import ResourceSampler
-
                 self._sampler = ResourceSampler(self.device)
             return self._sampler
-
-    # -- its memory ---------------------------------------------------------------------------
-    closed = False
-    #: what a closed run cannot do any more: each needs the model that close() let go of
-    NEED_MODEL = ("sample", "save", "histogram", "evaluate")
-
-    def close(self, timeout: float | None = 60.0) -> None:
-        """Let go of what the run holds beyond its record: the model, optimizer and data (host
-        and device memory), and its dashboard's widgets, whose cells keep the static summary
-        of its curves. A run still training is stopped first. Its history, events, samples,
-        options and description stay: compare(), ghosts, exports and a new dashboard read them.
-        Older finished runs are closed this way while newer ones train (see keep_runs)."""
-        if self.closed:
-            return
-        if not self.ended:
-            self.stop("closed")
-        if not self.join(timeout):
-            raise TimeoutError(f"{self.name} did not end within {timeout} s of being stopped, so it "
-                               f"was not closed (its thread still holds the model); try again")
-        self.record.drain()  # no value of the record left on the device
-        latest = self.record.layer_grad_norms
-        if latest is not None:
-            self.record.layer_grad_norms = (latest[0], torch.as_tensor(latest[1]).cpu())
-        with self._lock:
-            if self.closed:
-                return
-            self._release()
-            why = f"{self.name} was closed: its model was released (its record stays)"
-            self.unsupported = {**self.unsupported, **{c: why for c in self.NEED_MODEL}}
-            self.closed = True
-            dashboard, self._dashboard = self._dashboard, None
-        if dashboard is not None:
-            dashboard.retire()  # its own thread leaves the summary in its cells and closes it
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        retention.give_back_host_memory()
-
-    def _release(self) -> None:
-        """Drop this source's references to the model, optimizer and data."""
 
     # -- steering -----------------------------------------------------------------------------
     def supports(self, control: str) -> bool:
@@ -358,92 +282,6 @@ class Source:
 
     def unwatch(self, event: threading.Event) -> None:
         self.control.unwatch(event)
-
-    @property
-    def alive(self) -> bool:
-        """Its training still runs (a thread, or a loop on the caller's thread)."""
-        return self.started and not self.ended
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait up to `timeout` s for the training to end; True once it has."""
-        return self.wait(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends (True) or `timeout` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        changed = threading.Event()
-        self.watch(changed)
-        try:
-            while not self.ended:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                changed.wait(left if left is None else min(left, 1.0))
-                changed.clear()
-        finally:
-            self.unwatch(changed)
-        return True
-
-    def wait_for_step(self, step: int, timeout: float | None = None) -> bool:
-        """Block until the run has done `step` steps (True): a cell that pauses, samples or
-        inspects the run waits for it to have learned something first. False when `timeout`
-        s pass, or the run ends or pauses itself (a non-finite step) before that step;
-        re-raises a failure. A pause of yours is waited through."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an int >= 0; got {step!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.step < step:
-            if self.ended:
-                if self.error is not None:
-                    raise self.error
-                return False
-            if self.self_paused:
-                return False
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)  # the caller's thread: the run is never touched
-        return True
-
-    # -- views --------------------------------------------------------------------------------
-    @property
-    def dashboard(self):
-        """The dashboard widget (created on first use, on the calling thread)."""
-        with self._lock:
-            if self._dashboard is None:
-                from lmwidget.views.dashboard import Dashboard
-
-                self._dashboard = Dashboard(self)
-        return self._dashboard
-
-    def show(self) -> None:
-        """Display the dashboard in the running cell (once per cell); in a script, nothing."""
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is None or not hasattr(shell, "kernel"):
-            return  # not in a notebook kernel: nothing to draw on
-        if self._shown_in == shell.execution_count:
-            return
-        self._shown_in = shell.execution_count
-        self.dashboard.show()
-
-    def _ipython_display_(self) -> None:
-        self.show()
-
-    def export(self, directory) -> dict:
-        """Write the run's record into `directory` and return {name: path}: history.csv
-        (and .parquet with pyarrow), events.csv, resources.csv, samples.json, config.json,
-        and TensorBoard event files under tensorboard/ when tensorboard is installed."""
-        from lmwidget.views.export import export
-
-        return export(self, directory)
-
-    def to_html(self, path):
-        """Write one standalone HTML page with the run's curves (drawn without a kernel or
-        network) and the dashboard's widget state; returns its path."""
-        from lmwidget.views.export import to_html
-
-        return to_html(self, path)
 
     def __repr__(self) -> str:
         total = "?" if self.max_steps is None else self.max_steps

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import html
 import math
 import threading
 
@@ -13,11 +12,15 @@ import torch
 from lmwidget.training.config import TrainConfig, check_lr
 from lmwidget.data.dataset import Dataset
 from lmwidget.models.hf import unwrap
-from lmwidget.models import pretrained
+from lmwidget.models import resolve
 from lmwidget.system import threads
-from lmwidget.core.palette import RED
+from lmwidget.core.registry import active_runs
 from lmwidget.system.threads import cpu_threads
 from lmwidget.training.optim import make_optimizer, resolve_device
+from lmwidget.training.run import train
+from lmwidget.views.charts import show_in_notebook
+
+from .view import LRFinderView
 
 UPDATE_INTERVAL = 0.25  # s between chart redraws
 MIN_POINTS = 10         # smoothed points needed before anything is suggested
@@ -211,8 +214,6 @@ class LRFinder:
         """Start a run of the same model (from its starting weights), data and options at
         `self.lr`; `options` override them (max_steps=..., and train()'s display=...).
         Waits for the test to end first: it trains the same model until then."""
-        from lmwidget.training.run import train
-
         self.wait()
         config = {name: getattr(self.config, name) for name in TrainConfig.option_names()}
         config.update(lr=self.lr)
@@ -224,14 +225,10 @@ class LRFinder:
     def widget(self):
         with self._lock:
             if self._view is None:
-                from .view import LRFinderView
-
                 self._view = LRFinderView(self)
         return self._view
 
     def _ipython_display_(self) -> None:
-        from lmwidget.views.charts import show_in_notebook
-
         show_in_notebook(self.widget)
 
     def __repr__(self) -> str:
@@ -256,34 +253,18 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
     """
     config = TrainConfig.from_options(model=model, data=data, **options)
     if isinstance(config.model, torch.nn.Module):
-        from lmwidget.core.source import active_runs
-
         busy = [r for r in active_runs() if unwrap(r.model) is unwrap(config.model)]
         if busy:
             raise ValueError(f"run {busy[0].id} is training this model ({busy[0].state}); the range "
                              f"test would train the same weights. Stop it first, or pass a copy")
     dataset = Dataset.from_config(config)
     dataset.check_block_size(config.block_size)
-    net = pretrained.build(config, dataset, resolve_device(config.device))
+    net = resolve.build(config, dataset, resolve_device(config.device))
     if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
         raise ValueError(f"beta must be a number in [0, 1) (for example 0.95); got {beta!r}")
     finder = LRFinder(config, net, dataset, start, end, steps, diverge, beta).start_test()
     if display:
-        from lmwidget.views.charts import show_in_notebook
-
         show_in_notebook(finder.widget)
     return finder
 
 
-def describe(finder: LRFinder) -> str:
-    """The finder's status line (HTML)."""
-    parts = [f"<b>LR range test</b> {finder.state}, {len(finder.lrs)}/{finder.steps} steps"]
-    for name, lr in finder.suggestions.items():
-        parts.append(f"{name} {lr:.2e}")
-    if finder.chosen is not None:
-        parts.append(f"<b>chosen {finder.chosen:.2e}</b>")
-    elif finder.suggestions:
-        parts.append("click a point to choose its LR")
-    if finder.error is not None:
-        parts.append(f'<span style="color:{RED}">{html.escape(repr(finder.error))}</span>')
-    return " · ".join(parts)

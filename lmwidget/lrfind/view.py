@@ -9,7 +9,6 @@ import bqplot as bq
 import ipywidgets as w
 import numpy as np
 
-from .finder import describe
 from lmwidget.core.palette import BLUE, GREEN, PURPLE, RED
 from lmwidget.views.updater import Updater
 
@@ -144,3 +143,17 @@ class LRFinderView(w.VBox):
             runs, self._pending_runs = self._pending_runs, []
         if runs:
             self.runs.children = (*self.runs.children, *(run.dashboard for run in runs))
+
+
+def describe(finder) -> str:
+    """The finder's status line (HTML)."""
+    parts = [f"<b>LR range test</b> {finder.state}, {len(finder.lrs)}/{finder.steps} steps"]
+    for name, lr in finder.suggestions.items():
+        parts.append(f"{name} {lr:.2e}")
+    if finder.chosen is not None:
+        parts.append(f"<b>chosen {finder.chosen:.2e}</b>")
+    elif finder.suggestions:
+        parts.append("click a point to choose its LR")
+    if finder.error is not None:
+        parts.append(f'<span style="color:{RED}">{html.escape(repr(finder.error))}</span>')
+    return " · ".join(parts)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from lmwidget.core.values import check_grad_clip, check_lr, is_number  # noqa: F401 (check_* imported from here too)
+
 from lmwidget.models import pretrained
 from lmwidget.data import tokenfiles, tokens
 from lmwidget.models.hf import adapt, unwrap
@@ -111,7 +113,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("anomaly", self.anomaly, ANOMALY_ACTIONS)
-        if not (_is_number(self.spike_factor) and (self.spike_factor == 0 or 1 < self.spike_factor < math.inf)):
+        if not (is_number(self.spike_factor) and (self.spike_factor == 0 or 1 < self.spike_factor < math.inf)):
             raise ValueError(f"spike_factor must be 0 (off) or a finite number > 1 (for example 10); "
                              f"got {self.spike_factor!r}")
         if self.schedule == "exponential" and self.min_lr_ratio == 0:
@@ -140,54 +142,13 @@ class TrainConfig:
         return out
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _as_float(value) -> float:
-    """`value` as the float that will be used (NaN when it is no number, or does not fit:
-    10**400 overflows; Fraction(1, 10**400) becomes 0.0 and is judged as 0.0)."""
-    if not _is_number(value):
-        return math.nan
-    try:
-        return float(value)
-    except (OverflowError, ValueError, TypeError):
-        return math.nan
-
-
-def _shown(value, as_float: float) -> str:
-    """The value given, shortened, and what it became as a float where that is the reason."""
-    text = repr(value)
-    text = text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
-    if _is_number(value) and math.isnan(as_float) and not isinstance(value, float):
-        return f"{text} (too large for a float)"
-    if _is_number(value) and as_float == 0 and value != 0:
-        return f"{text} (0.0 as a float)"
-    return text
-
-
-def check_lr(lr) -> float:
-    value = _as_float(lr)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"lr must be a finite number > 0 (for example 3e-3); got {_shown(lr, value)}")
-    return value
-
-
-def check_grad_clip(grad_clip) -> float:
-    value = _as_float(grad_clip)
-    if not math.isfinite(value) or value < 0 or (value == 0 and grad_clip != 0):  # not "off" by rounding
-        raise ValueError(f"grad_clip must be a finite number >= 0 (0 turns clipping off); "
-                         f"got {_shown(grad_clip, value)}")
-    return value
-
-
 def _check_int(name, value, minimum) -> None:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
 def _check_float(name, value, low, high, low_open=False, high_open=False) -> None:
-    ok = _is_number(value) and math.isfinite(value)
+    ok = is_number(value) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (value < high if high_open else value <= high)
     if not ok:

@@ -1,0 +1,3 @@
+"""lmwidget's version: recorded in its checkpoints and exports."""
+
+__version__ = "0.2.0"
