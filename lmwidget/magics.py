@@ -10,11 +10,13 @@ import torch.nn as nn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from lmwidget.training.config import OPTIONS, add_options
-from lmwidget.core.callbacks import EarlyStopping, ReduceLROnPlateau
-from lmwidget.lrfind.finder import lr_find
-from lmwidget.training.run import active_runs, train
-from lmwidget.data.tokens import TOKENIZERS
+from .core.callbacks import EarlyStopping, ReduceLROnPlateau
+from .core.registry import active_runs
+from .data.tokens import TOKENIZERS
+from .lrfind.finder import lr_find
+from .training.config import OPTIONS, add_options
+from .training.run import train
+from .views.frontends import prepare as prepare_frontend
 
 class _Help(Exception):
     pass
@@ -142,7 +144,5 @@ def load_ipython_extension(ipython) -> None:
     Args:
         ipython: the running `InteractiveShell`.
     """
-    from lmwidget.views.frontends import prepare
-
-    prepare()  # Colab: its custom widget manager, before any dashboard is drawn
+    prepare_frontend()  # Colab: its custom widget manager, before any dashboard is drawn
     ipython.register_magics(LmMagics)

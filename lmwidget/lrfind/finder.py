@@ -243,13 +243,30 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
             **options) -> LRFinder:
     """Run the LR range test in the background and return its LRFinder at once.
 
-    `model` and `data` as in train(); `options` are train()'s (batch_size, block_size,
-    grad_clip, ...). `beta`: the loss's exponential smoothing (0.95: about 14 steps of lag
-    on a 100-step test, where fastai's 0.98 lags about 34 and pushes the minimum late);
-    `diverge`: stop once the smoothed loss is this many times its minimum. A built-in model starts from the weights train() would give it with
-    the same seed; your own module is restored to its weights afterwards. In a notebook the
-    live chart is shown: click a point to choose that LR, then "Train with this LR" (or
+    A built-in model starts from the weights train() would give it with the same seed; your
+    own module is restored to its weights afterwards. In a notebook the live chart is shown:
+    click a point to choose that LR, then "Train with this LR" (or
     `lmwidget.train(..., lr=finder)`).
+
+    Args:
+        model: as in train(): "gpt", "lstm", your nn.Module, or a model directory.
+        data: as in train(): a corpus name, a text file, text, or a token directory.
+        start: the first LR tried.
+        end: the last LR tried; the LR grows exponentially from `start` to `end`.
+        steps: the training steps of the test.
+        diverge: stop once the smoothed loss is this many times its minimum.
+        beta: the loss's exponential smoothing (0.95: about 14 steps of lag on a 100-step
+            test, where fastai's 0.98 lags about 34 and pushes the minimum late).
+        display: show the live chart in the running cell.
+        **options: train()'s other options (batch_size, block_size, grad_clip, ...).
+
+    Returns:
+        The LRFinder, already training in its own thread.
+
+    Raises:
+        ValueError: an option is refused, `beta` is outside [0, 1), or a run is training the
+            same module.
+        TypeError: an unknown option.
     """
     config = TrainConfig.from_options(model=model, data=data, **options)
     if isinstance(config.model, torch.nn.Module):
