@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ import lmwidget  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.harness.frameworks import lightning_setup  # noqa: E402
 from tests.harness.kernel import Kernel  # noqa: E402
+
+HARNESS_FRAMEWORKS = Path(__file__).parents[1] / "harness" / "frameworks.py"  # pasted into kernels
 
 LONG = 100_000
 
@@ -109,7 +112,7 @@ def test_lightning_in_a_kernel_obeys_the_dashboard(tmp_path):
     """In a real kernel, as a browser's clicks would: pause, the LR slider, stop."""
     kernel = Kernel(tmp_path)
     try:
-        _, _, error, _ = kernel.execute(open(__file__.replace("test_lightning_trainer.py", "frameworks.py")).read())
+        _, _, error, _ = kernel.execute(HARNESS_FRAMEWORKS.read_text())
         assert error is None, error
         _, err, error, displays = kernel.execute(
             "import lmwidget\n"

@@ -6,6 +6,7 @@ import math
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -17,6 +18,8 @@ from lmwidget import Callback
 from tests.conftest import wait_for
 from tests.harness.frameworks import own_loop
 from tests.harness.kernel import Kernel
+
+HARNESS_FRAMEWORKS = Path(__file__).parents[1] / "harness" / "frameworks.py"  # pasted into kernels
 
 FOREVER = 10**9
 
@@ -314,7 +317,7 @@ def test_your_loop_in_a_kernel_obeys_the_dashboard(tmp_path):
     clicks would: pause, the LR slider, save, stop."""
     kernel = Kernel(tmp_path)
     try:
-        source = open(__file__.replace("test_loop.py", "frameworks.py")).read()
+        source = HARNESS_FRAMEWORKS.read_text()
         _, _, error, _ = kernel.execute(source)
         assert error is None, error
         _, err, error, displays = kernel.execute(
