@@ -105,9 +105,8 @@ class History:
                         self._logged.append((step, name, value))
                     elif not self._set_at(step, name, value):  # a schema column, by the user
                         self._pending_logged.append((step, name, value))  # its row comes later
-            if rows and self._listeners:
-                for listener in self._listeners:
-                    listener(new)
+            for listener in self._listeners if rows else ():
+                listener(new)
             return k
 
     def _set_at(self, step: int, name: str, value) -> bool:
@@ -124,13 +123,16 @@ class History:
         """Append rows already on the host ({column: values}): a remote job's rows as an
         attached notebook receives them. A column the sender did not know takes its default."""
         k = len(columns["step"])
-        with self._drain_lock:
-            with self._lock:
-                self._reserve(self._n + k)
-                for m in STORED:
-                    self._cols[m.name][self._n:self._n + k] = filled(m.name, columns.get(m.name), k)
-                self._n += k
+        with self._drain_lock, self._lock:
+            self._put_rows(self._n, columns, k)
         return k
+
+    def _put_rows(self, at: int, columns: dict, k: int) -> None:
+        """Rows `at` to `at + k` from host arrays, {column: values} (under the lock)."""
+        self._reserve(at + k)
+        for m in STORED:
+            self._cols[m.name][at:at + k] = filled(m.name, columns.get(m.name), k)
+        self._n = at + k
 
     def extend_logged(self, entries) -> None:
         """Append the user's metrics already on the host: (step, name, value) entries."""
@@ -270,14 +272,9 @@ class History:
     def load_state_dict(self, state: dict) -> None:
         """Replace what is recorded with a checkpoint's (before the run starts). A column the
         checkpoint's lmwidget did not have takes its default."""
-        columns = state["columns"]
-        n = len(columns["step"])
+        columns = {name: saved.numpy() for name, saved in state["columns"].items()}
         with self._lock:
-            self._reserve(n)
-            for m in STORED:
-                saved = columns.get(m.name)
-                self._cols[m.name][:n] = filled(m.name, None if saved is None else saved.numpy(), n)
-            self._n = n
+            self._put_rows(0, columns, len(columns["step"]))
             self._events = [list(e) for e in state["events"]]
             res = {k: v.tolist() for k, v in state["resources"].items()}
             names = [k for k in res if k not in ("time", "step")]
