@@ -55,7 +55,7 @@ class HFRun(Loop):
         self._norms = None     # (grad norm, per layer) measured before this step's clipping
         self._lr = None        # the LR this step applies
         self._t_step = None
-        self._pending_path = {}  # global step -> save jobs waiting for the Trainer's checkpoint
+        self._control = None   # the Trainer's control while a step boundary is carried out
         self.callback = _bridge()(self)
         self.unsupported = self._hf_limits()
 
@@ -136,30 +136,24 @@ class HFRun(Loop):
         """The next step's time starts after the boundary, a pause included."""
         self._t_step = time.perf_counter()
 
-    # -- requests, with the Trainer's own means ------------------------------------------------
-    def apply_request(self, kind: str, value, note: str):
-        if kind == "grad_clip":
-            self.trainer.args.max_grad_norm = value
-            self._grad_clip = value
-            return value
-        if kind == "save":
-            if self._control is not None:
-                self._control.should_save = True  # written by the Trainer after on_step_end
-            return False
-        if kind == "evaluate":
-            if self._control is None:  # after the end: on the caller's thread
-                self.evaluated(self.trainer.evaluate())
-            else:
-                self._control.should_evaluate = True
-            return False  # the evaluation's own event comes with its eval_loss
-        return super().apply_request(kind, value, note)
+    # -- what the step boundary carries out, with the Trainer's own means ----------------------
+    def _apply_grad_clip(self, grad_clip: float) -> bool:
+        self.trainer.args.max_grad_norm = grad_clip
+        return super()._apply_grad_clip(grad_clip)
+
+    def _save_now(self) -> None:
+        if self._control is not None:
+            self._control.should_save = True  # written by the Trainer after on_step_end
+
+    def _evaluate_now(self):
+        """None: the evaluation's own event comes with its eval_loss."""
+        if self._control is None:  # after the end: on the caller's thread
+            self.evaluated(self.trainer.evaluate())
+        else:
+            self._control.should_evaluate = True
 
     def measure(self):
-        # HF clips itself, to args.max_grad_norm (kept in step with set_grad_clip)
-        grad_norm, layers = self.norms()
-        if self._histogram_of is not None:
-            self._take_histograms(self.step + 1, "this training step (before clipping)")
-        return grad_norm, layers
+        return self.steering.gradients(self.step + 1)  # HF clips itself, to args.max_grad_norm
 
     def _generate(self) -> str:
         tok = self.tokenizer

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from lmwidget.core.steering import scale_lr
 from .loop import Loop
 
 
@@ -116,22 +117,16 @@ class LightningRun(Loop):
         self._t_step = time.perf_counter()
 
     def measure(self):
-        grad_norm, layers = self.norms()  # Lightning clips itself, to trainer.gradient_clip_val
-        if self._histogram_of is not None:
-            self._take_histograms(self.step + 1, "this training step (before clipping)")
-        return grad_norm, layers
+        return self.steering.gradients(self.step + 1)  # Lightning clips itself, to gradient_clip_val
 
-    def apply_request(self, kind: str, value, note: str):
-        if kind == "lr":
-            from lmwidget.core.steering import scale_lr
+    # -- what the step boundary carries out, with Lightning's own means --------------------------
+    def _apply_lr(self, lr: float) -> bool:
+        scale_lr(self._optimizers, self._schedulers, lr / self.lr)
+        return True
 
-            scale_lr(self._optimizers, self._schedulers, value / self.lr)
-            return value
-        if kind == "grad_clip":
-            self.trainer.gradient_clip_val = value or None
-            self._grad_clip = value
-            return value
-        return super().apply_request(kind, value, note)
+    def _apply_grad_clip(self, grad_clip: float) -> bool:
+        self.trainer.gradient_clip_val = grad_clip or None
+        return super()._apply_grad_clip(grad_clip)
 
     def _write(self, path, step: int) -> dict:
         """Lightning's own checkpoint (a .ckpt that fit(ckpt_path=...) resumes), written by

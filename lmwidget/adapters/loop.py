@@ -5,43 +5,23 @@ from __future__ import annotations
 import math
 import threading
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.utils import clip_grads_with_norm_
 
 from lmwidget.checkpoint import saving as checkpoint
-from . import loopstate
-from lmwidget.core.callbacks import Callbacks
-from lmwidget.training.config import check_grad_clip
-from lmwidget.core.health import GradNorms, histogram, nonfinite_cause
+from lmwidget.core.health import nonfinite_cause
 from lmwidget.core.history import DRAIN_EVERY
-from lmwidget.core.source import Source, register
-from lmwidget.core.steering import Steered, Steering, base_lr, scale_lr, unwrapped
+from lmwidget.core.source import register
 from lmwidget.system import threads
 from lmwidget.system.threads import ThreadTuner, cpu_threads
+from . import loopstate
+from .steerable import Steerable, check_steerable
 
 
 class StopTraining(Exception):
     """Raised by Loop.tick() when it is called again after the run was stopped (a loop that
     ignored tick()'s False): Loop.start() ends such a loop cleanly, as stopped."""
-
-
-def check_steerable(model, optimizer, lr_scheduler=None) -> None:
-    """Refuse what lmwidget cannot steer, before any thread starts."""
-    optimizer, lr_scheduler = unwrapped(optimizer, lr_scheduler)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer (AdamW, SGD, ...); got "
-                        f"{type(optimizer).__name__}")
-    own = {id(p) for p in model.parameters()}
-    if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
-        raise ValueError(f"the optimizer holds none of model {type(model).__name__}'s parameters: "
-                         f"pass the optimizer built from model.parameters()")
-    if lr_scheduler is not None and unwrapped(getattr(lr_scheduler, "optimizer", None))[0] is not optimizer:
-        raise ValueError(f"lr_scheduler {type(lr_scheduler).__name__} is not bound to this optimizer "
-                         f"(its .optimizer is another object): pass the scheduler built on it")
 
 
 def steer(model, optimizer, lr_scheduler=None, *, display: bool = True, **options) -> "Loop":
@@ -63,7 +43,7 @@ def steer(model, optimizer, lr_scheduler=None, *, display: bool = True, **option
     return run
 
 
-class Loop(Steered, Source):
+class Loop(Steerable):
     """A run of your own loop. Build it with `lmwidget.steer(model, optimizer, lr_scheduler)`,
     call `tick(loss)` once per optimizer step, after `backward()` and before
     `optimizer.step()`, and run the loop with `start(fn)` (a background thread) or on the
@@ -73,36 +53,26 @@ class Loop(Steered, Source):
     (before clipping), the LR the optimizer is about to apply and tokens/s; it carries out
     what was asked since the last step (LR, clip norm, sample, save, histograms, evaluate),
     blocks while paused (no CPU), and returns False once stopped: end the loop then.
+
+    Args:
+        model: your nn.Module.
+        optimizer: the optimizer built on its parameters.
+        lr_scheduler: its LR scheduler, if any.
+        resume: a checkpoint of a Loop (its save()) to continue: model, optimizer,
+            scheduler, step and history.
+        **options: `tokens_per_step`, `max_steps`, `grad_clip`, `sample`, `evaluate`,
+            `checkpoint_dir`, `callbacks`, `name` (see Steerable).
+
+    Raises:
+        TypeError, ValueError: what lmwidget cannot steer, or an option out of range.
+        CheckpointError: a `resume` checkpoint that does not fit.
     """
 
-    def __init__(self, model, optimizer, lr_scheduler=None, *, tokens_per_step: int | None = None,
-                 max_steps: int | None = None, grad_clip: float | None = None, sample=None,
-                 evaluate=None, checkpoint_dir=None, resume=None, callbacks=None, name: str | None = None):
-        if optimizer is not None or not isinstance(model, torch.nn.Module):  # an adapter binds it later
-            check_steerable(model, optimizer, lr_scheduler)
-        for what, value in (("tokens_per_step", tokens_per_step), ("max_steps", max_steps)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{what} must be an integer >= 1 or None; got {value!r}")
-        for what, fn in (("sample", sample), ("evaluate", evaluate)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{what} must be a function (or None); got {type(fn).__name__}")
-        super().__init__()
-        optimizer, lr_scheduler = unwrapped(optimizer, lr_scheduler)
-        self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
-        self.tokens_per_step, self.max_steps = tokens_per_step, max_steps
-        self._grad_clip = None if grad_clip is None else check_grad_clip(grad_clip)
-        self._sample, self._evaluate = sample, evaluate
-        self._label = name or type(model).__name__
-        self._lr0 = float("nan")  # the LR before an adapter's optimizer exists
-        self.callbacks = Callbacks(callbacks)
-        self.norms = GradNorms(model.named_parameters())
-        self.steering = Steering(self, self.apply_request)
-        self.checkpoint_dir = Path(checkpoint_dir or Path("lmwidget-checkpoints") /
-                                   f"loop-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}").expanduser().resolve()
+    def __init__(self, model, optimizer, lr_scheduler=None, *, resume=None, **options):
+        super().__init__(model, optimizer, lr_scheduler, **options)
         self.step = 0
         self.tokens_seen = 0  # over every step recorded
         self.error = None
-        self._histogram_of = None
         self._began = False
         self._thread = None
         self._tuner = None        # times the CPU threads of the thread start() made
@@ -113,57 +83,7 @@ class Loop(Steered, Source):
             self._restore(checkpoint.read(resume))
         self.unsupported = self._limits()
 
-    def _limits(self) -> dict:
-        out = {}
-        if self._grad_clip is None:
-            out["grad_clip"] = "lmwidget clips only when you let it: pass grad_clip=... (0 for off)"
-        if self._sample is None:
-            out["sample"] = "pass sample=fn, a function of the model that returns text"
-        if self._evaluate is None:
-            out["evaluate"] = "pass evaluate=fn, a function that returns the validation loss"
-        return out
-
-    #: what close() lets go of: the model and what holds it or its state (adapters add theirs)
-    RELEASED = ("model", "optimizer", "lr_scheduler", "_sample", "_evaluate")
-
-    def _release(self) -> None:
-        """Drop lmwidget's references to your model, optimizer, scheduler and functions (you
-        may hold your own); what it showed of them stays."""
-        self._closed_as = {"describe": self.describe(), "options": self.options(), "lr": self.lr,
-                           "device": self.device}
-        for name in self.RELEASED:
-            setattr(self, name, None)
-        self.norms.params = []
-        self._histogram_of = None
-
-    # -- what it is -------------------------------------------------------------------------
-    def describe(self) -> dict:
-        if self.closed:
-            return dict(self._closed_as["describe"])
-        params = sum(p.numel() for p in self.model.parameters())
-        out = {"model": f"{self._label} ({params:,} parameters)"}
-        if self.optimizer is not None:  # a framework's is made as its training begins
-            out["optimizer"] = type(self.optimizer).__name__
-        if self.lr_scheduler is not None:
-            out["schedule"] = type(self.lr_scheduler).__name__
-        return out
-
-    def options(self) -> dict:
-        if self.closed:
-            return dict(self._closed_as["options"])
-        return {"model": self._label, "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
-                "lr_scheduler": type(self.lr_scheduler).__name__ if self.lr_scheduler else None,
-                "max_steps": self.max_steps, "tokens_per_step": self.tokens_per_step, "lr": self.lr,
-                "grad_clip": self._grad_clip}
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self.norms.names)
-
-    @property
-    def device(self) -> torch.device:
-        return self._closed_as["device"] if self.closed else next(self.model.parameters()).device
-
+    # -- where it stands ---------------------------------------------------------------------
     @property
     def threads(self) -> int | None:
         """The CPU intra-op threads of the thread start() made (timed: every CPU or one
@@ -173,27 +93,6 @@ class Loop(Steered, Source):
     @property
     def started(self) -> bool:
         return self._began
-
-    @property
-    def lr(self) -> float:
-        """The base LR: the scheduler's first base LR, else the first param group's LR."""
-        if self.closed:
-            return self._closed_as["lr"]
-        if self.optimizer is None:  # a framework's, not made yet
-            return self._lr0
-        return base_lr(self.optimizer, self.lr_scheduler)
-
-    @property
-    def grad_clip(self):
-        return self._grad_clip
-
-    @property
-    def last_save(self):
-        return self.steering.last_save
-
-    @property
-    def checkpoints(self) -> list[dict]:
-        return list(self.steering.saved)
 
     # -- the loop's side ----------------------------------------------------------------------
     def tick(self, loss: torch.Tensor, *, tokens: int | None = None) -> bool:
@@ -235,12 +134,6 @@ class Loop(Steered, Source):
             self.callbacks.call("on_step_end", self, step, {"loss": loss.detach(), "grad_norm": grad_norm,
                                                             "val_loss": None, "lr": self.lr, "tokens": tokens})
 
-    def bind(self, optimizer, lr_scheduler=None) -> None:
-        """The optimizer and scheduler a framework made as training began (an adapter's)."""
-        optimizer, lr_scheduler = unwrapped(optimizer, lr_scheduler)
-        check_steerable(self.model, optimizer, lr_scheduler)
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-
     def begin(self) -> None:
         """The first step: the run starts (its clock, callbacks, the runs of this process)."""
         self._began = True
@@ -255,9 +148,7 @@ class Loop(Steered, Source):
     def measure(self):
         """The gradient norms (device tensors, before clipping), the clip if lmwidget clips,
         and the histograms asked for: while the gradients exist."""
-        grad_norm, layers = self.norms()
-        if self._histogram_of is not None:
-            self._take_histograms(self.step + 1, "this training step (before clipping)")
+        grad_norm, layers = self.steering.gradients(self.step + 1)
         if self._grad_clip:
             clip_grads_with_norm_(self.norms.params, self._grad_clip, grad_norm)
         return grad_norm, layers
@@ -279,49 +170,6 @@ class Loop(Steered, Source):
                 self.steering.nonfinite(int(step), nonfinite_cause(loss, norm))
                 return
 
-    # -- requests, carried out between steps ------------------------------------------------
-    def apply_request(self, kind: str, value, note: str):
-        """Carry out one request; returns the event's value, or False for no event."""
-        if kind == "lr":
-            scale_lr([self.optimizer], [self.lr_scheduler], value / self.lr)
-        elif kind == "grad_clip":
-            self._grad_clip = value
-        elif kind == "sample":
-            self.record.add_sample(self.step, self._generate())
-        elif kind == "histogram":
-            if self.steering.between_steps:
-                self._take_histograms(self.step, "your last backward pass (taken between steps)")
-            else:
-                self._histogram_of = value
-                return False
-        elif kind == "evaluate":
-            value = self._evaluate()
-            self.record.log(self.step, {"val_loss": value})
-            self.callbacks.call("on_eval", self, self.step, float(value))
-            return ("eval", value, note or "asked for")
-        elif kind == "save":
-            self.steering.run_saves(self._write)
-            return False
-        return value
-
-    def _generate(self) -> str:
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return str(self._sample(self.model))
-        finally:
-            self.model.train(was)
-
-    def _take_histograms(self, step: int, where: str) -> None:
-        group, self._histogram_of = self._histogram_of, None
-        params = self.norms.group_params(group)
-        grads = [p.grad.flatten() for p in params if p.grad is not None]
-        self.record.add_histogram({
-            "step": step, "group": group, "source": where,
-            "weights": histogram(torch.cat([p.detach().flatten() for p in params])),
-            "grads": histogram(torch.cat(grads)) if grads else None})
-
     # -- checkpoints ------------------------------------------------------------------------
     def request_save(self, path=None) -> checkpoint.SaveJob:
         job = checkpoint.SaveJob(path)
@@ -330,17 +178,9 @@ class Loop(Steered, Source):
             return job
         return self.steering.ask_save(job, self._write)
 
-    def _write(self, path, step: int) -> dict:
-        """One checkpoint of this loop (model, optimizer, scheduler, step, history)."""
-        return checkpoint.save_to(loopstate.payload(self, "saved"), path, self.checkpoint_dir,
-                                  checkpoint.SAVED.format(step))
-
     def _restore(self, payload: dict) -> None:
         loopstate.restore(self, payload)
         self.restored_from = payload["path"]
-
-    def _request(self, kind: str, value=None, note: str = "") -> None:
-        self.steering.request(kind, value, note)
 
     # -- running it --------------------------------------------------------------------------
     def start(self, fn, *args, **kwargs) -> "Loop":

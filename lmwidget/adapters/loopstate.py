@@ -7,14 +7,13 @@ import time
 import torch
 
 from lmwidget.checkpoint.saving import FORMAT, VERSION, CheckpointError, check_fits
+from lmwidget.version import __version__
 
 SOURCE = "loop"  # a checkpoint's "source": what wrote it, and so what resumes it
 
 
 def payload(loop, kind: str) -> dict:
     """Everything needed to continue `loop` at its step, as tensors and plain values."""
-    from lmwidget import __version__
-
     return {"format": FORMAT, "version": VERSION, "lmwidget": __version__, "source": SOURCE,
             "torch": str(torch.__version__), "saved_at": time.time(), "kind": kind, "step": loop.step,
             "model_class": type(loop.model).__name__, "model": loop.model.state_dict(),

@@ -11,17 +11,19 @@ from pathlib import Path
 import torch
 
 from lmwidget.checkpoint import saving as checkpoint
-from lmwidget.models import pretrained
-from lmwidget.system import threads
 from lmwidget.core.callbacks import Callbacks
-from .config import TrainConfig
 from lmwidget.core.control import ENDED
-from lmwidget.data.dataset import Dataset
-from lmwidget.models.hf import unwrap
-from lmwidget.models.builtin import count_params
-from .optim import resolve_device
 from lmwidget.core.source import LmwidgetWarning, Source, active_runs, register, runs
 from lmwidget.core.steering import Steered
+from lmwidget.data.dataset import Dataset
+from lmwidget.models import pretrained
+from lmwidget.models.builtin import count_params
+from lmwidget.models.hf import unwrap
+from lmwidget.system import threads
+from . import trainstate
+from .branching import start_branch
+from .config import TrainConfig
+from .optim import resolve_device
 from .trainer import Trainer
 
 
@@ -72,8 +74,9 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
     return run
 
 
-def _describe_data(data) -> str:
-    return f"(a str of {len(data)} characters)" if isinstance(data, str) and len(data) > 60 else repr(data)
+def _of_trainer(name: str, doc: str) -> property:
+    """A Run property that reads its Trainer's attribute `name`."""
+    return property(lambda self: getattr(self._trainer, name), doc=doc)
 
 
 class Run(Steered, Source):
@@ -95,11 +98,8 @@ class Run(Steered, Source):
         if dataset is None:
             tokenizer = None if restore is None else checkpoint.tokenizer_of(restore)
             dataset = Dataset.from_config(config, tokenizer)
-        if restore is not None and dataset.fingerprint() != restore["data_sha256"]:
-            raise checkpoint.CheckpointError(
-                f"the data {_describe_data(config.data)} is not what checkpoint {restore['path']} was "
-                f"trained on (its tokens differ), so resuming would not continue that run: pass the "
-                f"original data")
+        if restore is not None:
+            trainstate.check_data(dataset, config.data, restore)
         dataset.check_block_size(config.block_size)
         if model is None:
             model = pretrained.build(config, dataset, sync.device if sync is not None else resolve_device(config.device))
@@ -153,56 +153,25 @@ class Run(Steered, Source):
     def layers(self) -> list[str]:
         return list(self._trainer.grad_norms.names)
 
-    @property
-    def device(self) -> torch.device:
-        return self._trainer.device
-
-    @property
-    def steering(self):
-        """The loop's Steering: its state, anomaly and requests (Steered reads it)."""
-        return self._trainer.steering
-
-    @property
-    def step(self) -> int:
-        return self._trainer.step
+    device = _of_trainer("device", "Where it trains.")
+    steering = _of_trainer("steering", "The loop's step-boundary engine: its state, anomaly and "
+                           "requests (Steered reads it).")
+    step = _of_trainer("step", "Optimizer steps completed.")
+    threads = _of_trainer("threads", "The CPU intra-op threads the training step uses now: "
+                          "`threads=`, or what the thread tuner settled on; None before the start "
+                          "and on an accelerator.")
+    lr = _of_trainer("base_lr", "The base learning rate (the schedule shapes what is applied).")
+    grad_clip = _of_trainer("grad_clip", "The max gradient norm it clips to (0: off).")
+    model = _of_trainer("model", "The model it trains; None once the run was closed.")
+    tokenizer = _of_trainer("tokenizer", "The tokenizer of its data (kept once the run was closed).")
+    dataset = _of_trainer("data", "The tokens it trains on (memory-mapped when `data` is a token "
+                          "directory); None once the run was closed.")
+    error = _of_trainer("error", "What ended the run with a failure, or None.")
+    restored_from = _of_trainer("restored_from", "The checkpoint this run resumed from, if any.")
 
     @property
     def max_steps(self) -> int:
         return self.config.max_steps
-
-    @property
-    def threads(self) -> int | None:
-        """The CPU intra-op threads the training step uses now: `threads=`, or what the thread
-        tuner settled on; None before the start and on an accelerator."""
-        return self._trainer.threads
-
-    @property
-    def lr(self) -> float:
-        """The base learning rate (the schedule shapes what is applied)."""
-        return self._trainer.base_lr
-
-    @property
-    def grad_clip(self) -> float:
-        return self._trainer.grad_clip
-
-    @property
-    def model(self) -> torch.nn.Module | None:
-        """The model it trains; None once the run was closed."""
-        return self._trainer.model
-
-    @property
-    def tokenizer(self):
-        return self._trainer.data.tokenizer if self._trainer.data is not None else self._trainer.tokenizer
-
-    @property
-    def dataset(self) -> Dataset | None:
-        """The tokens it trains on (memory-mapped when `data` is a token directory); None
-        once the run was closed."""
-        return self._trainer.data
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._trainer.error
 
     @property
     def elapsed(self) -> float:
@@ -223,16 +192,11 @@ class Run(Steered, Source):
         """Every checkpoint this run wrote: step, kind, path, bytes, seconds."""
         return list(self._trainer.checkpointer.saved)
 
-    @property
-    def restored_from(self) -> str | None:
-        """The checkpoint this run resumed from, if any."""
-        return self._trainer.restored_from
-
     # -- steering -------------------------------------------------------------------------
     def _request(self, kind: str, value=None, note: str = "") -> None:
         """Queue a request for the loop; once the loop has ended, carry it out here (after
         the loop's own leftovers, in one order)."""
-        self._trainer.steering.request(kind, value, note)
+        self.steering.request(kind, value, note)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ends (True), or return False once `timeout` seconds pass or
@@ -290,12 +254,12 @@ class Run(Steered, Source):
         callback, before the start, or after the end)."""
         self._trainer.checkpointer.ask(job)
         if threading.current_thread() is self._thread:  # a callback, between two steps
-            self._trainer.apply("save", None)
+            self.steering.apply("save", None)
             return job
         with self._lock:
             unstarted = not self.started
             if unstarted:
-                self._trainer.apply("save", None)
+                self.steering.apply("save", None)
         if not unstarted:
             self._request("save")
         return job
@@ -312,21 +276,7 @@ class Run(Steered, Source):
         """
         self._check("save")
         copied = self._ask(checkpoint.SaveJob(memory=True)).wait(timeout)
-        payload = copied["payload"]
-        payload["path"] = f"run {self.id} at step {copied['step']}"
-        config = checkpoint.resume_config(payload, copied["model"], None, options)
-        child = Run(config, dataset=self._trainer.data, callbacks=callbacks, restore=payload)
-        self.record.record_event(copied["step"], "branch", None,
-                                 f"run {child.id} branched here" + "".join(
-                                     f", {k}={v!r}" for k, v in options.items()))
-        child.control.pause()  # paused at the branch step until resumed
-        child.start()
-        deadline = time.monotonic() + 30
-        while child.state != "paused" and child.state not in ENDED and time.monotonic() < deadline:
-            time.sleep(0.002)  # its thread restores the state, then stops at the pause
-        if display:
-            child.show()
-        return child
+        return start_branch(self, copied, display=display, callbacks=callbacks, options=options)
 
     def __repr__(self) -> str:
         model = self.config.summary()["model"]

@@ -243,6 +243,18 @@ def test_sample_evaluate_and_histograms():
         lone.sample()
 
 
+def test_histograms_between_steps_show_your_last_backward_pass():
+    """Asked for once the loop has ended: the group asked for, at once, from the gradients
+    your last backward pass left (it once looked for no group at all and raised)."""
+    run, model, *_, train = steered(5)
+    train()
+    run.end()
+    run.request_histogram("wte")
+    (h,) = run.histograms
+    assert (h["step"], h["group"], h["source"]) == (5, "wte", "your last backward pass (taken between steps)")
+    assert h["weights"]["counts"].sum() == model.wte.weight.numel()
+
+
 def test_save_and_resume_continue_the_same_curve(tmp_path):
     reference, *_, train = steered(40, lr_scheduler=True)
     expected = [float(x) for x in train()]

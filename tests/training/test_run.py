@@ -622,7 +622,7 @@ def test_a_run_resumed_before_it_got_to_pause_is_waited_through_a_later_pause(ti
     class ResumesAtOnce(lmwidget.Callback):
         def on_step_end(self, run, step, metrics):
             if step == 3:
-                run._trainer._nonfinite(step, float("nan"), float("nan"))  # as the guard does
+                run._trainer.nonfinite(step, float("nan"), float("nan"))  # as the guard does
                 run.resume()
 
     run = start(tiny, max_steps=200, callbacks=[ResumesAtOnce()])

@@ -265,7 +265,7 @@ def test_spike_detection_can_be_turned_off(text):
 
 def test_histograms_during_a_step_and_between_steps(text):
     trainer = make_trainer(text, max_steps=3)
-    trainer.apply("histogram", "blocks.0")  # before the first step: taken during it
+    trainer.steering.apply("histogram", "blocks.0")  # before the first step: taken during it
     trainer.run()
     (during,) = trainer.history.histograms_since(0)
     assert during["step"] == 1 and during["group"] == "blocks.0"
@@ -273,7 +273,7 @@ def test_histograms_during_a_step_and_between_steps(text):
     n_weights = sum(p.numel() for p in trainer.grad_norms.group_params("blocks.0"))
     assert during["weights"]["counts"].sum() == n_weights == during["grads"]["counts"].sum()
     rng_before = torch.random.get_rng_state()
-    trainer.apply("histogram", "wte")  # the run has ended: one fresh batch, no update
+    trainer.steering.apply("histogram", "wte")  # the run has ended: one fresh batch, no update
     after = trainer.history.histograms_since(0)[-1]
     assert after["source"] == "one fresh batch (taken between steps)" and after["step"] == 3
     assert after["grads"]["counts"].sum() > 0
