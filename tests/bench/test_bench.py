@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from lmwidget.bench import loops, traffic
 from lmwidget.bench import overhead as bench
 from lmwidget.views.charts import MAX_POINTS
 from lmwidget.training.config import TrainConfig
@@ -25,13 +26,13 @@ def counting_comm():
     import comm
 
     original = comm.create_comm
-    bench.install_counting_comm()
+    traffic.install_counting_comm()
     yield
     comm.create_comm = original
 
 
 def test_a_chart_update_stays_small_and_flat_up_to_a_million_steps():
-    rows = bench.scaling()
+    rows = traffic.scaling()
     assert [r["steps"] for r in rows] == [1_000, 10_000, 100_000, 1_000_000]
     for r in rows:
         assert r["points_sent"] <= MAX_POINTS
@@ -40,7 +41,7 @@ def test_a_chart_update_stays_small_and_flat_up_to_a_million_steps():
 
 
 def test_preparing_an_update_costs_the_same_at_any_run_length():
-    rows = bench.scaling(sizes=(1_000, 1_000_000), repeats=30)
+    rows = traffic.scaling(sizes=(1_000, 1_000_000), repeats=30)
     # generous: the work is O(max_points); a per-update O(n) pass would be ~1000x slower here
     assert rows[1]["prepare_ms"] < 10 * rows[0]["prepare_ms"] + 1.0
 
@@ -61,12 +62,12 @@ def test_flops_per_token():
 
 
 def test_the_lmwidget_loop_reports_its_dashboard_traffic():
-    bench.CountingComm.log.clear()
+    traffic.CountingComm.log.clear()
     config = TrainConfig.from_options(**{**TINY, "eval_interval": 0, "max_steps": 600})
     dataset = Dataset(builtin_text()[:100_000])
     torch.manual_seed(0)
     init = build_model("gpt", dataset.vocab_size, 32, 1, 2, 32, 0.0).state_dict()
-    run, dashboard, tps, cpu_share, rate, sizes = bench.lmwidget_loop(config, dataset, init, 500, 100)
+    run, dashboard, tps, cpu_share, rate, sizes = loops.lmwidget_loop(config, dataset, init, 500, 100)
     assert run.state == "finished" and tps > 0
     assert 0 < rate <= 4.0  # redraws per second
     assert 0 < cpu_share < 1
