@@ -13,7 +13,7 @@ from lmwidget.core.callbacks import Callbacks
 from lmwidget.core.health import GradNorms
 from lmwidget.core.source import Source
 from lmwidget.core.steering import Steered, base_lr, scale_lr, unwrapped
-from lmwidget.training.config import check_grad_clip
+from lmwidget.core.values import check_grad_clip
 from . import loopstate
 
 

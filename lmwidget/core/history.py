@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .schema import BY_NAME, COLUMNS, RESOURCES, STORED, check_user_name, filled, user_metric
+from . import frames
+from .schema import BY_NAME, COLUMNS, STORED, check_user_name, filled, user_metric
 
-EVENT_COLUMNS = ("step", "time", "kind", "value", "detail")
+from .frames import EVENT_COLUMNS  # noqa: F401 (its callers import it from here too)
 DRAIN_EVERY = 256  # the loop reads its pending device scalars itself at most this rarely
 
 
@@ -170,29 +171,13 @@ class History:
         return sum(np.dtype(m.dtype).itemsize for m in STORED)
 
     def frame(self) -> pd.DataFrame:
-        """Every step: the stored columns, the derived ones, the latest resource sample by its
-        time, and the user's metrics (a step the user logged at but the loop did not record
-        gets a row of its own)."""
-        self.drain()
-        cols = self.since(0)
-        for m in COLUMNS:
-            if m.derive is not None:
-                cols[m.name] = m.derive(cols)
-        samples = self.resources_frame()
-        # each step shows the latest sample taken by its time (NaN before the first one)
-        at = np.searchsorted(samples["time"].to_numpy(), cols["time"], side="right") - 1
-        for m in RESOURCES:
-            values = np.append(samples[m.name].to_numpy(dtype=np.float64), np.nan)
-            cols[m.name] = values[at]  # at == -1 picks the NaN
-        frame = pd.DataFrame({m.name: cols[m.name] for m in COLUMNS})
-        logged = self.logged_since(0)
-        if logged:
-            user = pd.DataFrame(logged, columns=["step", "name", "value"]).pivot_table(
-                index="step", columns="name", values="value", aggfunc="last")
-            user = user[[n for n in self._user if n in user.columns]]
-            frame = frame.merge(user, how="outer", left_on="step", right_index=True, sort=True)
-            frame = frame.astype({"step": np.int64}).reset_index(drop=True)
-        return frame
+        """Every step as a DataFrame (see frames.history_frame)."""
+        return frames.history_frame(self)
+
+    def user_names(self) -> list[str]:
+        """The user's own metrics, in the order first logged."""
+        with self._lock:
+            return list(self._user)
 
     # -- resources ---------------------------------------------------------------------------
     def record_resources(self, time: float, step: int, sample: dict) -> None:
@@ -204,15 +189,8 @@ class History:
             return self._resources[start:]
 
     def resources_frame(self) -> pd.DataFrame:
-        """Every resource sample: time, step and each resource (NaN where not measured)."""
-        samples = self.resources_since(0)
-        known = [m.name for m in RESOURCES]
-        names = known + sorted({k for *_, s in samples for k in s} - set(known))
-        data = {"time": [t for t, _, _ in samples], "step": [s for _, s, _ in samples]}
-        for name in names:
-            data[name] = [float(s.get(name, np.nan)) for *_, s in samples]
-        return pd.DataFrame(data, columns=["time", "step", *names]).astype(
-            {"time": np.float64, "step": np.int64, **{n: np.float64 for n in names}})
+        """Every resource sample as a DataFrame (see frames.resources_frame)."""
+        return frames.resources_frame(self.resources_since(0))
 
     # -- samples, histograms, per-layer norms --------------------------------------------------
     def add_sample(self, step: int, text: str) -> None:
@@ -250,8 +228,7 @@ class History:
 
     def events_frame(self) -> pd.DataFrame:
         """In step order (spikes are found when rows are drained, after later events)."""
-        frame = pd.DataFrame(self.events_since(0), columns=list(EVENT_COLUMNS))
-        return frame.sort_values("step", kind="stable", ignore_index=True)
+        return frames.events_frame(self.events_since(0))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
