@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmwidget.version import __version__
 from .summary import summary_html
 
 def has(module: str) -> bool:
@@ -31,8 +32,6 @@ def _json_value(value):
 
 def run_info(run) -> dict:
     """The options and where the run stands, as JSON-ready values."""
-    from lmwidget import __version__
-
     return {
         "config": {k: _json_value(v) for k, v in run.options().items()},
         "run": {"id": run.id, "kind": type(run).__name__, "state": run.state, "step": run.step,
