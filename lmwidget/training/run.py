@@ -24,7 +24,7 @@ from . import trainstate
 from .branching import start_branch
 from .config import TrainConfig
 from .optim import resolve_device
-from .trainer import Trainer
+from .builtin_loop import BuiltinLoop
 
 
 def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
@@ -75,7 +75,7 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
 
 
 def _of_trainer(name: str, doc: str) -> property:
-    """A Run property that reads its Trainer's attribute `name`."""
+    """A Run property that reads its BuiltinLoop's attribute `name`."""
     return property(lambda self: getattr(self._trainer, name), doc=doc)
 
 
@@ -103,7 +103,7 @@ class Run(Steered, Source):
         dataset.check_block_size(config.block_size)
         if model is None:
             model = pretrained.build(config, dataset, sync.device if sync is not None else resolve_device(config.device))
-        self._trainer = Trainer(config, model, dataset, self.control, self.record,
+        self._trainer = BuiltinLoop(config, model, dataset, self.control, self.record,
                                 callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
                                 restore=restore, sync=sync)
         self._thread = threading.Thread(target=self._trainer.run, daemon=True,

@@ -12,7 +12,7 @@ class TrainerBoundary(Boundary):
     states a save continues from are kept while paused.
 
     Args:
-        trainer: the Trainer whose means the engine uses: its LR and clip norm, its
+        trainer: the BuiltinLoop whose means the engine uses: its LR and clip norm, its
             sample, evaluation and saves, and one fresh batch's gradients.
     """
 

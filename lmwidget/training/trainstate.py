@@ -18,7 +18,7 @@ def payload(trainer, kind: str) -> dict:
     """Everything needed to continue `trainer`'s run exactly, as tensors and plain values.
 
     Args:
-        trainer: lmwidget's loop (a Trainer).
+        trainer: lmwidget's loop (a BuiltinLoop).
         kind: why it is written ("saved", "periodic", "best", "branch").
 
     Returns:

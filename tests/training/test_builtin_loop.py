@@ -14,7 +14,7 @@ from lmwidget.data.dataset import Dataset, builtin_text
 from lmwidget.core.history import History
 from lmwidget.models.builtin import build_model
 from lmwidget.training.optim import lr_factor
-from lmwidget.training.trainer import Trainer
+from lmwidget.training.builtin_loop import BuiltinLoop
 
 from tests.conftest import TINY, run_python
 
@@ -30,7 +30,7 @@ def make_trainer(text, **options):
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
                         config.n_head, config.n_embd, config.dropout)
-    return Trainer(config, model, dataset, Control(), History())
+    return BuiltinLoop(config, model, dataset, Control(), History())
 
 
 def run_steps(text, steps, **options):

@@ -1,4 +1,4 @@
-"""Trainer: lmwidget's own training loop, one step read top to bottom; the step boundary's work is the engine's (core.boundary)."""
+"""BuiltinLoop: lmwidget's own training loop, one step read top to bottom; the step boundary's work is the engine's (core.boundary)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .trainerboundary import TrainerBoundary
 SAMPLE_TOKENS = 200
 
 
-class Trainer(Steered):
+class BuiltinLoop(Steered):
     """Runs the loop in whatever thread calls `run()`; knows nothing about widgets.
 
     Args:
