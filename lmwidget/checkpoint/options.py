@@ -90,8 +90,6 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
     merged = {k: v for k, v in saved.items() if k in known and k != "checkpoint_dir"}
     merged.update(lr=state["base_lr"], grad_clip=state["grad_clip"])
     merged.update(options)
-    if isinstance(model, torch.nn.Module):
-        merged["model"] = model
     if data is not None:
         merged["data"] = data
     config = TrainConfig.from_options(**merged)

@@ -166,7 +166,7 @@ class Checkpointer:
         buffer.seek(0)
         payload = torch.load(buffer, map_location="cpu", weights_only=True)
         model = self.trainer.model
-        own = model if isinstance(self.trainer.config.model, torch.nn.Module) else None
+        own = model if self.trainer.config.model is None else None  # a module of yours
         return {"payload": payload, "step": payload["step"],
                 "model": copy.deepcopy(own) if own is not None else None}
 

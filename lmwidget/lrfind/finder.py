@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lmwidget.training.config import TrainConfig, check_lr
+from lmwidget.training.entry import configure
 from lmwidget.data.dataset import Dataset
 from lmwidget.models.hf import unwrap
 from lmwidget.models import resolve
@@ -216,6 +217,8 @@ class LRFinder:
         Waits for the test to end first: it trains the same model until then."""
         self.wait()
         config = {name: getattr(self.config, name) for name in TrainConfig.option_names()}
+        if config["model"] is None:  # a module of yours: the same one, back at its starting weights
+            config["model"] = self.model
         config.update(lr=self.lr)
         config.update(options)
         return train(**config)
@@ -268,15 +271,15 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
             same module.
         TypeError: an unknown option.
     """
-    config = TrainConfig.from_options(model=model, data=data, **options)
-    if isinstance(config.model, torch.nn.Module):
-        busy = [r for r in active_runs() if unwrap(r.model) is unwrap(config.model)]
+    config, module, _ = configure(model, data, options)
+    if module is not None:
+        busy = [r for r in active_runs() if unwrap(r.model) is unwrap(module)]
         if busy:
             raise ValueError(f"run {busy[0].id} is training this model ({busy[0].state}); the range "
                              f"test would train the same weights. Stop it first, or pass a copy")
     dataset = Dataset.from_config(config)
     dataset.check_block_size(config.block_size)
-    net = resolve.build(config, dataset, resolve_device(config.device))
+    net = resolve.build(config, dataset, resolve_device(config.device), module=module)
     if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
         raise ValueError(f"beta must be a number in [0, 1) (for example 0.95); got {beta!r}")
     finder = LRFinder(config, net, dataset, start, end, steps, diverge, beta).start_test()

@@ -214,7 +214,7 @@ def describe(model, option) -> str:
     """
     if isinstance(option, str) and option in MODELS:
         return option
-    name, where = type(unwrap(model)).__name__, source(option)
+    name, where = type(unwrap(model)).__name__, source(model if option is None else option)
     return f"{name} from {where}" if where else name
 
 
@@ -225,10 +225,3 @@ def _transformers():
         raise ImportError("a model directory is loaded with Hugging Face transformers: "
                           "pip install 'lmwidget[hf]'") from None
     return transformers
-
-
-def build(config, dataset, device) -> nn.Module:
-    """The model a run trains: see lmwidget.models.resolve.build (kept here for its callers)."""
-    from .resolve import build as resolved
-
-    return resolved(config, dataset, device)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from lmwidget.checkpoint import saving as checkpoint
 from lmwidget.core.callbacks import EarlyStopping, ReduceLROnPlateau
-from lmwidget.training.config import TrainConfig, add_options
+from lmwidget.training.config import add_options
 from lmwidget.training.distributed import RankSync, launched
+from lmwidget.training.entry import configure
+from lmwidget.training.run import Run
 from .job import Job
 from .rundir import RankLog
 from lmwidget.system.resources import usable_cpus
@@ -48,27 +46,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(spec: str, seed: int) -> torch.nn.Module:
-    """MODULE:NAME: an nn.Module, or a function that returns one (called under `seed`, so
-    every rank builds the same initial weights)."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--model {spec!r} is neither gpt, lstm nor MODULE:NAME "
-                         f"(for example mymodels:build, a function returning an nn.Module), nor "
-                         f"an existing directory of a Hugging Face model")
-    try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--model {spec!r}: {e}") from None
-    if not isinstance(obj, torch.nn.Module) and callable(obj):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            obj = obj()
-    if not isinstance(obj, torch.nn.Module):
-        raise ValueError(f"--model {spec!r} gave a {type(obj).__name__}, not an nn.Module")
-    return obj
-
-
 def _run_dir(given, sync) -> Path:
     """The run directory every rank uses: the one given, or rank 0's new one."""
     path = given or os.path.join("lmwidget-runs", f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
@@ -83,22 +60,12 @@ def _run_dir(given, sync) -> Path:
 
 def build_run(options: dict, sync=None):
     """A Run from parsed options (what `main` does before serving it)."""
-    from lmwidget.training.run import Run
-
     resume, patience, plateau = (options.pop(k) for k in ("resume", "early_stopping", "reduce_lr"))
     callbacks = ([EarlyStopping(patience=patience)] if patience is not None else []) + (
         [ReduceLROnPlateau(patience=plateau)] if plateau is not None else [])
-    model = options.pop("model", None)
-    if model is not None and model not in ("gpt", "lstm") and not os.path.isdir(os.path.expanduser(model)):
-        model = load_model(model, options.get("seed", TrainConfig.seed))
-    if resume is not None:
-        restore = checkpoint.read(resume)
-        config = checkpoint.resume_config(restore, model, options.pop("data", None), options)
-    else:
-        restore = None
-        config = TrainConfig.from_options(model="gpt" if model is None else model,
-                                          **{"data": "builtin", **options})
-    return Run(config, callbacks=callbacks, restore=restore, sync=sync)
+    config, module, restore = configure(options.pop("model", None), options.pop("data", None), options,
+                                        resume=resume, command_line=True)
+    return Run(config, model=module, callbacks=callbacks, restore=restore, sync=sync)
 
 
 def _stop_on_signals(run) -> None:
@@ -142,7 +109,7 @@ def main(argv=None) -> int:
                       metrics_port=job_options["metrics_port"], control_port=job_options["control_port"],
                       progress=None if job_options["quiet"] else sys.stdout,
                       progress_interval=job_options["progress_interval"])
-            print(f"lmwidget job: {run.config.summary()['model']} on {job.info['device']}"
+            print(f"lmwidget job: {run.options()['model']} on {job.info['device']}"
                   f" x{job.info['world_size']}; run dir {run_dir}\n"
                   f"  attach from a notebook: lmwidget.attach({str(run_dir)!r})", flush=True)
         _stop_on_signals(run)

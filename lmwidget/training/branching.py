@@ -28,7 +28,8 @@ def start_branch(parent, copied: dict, *, display: bool, callbacks, options: dic
     payload = copied["payload"]
     payload["path"] = f"run {parent.id} at step {copied['step']}"
     config = checkpoint.resume_config(payload, copied["model"], None, options)
-    child = type(parent)(config, dataset=parent.dataset, callbacks=callbacks, restore=payload)
+    child = type(parent)(config, model=copied["model"], dataset=parent.dataset, callbacks=callbacks,
+                         restore=payload)
     parent.record.record_event(copied["step"], "branch", None, f"run {child.id} branched here" + "".join(
         f", {k}={v!r}" for k, v in options.items()))
     child.control.pause()  # paused at the branch step until resumed

@@ -14,7 +14,6 @@ from lmwidget.core.values import check_grad_clip, check_lr, is_number  # noqa: F
 
 from lmwidget.models import pretrained
 from lmwidget.data import tokenfiles, tokens
-from lmwidget.models.hf import adapt, unwrap
 from lmwidget.models.builtin import MODELS
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -25,8 +24,8 @@ ANOMALY_ACTIONS = ("pause", "skip")
 
 @dataclass
 class TrainConfig:
-    model: object = "gpt"        # "gpt", "lstm", an nn.Module: forward(idx, targets) -> (logits, loss),
-                                 # or a Hugging Face model's directory (save_pretrained's)
+    model: str | None = "gpt"    # "gpt", "lstm", a Hugging Face model's directory (save_pretrained's),
+                                 # or None: a module of yours, given beside the config (train(model=...))
     data: object = "builtin"     # "builtin" (offline), "shakespeare", a file path, or a str of text
     tokenizer: object = "char"   # "char", "word", "bpe", a tokenizers/transformers tokenizer, or a
                                  # tokenizer.json path or directory; a pretrained model's own
@@ -78,8 +77,11 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: "
                             f"{', '.join(cls.option_names())}")
-        if "model" in options:  # a Hugging Face causal LM joins under our model contract
-            options["model"] = adapt(options["model"])
+        if isinstance(options.get("model"), nn.Module):
+            raise TypeError(f"TrainConfig keeps plain values: model is \"gpt\", \"lstm\", a model "
+                            f"directory, or None for a module of yours given beside it: "
+                            f"train(model=module, ...) or Run(config, model=module); got a "
+                            f"{type(options['model']).__name__}")
         config = cls(**pretrained.with_own_tokenizer(options))
         config.validate()
         return config
@@ -88,7 +90,7 @@ class TrainConfig:
         if pretrained.is_directory(self.model):
             pretrained.check_directory(self.model)
             self.model = os.fspath(self.model)  # a plain str: checkpoints keep it, resume reloads it
-        elif not isinstance(self.model, nn.Module) and self.model not in MODELS:
+        elif self.model is not None and self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; valid: {pretrained.ACCEPTED}")
         pretrained.check_tokenizer(self.model, self.tokenizer)
         check_lr(self.lr)
@@ -132,10 +134,8 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
 
     def summary(self) -> dict:
-        """The options as plain values (a user model is named by its class, never copied)."""
+        """The options as plain values (a module of yours is None here: Run.options() names its class)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if isinstance(self.model, nn.Module):
-            out["model"] = type(unwrap(self.model)).__name__
         out["tokenizer"] = tokens.label(self.tokenizer)
         if not isinstance(self.data, str) or len(self.data) > 80:
             out["data"] = f"<text of {len(self.data)} characters>" if isinstance(self.data, str) else str(self.data)

@@ -16,13 +16,14 @@ from lmwidget.core.control import ENDED
 from lmwidget.core.source import LmwidgetWarning, Source, active_runs, register, runs
 from lmwidget.core.steering import Steered
 from lmwidget.data.dataset import Dataset
-from lmwidget.models import pretrained
+from lmwidget.models import pretrained, resolve
 from lmwidget.models.builtin import count_params
 from lmwidget.models.hf import unwrap
 from lmwidget.system import threads
 from . import trainstate
 from .branching import start_branch
 from .config import TrainConfig
+from .entry import configure
 from .optim import resolve_device
 from .builtin_loop import BuiltinLoop
 
@@ -31,29 +32,40 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
           callbacks=None, ghosts: int = 0, **options) -> "Run":
     """Start training in a background thread and return its Run at once.
 
-    In a notebook the dashboard is displayed in the cell's output. `model`: "gpt" (the
-    default), "lstm" or your nn.Module; `data`: "builtin" (the default), "shakespeare", a
-    path or text. Options: see TrainConfig; `callbacks`: a Callback or a list of them
-    (EarlyStopping, ReduceLROnPlateau, your own). `resume`: a checkpoint file, or a
-    directory of them (its newest is used), to continue, with its history; options given
-    override the saved ones, except those that shape the model (checkpoint.FIXED).
-    `ghosts=N` draws the loss curves of this kernel's N latest finished runs faintly on the
-    new dashboard. `lr` may be an LRFinder (lr_find): its chosen LR, else its suggestion.
-    If a run is already training, no second one starts unless `concurrent=True`: a warning
-    names `%lmstop` and the running run is returned.
+    In a notebook the dashboard is displayed in the cell's output. If a run is already
+    training, no second one starts unless `concurrent=True`: a warning names `%lmstop` and
+    the running run is returned.
+
+    Args:
+        model: "gpt" (None, the default), "lstm", your nn.Module (forward(idx, targets)
+            returns (logits, loss); a Hugging Face causal LM is adapted), "MODULE:NAME" of
+            your code, or the directory of a Hugging Face model (save_pretrained's).
+        data: "builtin" (None, the default), "shakespeare", a text file's path, text, or a
+            token directory (lmwidget.prepare).
+        resume: a checkpoint file, or a directory of them (its newest is used), to continue
+            with its history; options given override the saved ones, except those that shape
+            the model (checkpoint.FIXED).
+        display: show the dashboard in the running cell.
+        concurrent: start even while another run trains.
+        callbacks: a Callback or a list of them (EarlyStopping, ReduceLROnPlateau, your own).
+        ghosts: draw the loss curves of this kernel's N latest finished runs faintly.
+        **options: TrainConfig's options (lr, max_steps, batch_size, ...). `lr` may be an
+            LRFinder (lr_find): its chosen LR, else its suggestion.
+
+    Returns:
+        The Run, training in its own thread (or the run already training).
+
+    Raises:
+        ValueError: an option, the model, the data or the checkpoint is refused, saying why
+            and what would be accepted.
+        TypeError: an unknown option.
     """
     if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
         raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
     if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
         options["lr"].wait()  # it may still be training the model; re-raises its failure
         options["lr"] = options["lr"].lr
-    restore = None
-    if resume is not None:
-        restore = checkpoint.read(resume)
-        config = checkpoint.resume_config(restore, model, data, options)
-    else:
-        config = TrainConfig.from_options(model="gpt" if model is None else model,
-                                          data="builtin" if data is None else data, **options)
+    config, module, restore = configure(model, data, options, resume=resume)
     callbacks = Callbacks(callbacks)
     running = [r for r in active_runs() if not r.control.stop_requested]  # stopping ones are ending
     if running and not concurrent:
@@ -65,7 +77,7 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
             LmwidgetWarning, stacklevel=2)
         run = running[-1]
     else:
-        run = Run(config, callbacks=callbacks.items, restore=restore)
+        run = Run(config, model=module, callbacks=callbacks.items, restore=restore)
         if ghosts:
             run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
         run.start()
@@ -101,8 +113,10 @@ class Run(Steered, Source):
         if restore is not None:
             trainstate.check_data(dataset, config.data, restore)
         dataset.check_block_size(config.block_size)
-        if model is None:
-            model = pretrained.build(config, dataset, sync.device if sync is not None else resolve_device(config.device))
+        if model is None or config.model is None:  # built from the config, or yours: checked once
+            model = resolve.build(config, dataset, sync.device if sync is not None else resolve_device(config.device),
+                                  module=model)
+        self._model_class = type(unwrap(model)).__name__  # what options() names a module of yours by
         self._trainer = BuiltinLoop(config, model, dataset, self.control, self.record,
                                 callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
                                 restore=restore, sync=sync)
@@ -147,7 +161,11 @@ class Run(Steered, Source):
         self._trainer.release()
 
     def options(self) -> dict:
-        return self.config.summary()
+        """The run's options as plain values; a module of yours named by its class."""
+        out = self.config.summary()
+        if out["model"] is None:
+            out["model"] = self._model_class
+        return out
 
     @property
     def layers(self) -> list[str]:
@@ -279,6 +297,6 @@ class Run(Steered, Source):
         return start_branch(self, copied, display=display, callbacks=callbacks, options=options)
 
     def __repr__(self) -> str:
-        model = self.config.summary()["model"]
+        model = self.options()["model"]
         return (f"<lmwidget.Run {self.id}: {model}, {self.state}, step {self.step}/"
                 f"{self.max_steps}, lr={self.lr:.3g}>")
