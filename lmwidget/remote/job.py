@@ -14,7 +14,7 @@ from lmwidget.checkpoint.saving import config_state
 from lmwidget.training.config import check_grad_clip, check_lr
 from lmwidget.core.control import ENDED
 from .publisher import Publisher
-from .rundir import CONNECTION, RECORDS, make_run_dir, warn_if_open  # noqa: F401  (RECORDS: imported from here too)
+from .rundir import CONNECTION, make_run_dir, warn_if_open
 
 TICK = 0.25          # s between two publications (and the longest a request waits)
 # the requests a job takes: any other, even correctly signed, is dropped unanswered and counted

@@ -12,7 +12,7 @@ from lmwidget.remote.transport.channel import ClientEndpoint, read_connection_fi
 from lmwidget.checkpoint.saving import PendingSave
 from lmwidget.core.control import ENDED
 from .rundir import CONNECTION, RECORDS
-from .recorded import RECORD_ITEMS, RECORD_LINE, RecordedRun  # noqa: F401  (the limits: imported from here too)
+from .recorded import RecordedRun
 
 REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
 REPLAY_TIMEOUT = 30.0  # s: a page of the record (up to about 4 MB) from a distant job
@@ -22,12 +22,25 @@ SILENT = 10.0  # s without a message from a job that has not ended: it is gone (
 def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) -> "RemoteRun":
     """Watch and steer a job started with `python -m lmwidget train` (or under torchrun).
 
-    `target`: its run directory, or the connection file in it (copy that file, 0600, to
-    attach from another machine; the job must bind an address that machine reaches,
-    `--ip`). The whole history so far is replayed from the run directory's metrics.jsonl
-    (or, when that is not readable here, from the job), then followed live. A job that has
-    ended is shown from its record. Detaching (`detach()`), or a kernel restart, leaves the
-    job training: attach again to pick it up with its full history.
+    The whole history so far is replayed from the run directory's metrics.jsonl (or, when
+    that is not readable here, from the job), then followed live. A job that has ended is
+    shown from its record. Detaching (`detach()`), or a kernel restart, leaves the job
+    training: attach again to pick it up with its full history.
+
+    Args:
+        target: the job's run directory, or the connection file in it (copy that file, 0600,
+            to attach from another machine; the job must bind an address that machine
+            reaches, `--ip`).
+        display: show the dashboard in the running cell.
+        timeout: seconds a request to the job may take before it is reported lost.
+
+    Returns:
+        The RemoteRun: a source like any other, steered through the job.
+
+    Raises:
+        FileNotFoundError: no connection file at `target`.
+        ConnectionError: the job does not answer, and it left no record to show.
+        ValueError: a connection file or record that is refused (each says why).
     """
     run = RemoteRun(target, timeout=timeout)
     if display:

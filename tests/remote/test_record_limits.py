@@ -6,9 +6,9 @@ import tracemalloc
 import pytest
 
 import lmwidget
-from lmwidget.remote import remote_run as remote
+from lmwidget.remote import recorded
 from lmwidget.remote.transport.channel import SCHEME, new_key, write_connection_file
-from lmwidget.remote.job import CONNECTION, RECORDS
+from lmwidget.remote.rundir import CONNECTION, RECORDS
 
 
 def ended_job(run_dir, records: bytes):
@@ -21,8 +21,8 @@ def ended_job(run_dir, records: bytes):
 
 @pytest.mark.parametrize("line", ["no newline", "millions of values"])
 def test_a_records_file_with_a_line_past_the_bounds_is_refused_naming_it(tmp_path, line):
-    records = (b"x" * (remote.RECORD_LINE + 10) if line == "no newline"
-               else b"[" + b"0," * (remote.RECORD_ITEMS + 1) + b"0]\n")
+    records = (b"x" * (recorded.RECORD_LINE + 10) if line == "no newline"
+               else b"[" + b"0," * (recorded.RECORD_ITEMS + 1) + b"0]\n")
     ended_job(tmp_path / "run", records)
     tracemalloc.start()
     try:
@@ -33,4 +33,4 @@ def test_a_records_file_with_a_line_past_the_bounds_is_refused_naming_it(tmp_pat
         tracemalloc.stop()
     assert str(tmp_path / "run" / RECORDS) in str(info.value)
     assert "it was not parsed; expected the records a job writes, one JSON object a line" in str(info.value)
-    assert peak < 3 * remote.RECORD_LINE, peak  # one line at most, never the file, never a parse
+    assert peak < 3 * recorded.RECORD_LINE, peak  # one line at most, never the file, never a parse
