@@ -8,14 +8,16 @@ from .core.registry import runs
 from .core.retention import keep_runs
 from .core.source import CONTROLS, Source
 from .data.corpus import prepare
-from .data.dataset import CharTokenizer, Dataset
+from .data.chars import CharTokenizer
+from .data.dataset import Dataset
 from .errors import CheckpointError, LmwidgetError, LmwidgetWarning, ModelDirError
 from .lrfind.finder import LRFinder, lr_find
 from .magics import load_ipython_extension
 from .models.builtin import GPT, LSTM
 from .remote.remote_run import RemoteRun, attach
 from .training.config import TrainConfig
-from .training.run import Run, train
+from .training.entry import train
+from .training.run import Run
 from .version import __version__
 from .views.compare import compare
 from .views.dashboard import Dashboard

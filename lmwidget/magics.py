@@ -15,7 +15,7 @@ from .core.registry import active_runs
 from .data.tokens import TOKENIZERS
 from .lrfind.finder import lr_find
 from .training.config import OPTIONS, add_options
-from .training.run import train
+from .training.entry import train
 from .views.frontends import prepare as prepare_frontend
 
 class _Help(Exception):

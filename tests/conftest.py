@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import lmwidget
-from lmwidget.training.run import active_runs
+from lmwidget.core.registry import active_runs
 
 from tests.harness.pace import scaled, slowdown
 

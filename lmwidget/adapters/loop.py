@@ -12,7 +12,7 @@ from torch.nn.utils import clip_grads_with_norm_
 from lmwidget.checkpoint import saving as checkpoint
 from lmwidget.core.health import nonfinite_cause
 from lmwidget.core.history import DRAIN_EVERY
-from lmwidget.core.source import register
+from lmwidget.core.monitor import register
 from lmwidget.system import threads
 from lmwidget.system.threads import ThreadTuner, cpu_threads
 from . import loopstate
@@ -30,11 +30,24 @@ def steer(model, optimizer, lr_scheduler=None, *, display: bool = True, **option
     before `optimizer.step()`, and end the loop when it returns False; `run.start(train)`
     runs your loop function `train` in a background thread so the cell returns at once.
 
-    Options: `tokens_per_step` (for tokens/s), `max_steps` (for the progress bar),
-    `grad_clip` (lmwidget clips to it; then the clip norm can be steered), `sample` (a
-    function of the model returning text: the Sample button), `evaluate` (a function
-    returning the validation loss: the Evaluate button), `checkpoint_dir`, `resume` (a
-    checkpoint of a Loop: model, optimizer, scheduler, step and history), `callbacks`, `name`.
+    Args:
+        model: the nn.Module your loop trains.
+        optimizer: its torch optimizer (the LR control scales its param groups).
+        lr_scheduler: its LR scheduler, if any (a new LR scales its base LRs too).
+        display: show the dashboard in the running cell.
+        **options: `tokens_per_step` (for tokens/s), `max_steps` (for the progress bar),
+            `grad_clip` (lmwidget clips to it; then the clip norm can be steered), `sample`
+            (a function of the model returning text: the Sample button), `evaluate` (a
+            function returning the validation loss: the Evaluate button), `checkpoint_dir`,
+            `resume` (a checkpoint of a Loop: model, optimizer, scheduler, step and history),
+            `callbacks`, `name`.
+
+    Returns:
+        The Loop.
+
+    Raises:
+        TypeError: a model, optimizer or scheduler lmwidget cannot steer, or an unknown option.
+        ValueError: an option's value is refused (each says why).
     """
     check_steerable(model, optimizer, lr_scheduler)
     run = Loop(model, optimizer, lr_scheduler, **options)
@@ -171,8 +184,8 @@ class Loop(Steerable):
                 return
 
     # -- checkpoints ------------------------------------------------------------------------
-    def request_save(self, path=None) -> checkpoint.SaveJob:
-        job = checkpoint.SaveJob(path)
+    def request_save(self, path=None) -> checkpoint.PendingSave:
+        job = checkpoint.PendingSave(path)
         if threading.current_thread() is self._loop_thread:  # your loop itself, between two ticks
             self.steering.ask_save(job, self._write, now=True)
             return job

@@ -13,6 +13,9 @@ import time
 import torch
 from torch.nn.utils import clip_grad_norm_
 
+from lmwidget.adapters.hf_trainer import PRINTERS, HFRun
+from lmwidget.adapters.loop import Loop
+from lmwidget.data.text import builtin_text
 from lmwidget.training.config import TrainConfig
 from lmwidget.data.dataset import Dataset
 from lmwidget.models.builtin import build_model
@@ -67,8 +70,6 @@ def own_loop(config: TrainConfig, dataset: Dataset, init_state: dict, steps: int
     each step's seconds; and its mean intra-op threads (lmwidget's may train on one fewer,
     as its timing chooses). `alternate=k` (steered): `tick()` only in every other block of k
     steps, the bare clip in the others (see `interleaved`); unsteered, both halves are bare."""
-    from lmwidget.adapters.loop import Loop
-
     model = build_model(config.model, dataset.vocab_size, config.block_size, config.n_layer,
                         config.n_head, config.n_embd, config.dropout)
     model.load_state_dict(init_state)
@@ -123,9 +124,6 @@ def hf_trainer(steps: int, warmup: int, steered: bool, seed: int = 0,
     and its mean intra-op threads.
     `alternate=k` (steered): lmwidget's hooks act only in every other block of k steps."""
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
-
-    from lmwidget.data.dataset import builtin_text
-    from lmwidget.adapters.hf_trainer import PRINTERS, HFRun
 
     text = builtin_text()[:200_000]
     chars = sorted(set(text))

@@ -13,7 +13,7 @@ from .files import BEST, PERIODIC, SAVED, prune, write
 # what callers import from here too: the file format, and the options a checkpoint keeps
 from .files import FORMAT, VERSION, digest, read, resolve, save_to  # noqa: F401
 from .loading import CheckpointError, check_fits  # noqa: F401
-from .options import FIXED, config_state, resume_config, tokenizer_of, tokenizer_state  # noqa: F401
+from .options import FIXED, config_state, tokenizer_of, tokenizer_state  # noqa: F401
 
 
 class PendingSave:
@@ -63,7 +63,6 @@ class PendingSave:
         return self.result
 
 
-SaveJob = PendingSave  # its former name, which callers may still use
 
 
 class Checkpointer:

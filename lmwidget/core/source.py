@@ -8,14 +8,11 @@ import time
 
 import torch
 
-from lmwidget.errors import LmwidgetWarning  # noqa: F401 (its callers import it from here too)
 from lmwidget.system.resources import ResourceSampler
 
 from .closing import Closable
 from .control import ENDED, LIVE_ONLY, Control, ended_refusal
 from .history import History
-from .monitor import register  # noqa: F401 (its callers import these from here too)
-from .registry import active_runs, runs  # noqa: F401
 from .values import check_grad_clip, check_lr
 from .viewers import Viewable
 from .waiting import Waitable

@@ -18,12 +18,11 @@ from lmwidget.system import threads
 from lmwidget.core.registry import active_runs
 from lmwidget.system.threads import cpu_threads
 from lmwidget.training.optim import make_optimizer, resolve_device
-from lmwidget.training.run import train
+from lmwidget.training.entry import train
 from lmwidget.views.charts import show_in_notebook
 
 from .view import LRFinderView
 
-UPDATE_INTERVAL = 0.25  # s between chart redraws
 MIN_POINTS = 10         # smoothed points needed before anything is suggested
 _running: list = []     # finders whose thread may still run
 

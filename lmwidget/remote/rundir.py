@@ -9,7 +9,7 @@ import stat
 import warnings
 from pathlib import Path
 
-from lmwidget.core.source import LmwidgetWarning
+from lmwidget.errors import LmwidgetWarning
 
 RECORDS = "metrics.jsonl"      # every record the job published, one JSON object a line
 CONNECTION = "connection.json"  # ports and keys, 0600: what attach() needs

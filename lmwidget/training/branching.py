@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from lmwidget.checkpoint import saving as checkpoint
 from lmwidget.core.control import ENDED
+
+from .resume import resume_config
 
 SETTLE_S = 30  # s the branch's thread may take to restore the state and stop at its pause
 
@@ -27,7 +28,7 @@ def start_branch(parent, copied: dict, *, display: bool, callbacks, options: dic
     """
     payload = copied["payload"]
     payload["path"] = f"run {parent.id} at step {copied['step']}"
-    config = checkpoint.resume_config(payload, copied["model"], None, options)
+    config = resume_config(payload, copied["model"], None, options)
     child = type(parent)(config, model=copied["model"], dataset=parent.dataset, callbacks=callbacks,
                          restore=payload)
     parent.record.record_event(copied["step"], "branch", None, f"run {child.id} branched here" + "".join(

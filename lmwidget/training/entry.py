@@ -1,12 +1,21 @@
-"""Where a run starts from what the user gave: the model resolved once, and the run's config, new or resumed."""
+"""train(): where a run starts from what the user gave, the model resolved once and the run's config new or resumed."""
 
 from __future__ import annotations
+
+import warnings
 
 from lmwidget.checkpoint import saving as checkpoint
 from lmwidget.models import pretrained
 from lmwidget.models.resolve import choose
 
+from lmwidget.core.callbacks import Callbacks
+from lmwidget.core.control import ENDED
+from lmwidget.core.registry import active_runs, runs
+from lmwidget.errors import LmwidgetWarning
+
 from .config import TrainConfig
+from .resume import resume_config
+from .run import Run
 
 
 def configure(model=None, data=None, options: dict | None = None, *, resume=None,
@@ -41,4 +50,62 @@ def configure(model=None, data=None, options: dict | None = None, *, resume=None
         return config, choice.module, None
     restore = checkpoint.read(resume)
     given = choice.module if choice.module is not None else None if model is None else choice.option
-    return checkpoint.resume_config(restore, given, data, options), choice.module, restore
+    return resume_config(restore, given, data, options), choice.module, restore
+
+
+def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
+          callbacks=None, ghosts: int = 0, **options) -> "Run":
+    """Start training in a background thread and return its Run at once.
+
+    In a notebook the dashboard is displayed in the cell's output. If a run is already
+    training, no second one starts unless `concurrent=True`: a warning names `%lmstop` and
+    the running run is returned.
+
+    Args:
+        model: "gpt" (None, the default), "lstm", your nn.Module (forward(idx, targets)
+            returns (logits, loss); a Hugging Face causal LM is adapted), "MODULE:NAME" of
+            your code, or the directory of a Hugging Face model (save_pretrained's).
+        data: "builtin" (None, the default), "shakespeare", a text file's path, text, or a
+            token directory (lmwidget.prepare).
+        resume: a checkpoint file, or a directory of them (its newest is used), to continue
+            with its history; options given override the saved ones, except those that shape
+            the model (checkpoint.FIXED).
+        display: show the dashboard in the running cell.
+        concurrent: start even while another run trains.
+        callbacks: a Callback or a list of them (EarlyStopping, ReduceLROnPlateau, your own).
+        ghosts: draw the loss curves of this kernel's N latest finished runs faintly.
+        **options: TrainConfig's options (lr, max_steps, batch_size, ...). `lr` may be an
+            LRFinder (lr_find): its chosen LR, else its suggestion.
+
+    Returns:
+        The Run, training in its own thread (or the run already training).
+
+    Raises:
+        ValueError: an option, the model, the data or the checkpoint is refused, saying why
+            and what would be accepted.
+        TypeError: an unknown option.
+    """
+    if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
+        raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
+    if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
+        options["lr"].wait()  # it may still be training the model; re-raises its failure
+        options["lr"] = options["lr"].lr
+    config, module, restore = configure(model, data, options, resume=resume)
+    callbacks = Callbacks(callbacks)
+    running = [r for r in active_runs() if not r.control.stop_requested]  # stopping ones are ending
+    if running and not concurrent:
+        warnings.warn(
+            f"run {running[-1].id} is still training (state {running[-1].state!r}, step "
+            f"{running[-1].step}/{running[-1].max_steps}), so no new run was started and that "
+            f"run was returned. Stop it with %lmstop (or run.stop()) first, or pass "
+            f"concurrent=True (--concurrent) to train both at once.",
+            LmwidgetWarning, stacklevel=2)
+        run = running[-1]
+    else:
+        run = Run(config, model=module, callbacks=callbacks.items, restore=restore)
+        if ghosts:
+            run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
+        run.start()
+    if display:
+        run.show()
+    return run

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -13,7 +12,8 @@ import torch
 from lmwidget.checkpoint import saving as checkpoint
 from lmwidget.core.callbacks import Callbacks
 from lmwidget.core.control import ENDED
-from lmwidget.core.source import LmwidgetWarning, Source, active_runs, register, runs
+from lmwidget.core.monitor import register
+from lmwidget.core.source import Source
 from lmwidget.core.steering import Steered
 from lmwidget.data.dataset import Dataset
 from lmwidget.models import pretrained, resolve
@@ -23,67 +23,8 @@ from lmwidget.system import threads
 from . import trainstate
 from .branching import start_branch
 from .config import TrainConfig
-from .entry import configure
 from .optim import resolve_device
 from .builtin_loop import BuiltinLoop
-
-
-def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
-          callbacks=None, ghosts: int = 0, **options) -> "Run":
-    """Start training in a background thread and return its Run at once.
-
-    In a notebook the dashboard is displayed in the cell's output. If a run is already
-    training, no second one starts unless `concurrent=True`: a warning names `%lmstop` and
-    the running run is returned.
-
-    Args:
-        model: "gpt" (None, the default), "lstm", your nn.Module (forward(idx, targets)
-            returns (logits, loss); a Hugging Face causal LM is adapted), "MODULE:NAME" of
-            your code, or the directory of a Hugging Face model (save_pretrained's).
-        data: "builtin" (None, the default), "shakespeare", a text file's path, text, or a
-            token directory (lmwidget.prepare).
-        resume: a checkpoint file, or a directory of them (its newest is used), to continue
-            with its history; options given override the saved ones, except those that shape
-            the model (checkpoint.FIXED).
-        display: show the dashboard in the running cell.
-        concurrent: start even while another run trains.
-        callbacks: a Callback or a list of them (EarlyStopping, ReduceLROnPlateau, your own).
-        ghosts: draw the loss curves of this kernel's N latest finished runs faintly.
-        **options: TrainConfig's options (lr, max_steps, batch_size, ...). `lr` may be an
-            LRFinder (lr_find): its chosen LR, else its suggestion.
-
-    Returns:
-        The Run, training in its own thread (or the run already training).
-
-    Raises:
-        ValueError: an option, the model, the data or the checkpoint is refused, saying why
-            and what would be accepted.
-        TypeError: an unknown option.
-    """
-    if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
-        raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
-    if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
-        options["lr"].wait()  # it may still be training the model; re-raises its failure
-        options["lr"] = options["lr"].lr
-    config, module, restore = configure(model, data, options, resume=resume)
-    callbacks = Callbacks(callbacks)
-    running = [r for r in active_runs() if not r.control.stop_requested]  # stopping ones are ending
-    if running and not concurrent:
-        warnings.warn(
-            f"run {running[-1].id} is still training (state {running[-1].state!r}, step "
-            f"{running[-1].step}/{running[-1].max_steps}), so no new run was started and that "
-            f"run was returned. Stop it with %lmstop (or run.stop()) first, or pass "
-            f"concurrent=True (--concurrent) to train both at once.",
-            LmwidgetWarning, stacklevel=2)
-        run = running[-1]
-    else:
-        run = Run(config, model=module, callbacks=callbacks.items, restore=restore)
-        if ghosts:
-            run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
-        run.start()
-    if display:
-        run.show()
-    return run
 
 
 def _of_trainer(name: str, doc: str) -> property:
@@ -252,10 +193,10 @@ class Run(Steered, Source):
         return True
 
     # -- checkpoints ------------------------------------------------------------------------
-    def request_save(self, path=None) -> checkpoint.SaveJob:
+    def request_save(self, path=None) -> checkpoint.PendingSave:
         """Ask for a checkpoint without waiting (the Save button); see save()."""
         self._check("save")
-        return self._ask(checkpoint.SaveJob(path))
+        return self._ask(checkpoint.PendingSave(path))
 
     def save(self, path=None, timeout: float | None = 60.0) -> Path:
         """Write a checkpoint of this step and return its path; blocks until it is written.
@@ -267,7 +208,7 @@ class Run(Steered, Source):
         """
         return super().save(path, timeout)
 
-    def _ask(self, job: checkpoint.SaveJob) -> checkpoint.SaveJob:
+    def _ask(self, job: checkpoint.PendingSave) -> checkpoint.PendingSave:
         """Have the loop carry out `job` between two steps (or carry it out now, from a
         callback, before the start, or after the end)."""
         self._trainer.checkpointer.ask(job)
@@ -293,7 +234,7 @@ class Run(Steered, Source):
         compared. Options that shape the model or the data split cannot change.
         """
         self._check("save")
-        copied = self._ask(checkpoint.SaveJob(memory=True)).wait(timeout)
+        copied = self._ask(checkpoint.PendingSave(memory=True)).wait(timeout)
         return start_branch(self, copied, display=display, callbacks=callbacks, options=options)
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ from ipywidgets import Layout
 
 from .axes import finite_range, x_domain, y_domain
 from .downsample import MinMaxSeries
+from .frontends import prepare
 from lmwidget.core.palette import AMBER, BLUE, GREEN, GREY, MUTED, PINK, PURPLE, RED, TEAL
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING, ema
 
@@ -261,8 +262,6 @@ def show_in_notebook(widget) -> None:
         return
     _shown_in[widget] = count
     from IPython.display import display
-
-    from .frontends import prepare
 
     prepare()
     display(view_bundle(widget, repr(widget)), raw=True)  # not display(widget): no _ipython_display_ loop

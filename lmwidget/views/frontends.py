@@ -8,7 +8,7 @@ import warnings
 
 from IPython import get_ipython
 
-from lmwidget.core.source import LmwidgetWarning
+from lmwidget.errors import LmwidgetWarning
 
 # Colab shows widget state sent from a thread other than the kernel's main one only once a
 # cell runs (googlecolab/colabtools#3373, open since 2023), and every redraw of a dashboard

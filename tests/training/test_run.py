@@ -114,7 +114,7 @@ def test_wait_for_step(tiny):
     diverging = start(tiny, max_steps=LONG, lr=1e4)  # pauses itself on a non-finite step
     assert diverging.wait_for_step(LONG, timeout=scaled(60)) is False and diverging.self_paused
     diverging.stop()
-    vocab = lmwidget.Dataset(lmwidget.data.dataset.builtin_text()).vocab_size
+    vocab = lmwidget.Dataset(lmwidget.data.text.builtin_text()).vocab_size
     failing = start(tiny, model=Boom(vocab, fail_at=12), max_steps=LONG, eval_interval=1000)
     with pytest.raises(RuntimeError, match="boom at call 12"):  # its failure, raised here
         failing.wait_for_step(LONG, timeout=scaled(60))
@@ -244,7 +244,7 @@ class Boom(nn.Module):
 
 
 def test_a_user_model_plugs_in(tiny):
-    vocab = lmwidget.Dataset(lmwidget.data.dataset.builtin_text()).vocab_size
+    vocab = lmwidget.Dataset(lmwidget.data.text.builtin_text()).vocab_size
     run = start(tiny, model=Boom(vocab), max_steps=50, lr=0.1)
     assert run.wait(30)
     h = run.history
@@ -259,7 +259,7 @@ def test_lstm_trains(tiny):
 
 
 def test_failure_keeps_history_and_wait_reraises(tiny):
-    vocab = lmwidget.Dataset(lmwidget.data.dataset.builtin_text()).vocab_size
+    vocab = lmwidget.Dataset(lmwidget.data.text.builtin_text()).vocab_size
     run = start(tiny, model=Boom(vocab, fail_at=12), max_steps=LONG, eval_interval=1000)
     with pytest.raises(RuntimeError, match="boom at call 12"):
         run.wait(10)
@@ -327,7 +327,7 @@ def test_a_model_that_breaks_the_contract_is_refused(tiny):
 
     with pytest.raises(TypeError, match=r"must return \(logits, loss\)"):
         start(tiny, model=LogitsOnly())
-    assert not lmwidget.training.run.active_runs()
+    assert not lmwidget.core.registry.active_runs()
 
 
 @pytest.mark.parametrize("call, value, why", [
@@ -419,7 +419,7 @@ def one_slow_step(tiny):
                 time.sleep(0.3)  # the training step, not the contract check
             return super().forward(idx, targets)
 
-    vocab = lmwidget.Dataset(lmwidget.data.dataset.builtin_text()).vocab_size
+    vocab = lmwidget.Dataset(lmwidget.data.text.builtin_text()).vocab_size
     run = start(tiny, model=Slow(vocab), max_steps=1, eval_interval=0)
     time.sleep(0.1)  # inside the only step
     return run
@@ -458,7 +458,7 @@ def test_a_request_as_the_run_ends_is_applied_in_order_or_refused(tiny, monkeypa
 
 
 def test_repr_does_not_copy_the_users_model(tiny):
-    vocab = lmwidget.Dataset(lmwidget.data.dataset.builtin_text()).vocab_size
+    vocab = lmwidget.Dataset(lmwidget.data.text.builtin_text()).vocab_size
     model = Boom(vocab)
     model.cache = model.table.weight * 2  # a non-leaf tensor: deepcopy would raise
     run = start(tiny, model=model, max_steps=2)
