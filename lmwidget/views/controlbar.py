@@ -11,6 +11,7 @@ import ipywidgets as w
 
 from lmwidget.core.control import ENDED, LIVE_ONLY
 from lmwidget.core.palette import AMBER, BLUE, GREEN, GREY, RED
+from .frontends import frontend_notice
 from .panels import format_anomaly
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING
 
@@ -49,6 +50,8 @@ class ControlBar:
         total = run.max_steps
         self.title = w.HTML(" · ".join(f"<b>{html.escape(str(v))}</b>" if k == "model" else html.escape(str(v))
                                        for k, v in run.describe().items()))
+        if (note := frontend_notice()) is not None:  # Colab: the redraws may not show until a cell runs
+            self.title.value += f'<br><i style="color:{AMBER}">{html.escape(note)}</i>'
         self.status = w.HTML(layout=w.Layout(min_width="80px"))
         self.step_label = w.Label("0")
         self.progress = w.IntProgress(value=0, min=0, max=total or 1, layout=w.Layout(

@@ -50,6 +50,19 @@ def test_a_dashboard_shown_in_colab_without_the_extension_enables_it(colab, monk
     assert colab == ["enabled"] and shown
 
 
+def test_a_dashboard_in_colab_says_its_redraws_may_not_show_until_a_cell_runs(colab, tiny):
+    run = lmwidget.train(max_steps=2, display=False, **tiny)
+    run.wait(30)
+    assert "colabtools#3373" in run.dashboard.title.value
+
+
+def test_outside_colab_a_dashboard_says_nothing_of_it(monkeypatch, tiny):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    run = lmwidget.train(max_steps=2, display=False, **tiny)
+    run.wait(30)
+    assert "colab" not in run.dashboard.title.value.lower()
+
+
 def test_outside_colab_nothing_is_called(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.setattr(frontends, "_prepared", False)
