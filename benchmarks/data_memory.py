@@ -55,7 +55,7 @@ def generated_corpus(path: Path, mb: int, seed: int = 0) -> None:
 
 def token_dir(path: Path, mb: int, vocab: int = 4096) -> None:
     """A token directory of `mb` MB of random uint16 tokens (its tokenizer: `vocab` characters)."""
-    from lmwidget.data.dataset import CharTokenizer
+    from lmwidget.data.chars import CharTokenizer
     from lmwidget.data.tokenfiles import TokenWriter
     from lmwidget.data.tokens import saved
 
@@ -81,7 +81,9 @@ print(json.dumps({{"state": run.state, "tokens_per_s": round(float(run.history["
 IN_MEMORY = """
 import json, resource, threading, time, psutil, torch
 import lmwidget
-from lmwidget.data.dataset import CharTokenizer, Dataset, load_text
+from lmwidget.data.chars import CharTokenizer
+from lmwidget.data.dataset import Dataset
+from lmwidget.data.text import load_text
 proc, peak, done = psutil.Process(), [0], threading.Event()
 def sampler():  # the peak of this process' RSS, every millisecond (when the GIL allows)
     while not done.is_set():

@@ -86,7 +86,7 @@ def test_lmtrain_takes_a_model_variable_and_finishes(kernel):
     kernel.execute("%load_ext lmwidget\n%lmstop")
     _, _, error, _ = kernel.execute(
         "import lmwidget, torch\n"
-        "vocab = lmwidget.Dataset(lmwidget.data.dataset.builtin_text()).vocab_size\n"
+        "vocab = lmwidget.Dataset(lmwidget.data.text.builtin_text()).vocab_size\n"
         "mine = lmwidget.LSTM(vocab, block_size=32, n_layer=1, n_embd=32)\n"
         f"r2 = %lmtrain --model mine --steps 40 {TINY}")
     assert error is None, error

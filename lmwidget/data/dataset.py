@@ -13,8 +13,7 @@ from . import tokenfiles, tokens
 from .chars import CharTokenizer
 from .tokencheck import META, SPLITS, check_digest, check_encoded, check_ids, dtype_for, inside, read_meta
 from .tokenstate import restored
-from .text import (CACHE_ENV, CHUNK, CORPORA, SHAKESPEARE_BYTES, SHAKESPEARE_SHA256, SHAKESPEARE_URL,  # noqa: F401
-                   URL_ENV, builtin_text, cache_dir, load_text, shakespeare_text, utf8_len)
+from .text import CHUNK, load_text, utf8_len
 
 
 class Dataset:

@@ -91,11 +91,6 @@ class LRFinderView(w.VBox):
         """Make sure the updater runs, and wake it now."""
         self.updater.kick()
 
-    @property
-    def _updater(self) -> threading.Thread | None:
-        """The updater's thread while it runs, else None."""
-        return self.updater.thread
-
     _drawn_choice = None
     _error = ""
     _point_lrs = np.zeros(0)

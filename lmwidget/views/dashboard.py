@@ -11,7 +11,7 @@ import numpy as np
 from .cells import Cells, close_widgets
 from .charts import Chart, SharedX, view_bundle
 from .compare import labels_for, legend_labels
-from .controlbar import STATE_COLORS, ControlBar  # noqa: F401  (STATE_COLORS: imported from here too)
+from .controlbar import ControlBar
 from lmwidget.core.control import ENDED
 from .frontends import prepare, track_cells
 from .pacing import Pacer

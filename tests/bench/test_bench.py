@@ -14,7 +14,8 @@ from lmwidget.bench import loops, traffic
 from lmwidget.bench import overhead as bench
 from lmwidget.views.charts import MAX_POINTS
 from lmwidget.training.config import TrainConfig
-from lmwidget.data.dataset import Dataset, builtin_text
+from lmwidget.data.dataset import Dataset
+from lmwidget.data.text import builtin_text
 from lmwidget.models.builtin import GPT, LSTM, build_model, count_params
 
 from tests.conftest import TINY

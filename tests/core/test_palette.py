@@ -8,7 +8,8 @@ import pytest
 from lmwidget.core import palette
 from lmwidget.views.charts import EVENT_COLORS
 from lmwidget.views.compare import PALETTE
-from lmwidget.views.dashboard import GHOST_COLOR, STATE_COLORS
+from lmwidget.views.controlbar import STATE_COLORS
+from lmwidget.views.dashboard import GHOST_COLOR
 from lmwidget.lrfind.view import SUGGESTION_COLORS
 from lmwidget.core.schema import COLUMNS, USER_COLORS
 

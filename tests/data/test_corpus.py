@@ -11,7 +11,8 @@ import pytest
 import lmwidget
 from lmwidget.data import corpus
 from lmwidget.data import tokens
-from lmwidget.data.dataset import CharTokenizer, Dataset
+from lmwidget.data.chars import CharTokenizer
+from lmwidget.data.dataset import Dataset
 from lmwidget.data.dataset import open_dir
 from lmwidget.data.tokenfiles import read_meta
 

@@ -1,4 +1,4 @@
-"""Tests for lmwidget.data.dataset: the tokenizer, the split, batches, corpora and the download."""
+"""Tests for lmwidget.data: the character tokenizer, the split, batches, corpora and the download."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmwidget.data import dataset as data
-from lmwidget.data.dataset import CharTokenizer, Dataset, load_text
+from lmwidget.data import text as data
+from lmwidget.data.chars import CharTokenizer
+from lmwidget.data.dataset import Dataset
+from lmwidget.data.text import load_text
 
 from tests.conftest import SHARED_SHAKESPEARE, LocalServer
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import lmwidget
-from lmwidget.data.dataset import Dataset, builtin_text
+from lmwidget.data.dataset import Dataset
+from lmwidget.data.text import builtin_text
 from lmwidget.data.tokenfiles import TokenWriter, dtype_for
 
 from tests.conftest import SHARED_SHAKESPEARE, TINY

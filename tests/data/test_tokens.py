@@ -9,7 +9,8 @@ import torch
 
 import lmwidget
 from lmwidget.data import tokens
-from lmwidget.data.dataset import Dataset, builtin_text
+from lmwidget.data.dataset import Dataset
+from lmwidget.data.text import builtin_text
 
 from tests.conftest import SHARED_SHAKESPEARE, TINY
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmwidget.data.dataset import builtin_text
+from lmwidget.data.text import builtin_text
 
 T = 32  # tokens per sequence
 TEXT = builtin_text()[:60_000]

@@ -87,7 +87,7 @@ def test_clicking_a_point_chooses_its_lr():
     f = lmwidget.lr_find(display=False, steps=40, **TINY)
     view = f.widget
     f.wait(60)
-    wait_for(lambda: view._updater is None, 10)
+    wait_for(lambda: not view.updater.running, 10)
     assert len(view.points.x) == len(f.lrs)
     assert list(view.marks.names) == ["steepest", "min/10"]
     np.testing.assert_allclose(view.marks.x, list(f.suggestions.values()), rtol=1e-6)

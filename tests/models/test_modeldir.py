@@ -21,7 +21,7 @@ import lmwidget
 from lmwidget.models import modeldir
 from lmwidget.models import pretrained
 from lmwidget.data import tokens
-from lmwidget.data.dataset import builtin_text
+from lmwidget.data.text import builtin_text
 from lmwidget.models.hf import adapt
 from lmwidget.models.contract import check_user_model
 

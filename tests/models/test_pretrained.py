@@ -10,7 +10,7 @@ import torch
 import lmwidget
 from lmwidget.data import tokens
 from lmwidget.training.config import TrainConfig
-from lmwidget.data.dataset import builtin_text
+from lmwidget.data.text import builtin_text
 from lmwidget.models.hf import unwrap
 from lmwidget.training.run import Run
 

@@ -10,7 +10,8 @@ import torch
 
 from lmwidget.training.config import TrainConfig
 from lmwidget.core.control import Control
-from lmwidget.data.dataset import Dataset, builtin_text
+from lmwidget.data.dataset import Dataset
+from lmwidget.data.text import builtin_text
 from lmwidget.core.history import History
 from lmwidget.models.builtin import build_model
 from lmwidget.training.optim import lr_factor
