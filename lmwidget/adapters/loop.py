@@ -105,6 +105,7 @@ class Loop(Steerable):
 
     @property
     def started(self) -> bool:
+        """True once the run has begun: at its first tick() (begin()), not at start()."""
         return self._began
 
     # -- the loop's side ----------------------------------------------------------------------
@@ -232,6 +233,8 @@ class Loop(Steerable):
 
     @property
     def alive(self) -> bool:
+        """True while the thread of start() runs; for a loop on your own thread, from its first
+        tick() until it ends."""
         return self._thread.is_alive() if self._thread is not None else (self._began and not self.ended)
 
     def join(self, timeout: float | None = None) -> bool:

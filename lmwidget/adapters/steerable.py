@@ -128,10 +128,12 @@ class Steerable(Steered, Source):
 
     @property
     def layers(self) -> list[str]:
+        """The layer groups of the per-layer gradient norms, in model order."""
         return list(self.norms.names)
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first parameter (the one it had when closed, once closed)."""
         return self._closed_as["device"] if self.closed else next(self.model.parameters()).device
 
     @property
@@ -145,14 +147,18 @@ class Steerable(Steered, Source):
 
     @property
     def grad_clip(self):
+        """The clip norm lmwidget applies (0: off); None when it does not clip (your loop may)."""
         return self._grad_clip
 
     @property
     def last_save(self):
+        """The newest save's outcome: ("ok", {"step", "kind", "path", "bytes", "seconds"}) or
+        ("error", message); None before any."""
         return self.steering.last_save
 
     @property
     def checkpoints(self) -> list[dict]:
+        """Every checkpoint this loop wrote: step, kind, path, bytes, seconds."""
         return list(self.steering.saved)
 
     def bind(self, optimizer, lr_scheduler=None) -> None:

@@ -34,21 +34,58 @@ class Callback:
     """
 
     def state_dict(self):
+        """The callback's state to save in checkpoints, as plain values (numbers, strings, lists,
+        dicts).
+
+        Returns:
+            None here: nothing is saved.
+        """
         return None
 
     def load_state_dict(self, state) -> None:
+        """Take back the state that state_dict() returned, from the checkpoint a run resumes from
+        (called after on_train_begin); nothing here.
+
+        Args:
+            state: what state_dict() returned when the checkpoint was written.
+        """
         pass
 
     def on_train_begin(self, run) -> None:
+        """Called before the first step; nothing here.
+
+        Args:
+            run: the run's handle.
+        """
         pass
 
     def on_step_end(self, run, step: int, metrics: dict) -> None:
+        """Called after every step; nothing here.
+
+        Args:
+            run: the run's handle.
+            step: the step just completed.
+            metrics: `loss` and `grad_norm` (0-d tensors on the training device), `val_loss` (a
+                tensor, or None when the step did not evaluate), `lr` and `tokens`.
+        """
         pass
 
     def on_eval(self, run, step: int, val_loss: float) -> None:
+        """Called after each validation estimate; nothing here.
+
+        Args:
+            run: the run's handle.
+            step: the step it was estimated at.
+            val_loss: the validation loss.
+        """
         pass
 
     def on_train_end(self, run) -> None:
+        """Called once the loop has ended, whatever the reason (`run.state` says); nothing here.
+
+        Args:
+            run: the run's handle.
+        """
         pass
 
 
@@ -137,10 +174,24 @@ class EarlyStopping(_Plateau):
         self.stopped_at = None
 
     def on_train_begin(self, run) -> None:
+        """Start afresh (an object may serve several runs): no best loss, no evaluation counted,
+        `stopped_at` None.
+
+        Args:
+            run: the run's handle.
+        """
         super().on_train_begin(run)
         self.stopped_at = None
 
     def on_eval(self, run, step: int, val_loss: float) -> None:
+        """Count an estimate that does not beat the best by more than `min_delta`; at `patience` of
+        them in a row, stop the run (the stop event says why) and set `stopped_at` to `step`.
+
+        Args:
+            run: the run's handle.
+            step: the step it was estimated at.
+            val_loss: the validation loss (one that is not finite never counts as better).
+        """
         if not self._improved(step, val_loss) and self.bad_evals >= self.patience:
             self.stopped_at = step
             run.stop(note=f"early stopping: {self._since_best()}")
@@ -167,19 +218,42 @@ class ReduceLROnPlateau(_Plateau):
         self.reductions: list[tuple[int, float]] = []  # (step, new lr)
 
     def on_train_begin(self, run) -> None:
+        """Start afresh (an object may serve several runs): no best loss, no evaluation counted, no
+        cooldown, no reductions.
+
+        Args:
+            run: the run's handle.
+        """
         super().on_train_begin(run)
         self._cooling, self.reductions = 0, []
 
     def state_dict(self) -> dict:
+        """The plateau's state for checkpoints: best, best_step, bad_evals, cooling and
+        reductions ([step, lr] pairs)."""
         return {**super().state_dict(), "cooling": self._cooling,
                 "reductions": [[step, lr] for step, lr in self.reductions]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take back the state that state_dict() returned, when a run resumes from a checkpoint.
+
+        Args:
+            state: what state_dict() returned.
+        """
         super().load_state_dict(state)
         self._cooling = state["cooling"]
         self.reductions = [(step, lr) for step, lr in state["reductions"]]
 
     def on_eval(self, run, step: int, val_loss: float) -> None:
+        """Count an estimate that does not beat the best by more than `min_delta` (during a
+        cooldown, count down instead); at `patience` of them in a row, set the LR to
+        max(lr * factor, min_lr) if that is lower (an event says why, and `reductions` records it),
+        then wait `cooldown` estimates.
+
+        Args:
+            run: the run's handle.
+            step: the step it was estimated at.
+            val_loss: the validation loss (one that is not finite never counts as better).
+        """
         if self._improved(step, val_loss):
             return
         if self._cooling:

@@ -50,6 +50,7 @@ class Source(Viewable, Closable, Waitable):
     # -- what it is ---------------------------------------------------------------------------
     @property
     def name(self) -> str:
+        """The run's name in messages and views: "run <id>"."""
         return f"run {self.id}"
 
     def describe(self) -> dict:
@@ -67,6 +68,7 @@ class Source(Viewable, Closable, Waitable):
 
     @property
     def device(self) -> torch.device:
+        """The device the model trains on; the CPU unless a subclass says otherwise."""
         return torch.device("cpu")
 
     # -- where it stands -----------------------------------------------------------------------
@@ -92,10 +94,12 @@ class Source(Viewable, Closable, Waitable):
 
     @property
     def ended(self) -> bool:
+        """True once the run's state is "stopped", "finished" or "failed"."""
         return self.state in ENDED
 
     @property
     def elapsed(self) -> float:
+        """Seconds on the run's clock (a resumed run's goes on from its checkpoint's); 0.0 before the start."""
         return self.record.clock() if self.started else 0.0
 
     @property
@@ -111,6 +115,7 @@ class Source(Viewable, Closable, Waitable):
 
     @property
     def checkpoints(self) -> list[dict]:
+        """Every checkpoint the run wrote (step, kind, path, bytes, seconds); empty here."""
         return []
 
     # -- its record ---------------------------------------------------------------------------
@@ -131,6 +136,7 @@ class Source(Viewable, Closable, Waitable):
 
     @property
     def samples(self) -> list[tuple[int, str]]:
+        """Every text sample taken, as (step, text), oldest first."""
         return self.record.samples_since(0)
 
     @property
@@ -184,6 +190,11 @@ class Source(Viewable, Closable, Waitable):
 
     # -- steering -----------------------------------------------------------------------------
     def supports(self, control: str) -> bool:
+        """True when this source can carry out `control` (it is not in `unsupported`).
+
+        Args:
+            control: one of CONTROLS ("pause", "stop", "lr", "save", ...).
+        """
         return control not in self.unsupported
 
     def _check(self, control: str) -> None:
@@ -201,6 +212,7 @@ class Source(Viewable, Closable, Waitable):
             self.control.pause()
 
     def resume(self) -> None:
+        """Let a paused run go on from the step boundary where it waits; nothing once it has ended."""
         if not self._past("pause"):
             self.control.resume()
 
@@ -278,6 +290,7 @@ class Source(Viewable, Closable, Waitable):
         self.control.watch(event)
 
     def unwatch(self, event: threading.Event) -> None:
+        """Stop setting `event` at the run's state changes (undoes watch())."""
         self.control.unwatch(event)
 
     def __repr__(self) -> str:

@@ -20,13 +20,33 @@ class CharTokenizer:
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
+        """The tokenizer of the distinct characters of `text`.
+
+        Args:
+            text: the text whose characters make the vocabulary.
+
+        Returns:
+            A CharTokenizer whose ids follow the characters' sorted order.
+        """
         return cls(text)
 
     @property
     def vocab_size(self) -> int:
+        """The number of distinct characters: ids run from 0 to vocab_size - 1."""
         return len(self.chars)
 
     def encode(self, text: str) -> list[int]:
+        """The ids of the characters of `text`.
+
+        Args:
+            text: the text to encode.
+
+        Returns:
+            One id per character.
+
+        Raises:
+            ValueError: a character that is not in the vocabulary (it is named).
+        """
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
@@ -62,7 +82,16 @@ class CharTokenizer:
         return self.stoi.get("\n", 0)
 
     def describe(self) -> str:
+        """A short label for headers: "characters (<vocab_size>)"."""
         return f"characters ({self.vocab_size})"
 
     def same_as(self, other) -> bool:
+        """Whether `other` gives every character the same id as this tokenizer.
+
+        Args:
+            other: another tokenizer.
+
+        Returns:
+            True when `other` is a CharTokenizer of the same characters.
+        """
         return isinstance(other, CharTokenizer) and other.chars == self.chars

@@ -86,9 +86,20 @@ class Dataset:
 
     @property
     def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size."""
         return self.tokenizer.vocab_size
 
     def check_block_size(self, block_size: int) -> None:
+        """Refuse a context length the splits cannot serve: each split needs block_size + 1
+        tokens (a block and its next-token targets).
+
+        Args:
+            block_size: the context length in tokens.
+
+        Raises:
+            ValueError: the shorter split has fewer than block_size + 1 tokens (the message says
+                the largest block_size it allows).
+        """
         shortest = min(len(self.train), len(self.val))
         if block_size + 1 > shortest:
             split = "validation" if len(self.val) <= len(self.train) else "training"

@@ -91,6 +91,7 @@ class LRFinder:
 
     # -- the test -------------------------------------------------------------------------
     def lr_at(self, i: int) -> float:
+        """The LR of step `i`: log-spaced from `start` at step 0 to `end` at step `steps - 1`."""
         return self.start * (self.end / self.start) ** (i / (self.steps - 1))
 
     def _run(self) -> None:
@@ -145,11 +146,13 @@ class LRFinder:
             _running.remove(self)
 
     def start_test(self) -> "LRFinder":
+        """Start the test in a thread of its own; returns this finder at once."""
         _running.append(self)
         threads.start(self._thread, cpu=self.device.type == "cpu")
         return self
 
     def stop(self) -> None:
+        """Ask the test to stop before its next step (then its state is "stopped"); returns at once."""
         self._stop = True
 
     def join(self, timeout: float | None = None) -> bool:
@@ -158,6 +161,7 @@ class LRFinder:
         return not self._thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Block until the test ends (True) or `timeout` s pass (False); re-raises its failure."""
         self._thread.join(timeout)
         if self._thread.is_alive():
             return False
@@ -167,6 +171,7 @@ class LRFinder:
 
     @property
     def done(self) -> bool:
+        """True once the test has ended (its weights restored): finished, diverged, stopped or failed."""
         return self.state != "running"
 
     # -- results --------------------------------------------------------------------------
@@ -178,6 +183,7 @@ class LRFinder:
 
     @property
     def suggestions(self) -> dict:
+        """The suggested LRs so far, {"steepest": lr, "min/10": lr} (see suggest()); {} with too few points."""
         lrs, _, smoothed = self.results()
         return suggest(lrs, smoothed)
 
@@ -192,6 +198,8 @@ class LRFinder:
         return self._chosen
 
     def choose(self, lr) -> None:
+        """Choose `lr`, as a click on the curve does: `lr` and train() use it from then on. Raises
+        ValueError unless `lr` is a finite number > 0."""
         self._chosen = check_lr(lr)
         if self._view is not None:
             self._view.kick()
@@ -225,6 +233,7 @@ class LRFinder:
     # -- display --------------------------------------------------------------------------
     @property
     def widget(self):
+        """The test's live chart widget (made on first use)."""
         with self._lock:
             if self._view is None:
                 self._view = LRFinderView(self)

@@ -103,14 +103,17 @@ class RecordedRun(Source):
     # -- what the run is doing ----------------------------------------------------------------
     @property
     def state(self) -> str:
+        """The run's state as the job's newest status says ("running" until one arrives)."""
         return self._status["state"]
 
     @property
     def step(self) -> int:
+        """Optimizer steps the job has completed: the newer of its live count and its recorded rows."""
         return max(int(self._live["step"]), int(self.record.last("step", 0)))
 
     @property
     def max_steps(self) -> int:
+        """The optimizer steps the job trains for, from its info record."""
         return int(self._info["max_steps"])
 
     def options(self) -> dict:
@@ -118,20 +121,26 @@ class RecordedRun(Source):
         return dict(self._info["config"])
 
     def describe(self) -> dict:
+        """What the job trains, as it described itself (a job of lmwidget before 0.2: its model and
+        data options)."""
         saved = self._info.get("describe")  # written since lmwidget 0.2
         return dict(saved) if saved else {"model": str(self._info["config"].get("model")),
                                           "data": str(self._info["config"].get("data"))}
 
     @property
     def device(self) -> torch.device:
+        """The device of the job's rank 0, from its info record (the CPU until that arrives)."""
         return self._device
 
     @property
     def last_save(self):
+        """The job's newest save outcome, as its status reports it (the form of Run.last_save); None
+        before any."""
         return self._last_save
 
     @property
     def world_size(self) -> int:
+        """The number of processes (ranks) the job trains with: 1 without torchrun."""
         return int(self._info["world_size"])
 
     @property
@@ -148,34 +157,42 @@ class RecordedRun(Source):
 
     @property
     def lr(self) -> float:
+        """The job's base LR as its newest status says (NaN until its info record arrives)."""
         return float(self._status["lr"])
 
     @property
     def grad_clip(self) -> float:
+        """The job's max gradient norm as its newest status says (0: clipping off)."""
         return float(self._status["grad_clip"])
 
     @property
     def anomaly(self):
+        """The job's current anomaly as its newest status reports it (a tuple), or None."""
         return tuple(self._status["anomaly"]) if self._status["anomaly"] else None
 
     @property
     def error(self):
+        """A RuntimeError carrying the message the job failed with; None unless it failed."""
         return None if self._status["error"] is None else RuntimeError(f"the job failed: {self._status['error']}")
 
     @property
     def elapsed(self) -> float:
+        """Seconds on the job's run clock, from its newest live message."""
         return float(self._live["elapsed"])
 
     @property
     def started(self) -> bool:
+        """Always True: a job has started by the time its record is read."""
         return True
 
     @property
     def layers(self) -> list[str]:
+        """The layer groups of the job's per-layer gradient norms, from its info record."""
         return list(self._info["layers"])
 
     @property
     def gpu_status(self) -> str:
+        """Says that the resource samples are the job's rank 0's, taken on its machine."""
         return f"the job's rank 0 ({self._info['device']}), sampled there"
 
     def sample_resources(self) -> dict:

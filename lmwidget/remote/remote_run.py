@@ -151,6 +151,7 @@ class RemoteRun(RecordedRun):
 
     @property
     def name(self) -> str:
+        """The job's name in messages and views: "job <its run directory's name>"."""
         return f"job {self.run_dir.name}"
 
     # -- steering ---------------------------------------------------------------------------
@@ -166,6 +167,14 @@ class RemoteRun(RecordedRun):
             self._send("pause")
 
     def resume(self) -> None:
+        """Ask the job to go on from the step boundary where it is paused; nothing once its run
+        has ended.
+
+        Raises:
+            ConnectionError: not connected to the job (detached).
+            TimeoutError: the job did not answer within the request timeout.
+            ValueError: the job refused the request.
+        """
         if not self._past("pause"):
             self.control.resume()
             self._send("resume")

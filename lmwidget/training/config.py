@@ -24,6 +24,8 @@ ANOMALY_ACTIONS = ("pause", "skip")
 
 @dataclass
 class TrainConfig:
+    """Every option of a run, as plain values, each field's default the option's (the Options
+    guide says what each does); from_options() builds one and validates it, as train() does."""
     model: str | None = "gpt"    # "gpt", "lstm", a Hugging Face model's directory (save_pretrained's),
                                  # or None: a module of yours, given beside the config (train(model=...))
     data: object = "builtin"     # "builtin" (offline), "shakespeare", a file path, or a str of text
@@ -69,10 +71,25 @@ class TrainConfig:
 
     @classmethod
     def option_names(cls) -> list[str]:
+        """The names of every option (the fields), in the order they are declared."""
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_options(cls, **options) -> "TrainConfig":
+        """A validated config of the options given by name (train()'s keyword options).
+
+        Args:
+            **options: option values by name; an option not given keeps its default. A pretrained
+                model directory with a tokenizer.json brings it, unless `tokenizer` is given.
+
+        Returns:
+            The config, checked by validate().
+
+        Raises:
+            TypeError: an unknown option, or an nn.Module as `model` (a module of yours is given
+                beside the config, with model=None).
+            ValueError: an option's value is refused (see validate()).
+        """
         unknown = sorted(set(options) - set(cls.option_names()))
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: "
@@ -87,6 +104,15 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        """Check every option, raising at the first one refused; also normalizes in place: a
+        model directory's path becomes a str, a numpy number the Python int or float it equals.
+
+        Raises:
+            ValueError: an unknown model, tokenizer, optimizer, schedule, dtype or anomaly action,
+                a number out of its range, a tokenizer that does not fit the model or vocab_size,
+                save_best without evaluations, or a checkpoint_dir or device of the wrong type;
+                each says why.
+        """
         if pretrained.is_directory(self.model):
             pretrained.check_directory(self.model)
             self.model = os.fspath(self.model)  # a plain str: checkpoints keep it, resume reloads it

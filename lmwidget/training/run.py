@@ -66,6 +66,15 @@ class Run(Steered, Source):
         self._described = None
 
     def start(self) -> "Run":
+        """Start training in a background thread and return at once; a dashboard made before
+        the start follows it from then on.
+
+        Returns:
+            This run.
+
+        Raises:
+            RuntimeError: the run was started already (its thread starts once).
+        """
         register(self)
         with self._lock:  # a save of the unstarted run is written before or after, never during
             threads.start(self._thread, cpu=self.device.type == "cpu")
@@ -75,6 +84,7 @@ class Run(Steered, Source):
 
     @property
     def started(self) -> bool:
+        """True once start() has started the training thread (still True after the run ends)."""
         return self._thread.ident is not None
 
     @property
@@ -110,6 +120,7 @@ class Run(Steered, Source):
 
     @property
     def layers(self) -> list[str]:
+        """The layer groups of the per-layer gradient norms, in model order."""
         return list(self._trainer.grad_norms.names)
 
     device = _of_trainer("device", "Where it trains.")
@@ -130,20 +141,27 @@ class Run(Steered, Source):
 
     @property
     def max_steps(self) -> int:
+        """The optimizer steps the run trains for (its config's `max_steps`)."""
         return self.config.max_steps
 
     @property
     def elapsed(self) -> float:
+        """Seconds the training loop has run in this process, up to its end (or now while it
+        runs); 0.0 before the start. A resumed run's earlier training is not counted."""
         t = self._trainer
         return 0.0 if t.started is None else (t.ended or time.time()) - t.started
 
     @property
     def start_time(self) -> float | None:
+        """The wall-clock time (time.time()) at which the run's clock read 0: the start, or earlier
+        for a resumed run, whose clock goes on from its checkpoint's; None before the start."""
         t = self._trainer
         return None if t.started is None else t.started - t.clock0
 
     @property
     def last_save(self):
+        """The newest save's outcome: ("ok", {"step", "kind", "path", "bytes", "seconds"}) or
+        ("error", message); None before any."""
         return self._trainer.checkpointer.last
 
     @property
