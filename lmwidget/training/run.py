@@ -28,8 +28,12 @@ from .builtin_loop import BuiltinLoop
 
 
 def _of_trainer(name: str, doc: str) -> property:
-    """A Run property that reads its BuiltinLoop's attribute `name`."""
-    return property(lambda self: getattr(self._trainer, name), doc=doc)
+    """A Run property that reads its BuiltinLoop's attribute `name`, documented by `doc`."""
+    def get(self):
+        return getattr(self._trainer, name)
+
+    get.__doc__ = doc
+    return property(get)
 
 
 class Run(Steered, Source):
