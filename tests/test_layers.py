@@ -6,7 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
+import grimp
+from importlinter import cli
 
 import lmwidget
 
@@ -24,7 +25,6 @@ def modules() -> dict[str, Path]:
 
 
 def test_the_import_contracts_hold():
-    cli = pytest.importorskip("importlinter.cli", reason="import-linter is in the test extra")
     status = cli.lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True)
     assert status == 0, "an import crosses lmwidget's layers: its report is printed above"
 
@@ -46,7 +46,6 @@ def test_no_module_imports_lmwidget_inside_a_function():
 
 
 def test_no_import_circles():
-    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter (the test extra)")
     graph = grimp.build_graph("lmwidget")
     edges = {m: {i for i in graph.find_modules_directly_imported_by(m) if i.startswith("lmwidget")}
              for m in graph.modules if m.startswith("lmwidget")}
