@@ -13,8 +13,18 @@ from lmwidget.data import tokens
 FIXED = ("n_layer", "n_head", "n_embd", "block_size", "optimizer", "val_fraction")
 
 
-def config_state(config) -> dict:
-    """The options as plain values for a checkpoint (the user's own model by class name only)."""
+def config_state(config, tokenizer=None) -> dict:
+    """The options as plain values for a checkpoint (a module of yours is None, its class is
+    kept beside them as model_class).
+
+    Args:
+        config: the run's TrainConfig.
+        tokenizer: the run's tokenizer, named here when the config's option is None (an
+            object given beside it, or a resumed run's own).
+
+    Returns:
+        {option: plain value}.
+    """
     import dataclasses
 
     out = {f.name: _plain_number(getattr(config, f.name)) for f in dataclasses.fields(config)}
@@ -22,7 +32,8 @@ def config_state(config) -> dict:
         out["model"] = None
     if isinstance(out["data"], os.PathLike):
         out["data"] = os.fspath(out["data"])
-    out["tokenizer"] = tokens.label(out["tokenizer"])  # the tokenizer itself is kept as JSON
+    # the tokenizer itself is kept as JSON; its name here: the option, or the object's beside it
+    out["tokenizer"] = tokens.label(tokenizer if out["tokenizer"] is None else out["tokenizer"])
     return out
 
 

@@ -226,6 +226,8 @@ class LRFinder:
         config = {name: getattr(self.config, name) for name in TrainConfig.option_names()}
         if config["model"] is None:  # a module of yours: the same one, back at its starting weights
             config["model"] = self.model
+        if config["tokenizer"] is None:  # a tokenizer object given: the same one
+            config["tokenizer"] = self.data.tokenizer
         config.update(lr=self.lr)
         config.update(options)
         return train(**config)
@@ -279,13 +281,13 @@ def lr_find(model="gpt", data="builtin", *, start: float = 1e-6, end: float = 10
             same module.
         TypeError: an unknown option.
     """
-    config, module, _ = configure(model, data, options)
+    config, module, tokenizer, _ = configure(model, data, options)
     if module is not None:
         busy = [r for r in active_runs() if unwrap(r.model) is unwrap(module)]
         if busy:
             raise ValueError(f"run {busy[0].id} is training this model ({busy[0].state}); the range "
                              f"test would train the same weights. Stop it first, or pass a copy")
-    dataset = Dataset.from_config(config)
+    dataset = Dataset.from_config(config, tokenizer)
     dataset.check_block_size(config.block_size)
     net = resolve.build(config, dataset, resolve_device(config.device), module=module)
     if not (isinstance(beta, (int, float)) and 0 <= beta < 1):

@@ -63,9 +63,9 @@ def build_run(options: dict, sync=None):
     resume, patience, plateau = (options.pop(k) for k in ("resume", "early_stopping", "reduce_lr"))
     callbacks = ([EarlyStopping(patience=patience)] if patience is not None else []) + (
         [ReduceLROnPlateau(patience=plateau)] if plateau is not None else [])
-    config, module, restore = configure(options.pop("model", None), options.pop("data", None), options,
-                                        resume=resume, command_line=True)
-    return Run(config, model=module, callbacks=callbacks, restore=restore, sync=sync)
+    start = configure(options.pop("model", None), options.pop("data", None), options, resume=resume,
+                      command_line=True)
+    return Run(start.config, model=start.model, callbacks=callbacks, restore=start.restore, sync=sync)
 
 
 def _stop_on_signals(run) -> None:

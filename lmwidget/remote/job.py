@@ -37,7 +37,7 @@ class Job:
         self.publisher = Publisher(run, self.run_dir, self.endpoint, sync)
         self._progress, self._progress_interval, self._printed = progress, progress_interval, 0.0
         self.info = {"run_dir": str(self.run_dir), "pid": os.getpid(), "max_steps": run.max_steps,
-                     "config": config_state(run.config), "layers": run.layers,
+                     "config": config_state(run.config, run.tokenizer), "layers": run.layers,
                      "device": str(run.device), "describe": run.describe(),
                      "world_size": 1 if sync is None else sync.world_size,
                      "backend": None if sync is None else sync.backend}

@@ -29,9 +29,9 @@ class TrainConfig:
     model: str | None = "gpt"    # "gpt", "lstm", a Hugging Face model's directory (save_pretrained's),
                                  # or None: a module of yours, given beside the config (train(model=...))
     data: object = "builtin"     # "builtin" (offline), "shakespeare", a file path, or a str of text
-    tokenizer: object = "char"   # "char", "word", "bpe", a tokenizers/transformers tokenizer, or a
-                                 # tokenizer.json path or directory; a pretrained model's own
-                                 # tokenizer.json beside it, unless one is given
+    tokenizer: str | None = "char"  # "char", "word", "bpe", or a tokenizer.json path or directory (a
+                                 # pretrained model's own beside it, unless one is given); None: a
+                                 # tokenizer object given beside the config, or a resumed run's own
     vocab_size: int = 0          # word: the most frequent kept; bpe: its size; 0: 10,000 / 1,024
     max_steps: int = 2000
     batch_size: int = 16         # sequences per micro-step
@@ -99,6 +99,14 @@ class TrainConfig:
                             f"directory, or None for a module of yours given beside it: "
                             f"train(model=module, ...) or Run(config, model=module); got a "
                             f"{type(options['model']).__name__}")
+        tokenizer = options.get("tokenizer")
+        if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+            raise TypeError(f"TrainConfig keeps plain values: tokenizer is \"char\", \"word\", \"bpe\", a "
+                            f"tokenizer.json path, or None for a tokenizer object given beside it: "
+                            f"train(tokenizer=..., ...) or Run(config, tokenizer=...); got a "
+                            f"{type(tokenizer).__name__}")
+        if isinstance(tokenizer, os.PathLike):
+            options["tokenizer"] = os.fspath(tokenizer)
         config = cls(**pretrained.with_own_tokenizer(options))
         config.validate()
         return config
@@ -120,8 +128,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; valid: {pretrained.ACCEPTED}")
         pretrained.check_tokenizer(self.model, self.tokenizer)
         check_lr(self.lr)
-        if not tokenfiles.is_dir(self.data):  # a token directory brings its tokenizer (it checks)
-            tokens.check(self.tokenizer, self.vocab_size)
+        if self.tokenizer is not None and not tokenfiles.is_dir(self.data):  # a token directory
+            tokens.check(self.tokenizer, self.vocab_size)                      # brings its own
         for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters",
                      "n_layer", "n_head", "n_embd"):
             _check_int(name, getattr(self, name), minimum=1)
@@ -162,7 +170,7 @@ class TrainConfig:
     def summary(self) -> dict:
         """The options as plain values (a module of yours is None here: Run.options() names its class)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["tokenizer"] = tokens.label(self.tokenizer)
+        out["tokenizer"] = None if self.tokenizer is None else tokens.label(self.tokenizer)
         if not isinstance(self.data, str) or len(self.data) > 80:
             out["data"] = f"<text of {len(self.data)} characters>" if isinstance(self.data, str) else str(self.data)
         return out

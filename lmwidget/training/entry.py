@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from typing import NamedTuple
 
 from lmwidget.checkpoint import saving as checkpoint
+from lmwidget.data import tokenfiles, tokens
 from lmwidget.models import pretrained
 from lmwidget.models.resolve import choose
 
@@ -18,9 +21,18 @@ from .resume import resume_config
 from .run import Run
 
 
+class Start(NamedTuple):
+    """What a run starts from: plain options, and the objects given beside them."""
+
+    config: TrainConfig  #: the options, plain values only
+    model: object        #: your module (config.model is None), or None: built from the config
+    tokenizer: object    #: a tokenizer object given (config.tokenizer is None), or None
+    restore: dict | None  #: the checkpoint read, to continue; None for a new run
+
+
 def configure(model=None, data=None, options: dict | None = None, *, resume=None,
-              command_line: bool = False) -> tuple[TrainConfig, object, dict | None]:
-    """Resolve the model option once and make the run's config from it.
+              command_line: bool = False) -> Start:
+    """Resolve the model and tokenizer options once and make the run's config from them.
 
     Args:
         model: "gpt" (None), "lstm", an nn.Module, "MODULE:NAME", or a model directory.
@@ -30,9 +42,9 @@ def configure(model=None, data=None, options: dict | None = None, *, resume=None
         command_line: the options came from the command line (see resolve.choose).
 
     Returns:
-        (config, module, restore): the config (plain values; its model is None when `module`
-        is yours), the module given or imported (None for a model built from the config), and
-        the checkpoint read (None without `resume`).
+        The Start: the config (plain values: its model is None when the module is yours, its
+        tokenizer None when an object was given), the module given or imported, the tokenizer
+        object given, and the checkpoint read (None without `resume`).
 
     Raises:
         ValueError: an option, the model or the checkpoint is refused (each says why).
@@ -44,13 +56,21 @@ def configure(model=None, data=None, options: dict | None = None, *, resume=None
         if "tokenizer" not in options and (own := pretrained.own_tokenizer(choice.module)):
             options["tokenizer"] = own
         pretrained.check_tokenizer(choice.module, options.get("tokenizer", TrainConfig.tokenizer))
+    tokenizer = options.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):  # an object: kept beside
+        if not tokenfiles.is_dir(data):
+            tokens.check(tokenizer, options.get("vocab_size", 0))
+        if resume is None:
+            options["tokenizer"] = None
+    else:
+        tokenizer = None
     if resume is None:
         config = TrainConfig.from_options(model=choice.option, data="builtin" if data is None else data,
                                           **options)
-        return config, choice.module, None
+        return Start(config, choice.module, tokenizer, None)
     restore = checkpoint.read(resume)
     given = choice.module if choice.module is not None else None if model is None else choice.option
-    return resume_config(restore, given, data, options), choice.module, restore
+    return Start(resume_config(restore, given, data, options), choice.module, None, restore)
 
 
 def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
@@ -90,7 +110,7 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
     if hasattr(options.get("lr"), "suggestion"):  # lr=finder: the LR chosen on its curve
         options["lr"].wait()  # it may still be training the model; re-raises its failure
         options["lr"] = options["lr"].lr
-    config, module, restore = configure(model, data, options, resume=resume)
+    start = configure(model, data, options, resume=resume)
     callbacks = Callbacks(callbacks)
     running = [r for r in active_runs() if not r.control.stop_requested]  # stopping ones are ending
     if running and not concurrent:
@@ -102,7 +122,8 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
             LmwidgetWarning, stacklevel=2)
         run = running[-1]
     else:
-        run = Run(config, model=module, callbacks=callbacks.items, restore=restore)
+        run = Run(start.config, model=start.model, tokenizer=start.tokenizer, callbacks=callbacks.items,
+                  restore=start.restore)
         if ghosts:
             run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
         run.start()

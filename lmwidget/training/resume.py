@@ -44,7 +44,7 @@ def resume_config(payload: dict, model=None, data=None, options: dict | None = N
             raise ValueError(f"tokenizer={tokens.label(given)!r} differs from the tokenizer checkpoint {path} "
                              f"was trained with ({saved_tokenizer.describe()}): its token ids would mean "
                              f"other text. Leave tokenizer out: the checkpoint's own is restored")
-    options["tokenizer"] = saved_tokenizer  # stored as JSON in the checkpoint: never trained again
+    options["tokenizer"] = None  # the checkpoint's own, stored as JSON: Run restores it, never trained again
     known = set(TrainConfig.option_names())
     # a resumed run saves into a directory of its own (a new one, unless given): resumed
     # from an older checkpoint it is a branch, whose files must not mix with the first's

@@ -15,6 +15,7 @@ from lmwidget.core.control import ENDED
 from lmwidget.core.monitor import register
 from lmwidget.core.source import Source
 from lmwidget.core.steering import Steered
+from lmwidget.data import tokens
 from lmwidget.data.dataset import Dataset
 from lmwidget.models import pretrained, resolve
 from lmwidget.models.builtin import count_params
@@ -41,11 +42,24 @@ class Run(Steered, Source):
     once, except wait(), sample() and save()."""
 
     def __init__(self, config: TrainConfig, *, model: torch.nn.Module | None = None,
-                 dataset: Dataset | None = None, callbacks=None, restore: dict | None = None,
-                 sync=None):
-        """Prepare a run (call start()); `model` and `dataset` override building them from
-        config; `restore` is a checkpoint (checkpoint.read) to continue; `sync` a RankSync
-        in a torchrun job (lmwidget.train's command line)."""
+                 tokenizer=None, dataset: Dataset | None = None, callbacks=None,
+                 restore: dict | None = None, sync=None):
+        """Prepare a run (call start()).
+
+        Args:
+            config: its options (plain values).
+            model: your module when config.model is None (checked against the data); else
+                a model to train instead of building one from the config.
+            tokenizer: a tokenizer object when config.tokenizer is None.
+            dataset: a dataset to train on instead of loading config.data.
+            callbacks: Callback objects.
+            restore: a checkpoint (checkpoint.read) to continue.
+            sync: a RankSync in a torchrun job (the command line's).
+
+        Raises:
+            ValueError: the model, tokenizer or data is refused, or one the config leaves to
+                be given beside it is missing.
+        """
         super().__init__()
         default_dir = Path("lmwidget-checkpoints") / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}"
         self.checkpoint_dir = Path(config.checkpoint_dir or default_dir).expanduser().resolve()
@@ -53,7 +67,11 @@ class Run(Steered, Source):
         self.config = config = dataclasses.replace(config, checkpoint_dir=str(self.checkpoint_dir))
         callbacks = Callbacks(callbacks)
         if dataset is None:
-            tokenizer = None if restore is None else checkpoint.tokenizer_of(restore)
+            if restore is not None:  # the checkpoint's own tokenizer, stored as JSON
+                tokenizer = checkpoint.tokenizer_of(restore)
+            elif tokenizer is None and config.tokenizer is None:
+                raise ValueError("the config's tokenizer is None, which stands for a tokenizer object "
+                                 "given beside it, and none was given: pass tokenizer=<the tokenizer>")
             dataset = Dataset.from_config(config, tokenizer)
         if restore is not None:
             trainstate.check_data(dataset, config.data, restore)
@@ -62,6 +80,7 @@ class Run(Steered, Source):
             model = resolve.build(config, dataset, sync.device if sync is not None else resolve_device(config.device),
                                   module=model)
         self._model_class = type(unwrap(model)).__name__  # what options() names a module of yours by
+        self._tokenizer_label = tokens.label(dataset.tokenizer)  # and a tokenizer given beside
         self._trainer = BuiltinLoop(config, model, dataset, self.control, self.record,
                                 callbacks, handle=self, checkpoint_dir=self.checkpoint_dir,
                                 restore=restore, sync=sync)
@@ -120,6 +139,8 @@ class Run(Steered, Source):
         out = self.config.summary()
         if out["model"] is None:
             out["model"] = self._model_class
+        if out["tokenizer"] is None:
+            out["tokenizer"] = self._tokenizer_label
         return out
 
     @property

@@ -26,7 +26,7 @@ def payload(trainer, kind: str) -> dict:
     """
     return {"format": FORMAT, "version": VERSION, "lmwidget": __version__,
             "torch": str(torch.__version__), "saved_at": time.time(), "kind": kind,
-            "step": trainer.step, "config": config_state(trainer.config),
+            "step": trainer.step, "config": config_state(trainer.config, trainer.data.tokenizer),
             "model_class": type(unwrap(trainer.model)).__name__, **tokenizer_state(trainer.data.tokenizer),
             "data_sha256": trainer.data.fingerprint(), "trainer": state_dict(trainer),
             "history": trainer.history.state_dict()}
