@@ -105,8 +105,9 @@ class TrainConfig:
                             f"tokenizer.json path, or None for a tokenizer object given beside it: "
                             f"train(tokenizer=..., ...) or Run(config, tokenizer=...); got a "
                             f"{type(tokenizer).__name__}")
-        if isinstance(tokenizer, os.PathLike):
-            options["tokenizer"] = os.fspath(tokenizer)
+        for name in ("tokenizer", "data", "checkpoint_dir"):  # paths as the plain str they name
+            if isinstance(options.get(name), os.PathLike):
+                options[name] = os.fspath(options[name])
         config = cls(**pretrained.with_own_tokenizer(options))
         config.validate()
         return config

@@ -28,6 +28,11 @@ def test_a_tokenizer_object_is_kept_beside_the_config():
     assert run.options()["tokenizer"] == lmwidget.data.tokens.label(tok)
 
 
+def test_paths_become_the_plain_strings_they_name(tmp_path):
+    config = TrainConfig.from_options(checkpoint_dir=tmp_path / "ckpt", **TINY)
+    assert config.checkpoint_dir == str(tmp_path / "ckpt") and plain(config)
+
+
 def test_the_config_refuses_a_tokenizer_object():
     with pytest.raises(TypeError, match=r"TrainConfig keeps plain values: tokenizer is .*Run\(config, "
                                         r"tokenizer=\.\.\.\); got a CharTokenizer"):
