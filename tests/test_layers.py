@@ -45,6 +45,31 @@ def test_no_module_imports_lmwidget_inside_a_function():
     assert deferred == []
 
 
+# what a function may import: optional heavy dependencies (an extra installs them), and modules
+# a platform may lack (resource: POSIX; pydoc_data: gone from a trimmed Python, with builtins
+# its fallback)
+MAY_DEFER = {"transformers", "tokenizers", "lightning", "pytorch_lightning", "tensorboard", "pyarrow",
+             "datasets", "safetensors", "accelerate", "google", "resource", "pydoc_data", "builtins"}
+
+
+def test_functions_import_only_optional_or_platform_modules():
+    deferred = []
+    for name, path in modules().items():
+        for func in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                deferred += [f"{name}:{node.lineno} {n}" for n in names if n.split(".")[0] not in MAY_DEFER
+                             and not n.startswith("torch.utils.tensorboard")]
+    assert deferred == []
+
+
 def test_no_import_circles():
     graph = grimp.build_graph("lmwidget")
     edges = {m: {i for i in graph.find_modules_directly_imported_by(m) if i.startswith("lmwidget")}

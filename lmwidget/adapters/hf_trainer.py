@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -14,8 +15,6 @@ PRINTERS = ("ProgressCallback", "NotebookProgressCallback", "PrinterCallback")
 
 
 def is_hf_trainer(obj) -> bool:
-    import sys
-
     trainer = getattr(sys.modules.get("transformers"), "Trainer", None)
     return trainer is not None and isinstance(obj, trainer)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import sys
 import time
 
@@ -133,7 +134,6 @@ class LightningRun(Loop):
         the training thread between steps, or by the caller once the run has ended."""
         if not self.started:
             raise RuntimeError(f"{self.name} has not started training: there is nothing to save yet")
-        from pathlib import Path
 
         name = f"saved-{step:07d}.ckpt"
         target = Path(self.checkpoint_dir) / name if path is None else Path(path).expanduser()

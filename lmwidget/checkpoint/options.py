@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 import os
 
 import torch
@@ -25,8 +27,6 @@ def config_state(config, tokenizer=None) -> dict:
     Returns:
         {option: plain value}.
     """
-    import dataclasses
-
     out = {f.name: _plain_number(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(out["model"], torch.nn.Module):
         out["model"] = None
@@ -51,8 +51,6 @@ def tokenizer_of(payload: dict):
 
 def _plain_number(value):
     """numpy and other number types as the Python int or float a checkpoint can hold."""
-    import numbers
-
     if isinstance(value, bool) or not isinstance(value, numbers.Number):
         return value
     return int(value) if isinstance(value, numbers.Integral) else float(value)

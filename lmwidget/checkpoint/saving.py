@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import os
 import threading
 import time
@@ -157,9 +159,6 @@ class Checkpointer:
     def copy(self) -> dict:
         """The checkpoint as a copy in memory (through the same safe round trip as a file),
         and for a user's own module a copy of it to load the weights into."""
-        import copy
-        import io
-
         buffer = io.BytesIO()
         torch.save(self.trainer.checkpoint("branch"), buffer)
         buffer.seek(0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 import threading
 import time
 
+import pandas as pd
 import torch
 
 from lmwidget.system.resources import ResourceSampler
@@ -151,7 +153,6 @@ class Source(Viewable, Closable, Waitable):
         latest = self.record.layer_grad_norms
         if latest is None:
             return None
-        import pandas as pd
 
         step, norms = latest
         return pd.Series(torch.as_tensor(norms).double().cpu().numpy(), index=self.layers, name=step)
@@ -276,8 +277,6 @@ class Source(Viewable, Closable, Waitable):
 
     def save(self, path=None, timeout: float | None = 60.0):
         """Write a checkpoint of this step and return its path; blocks until it is written."""
-        from pathlib import Path
-
         return Path(self.request_save(path).wait(timeout)["path"])
 
     def _request(self, kind: str, value=None, note: str = "") -> None:

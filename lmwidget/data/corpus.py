@@ -8,6 +8,8 @@ import codecs
 import os
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from . import tokens
 from .chars import CharTokenizer
 from .text import load_text, utf8_len
@@ -201,8 +203,6 @@ def _tokenizer(corpus: Corpus, spec, vocab_size: int, progress: bool):
 
 
 def _bar(total, desc: str, progress: bool, unit: str = "B"):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not progress,
                 dynamic_ncols=True, mininterval=0.5)
 

@@ -6,6 +6,7 @@ import itertools
 import re
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .tokencheck import dtype_for
 
@@ -209,7 +210,6 @@ def _train(tok, trainer, text) -> None:
     if not isinstance(text, str):
         tok.train_from_iterator(text, trainer=trainer)
         return
-    from tqdm.auto import tqdm
 
     with tqdm(total=len(text), unit="char", unit_scale=True, delay=PROGRESS_AFTER,
               desc="training the tokenizer", leave=False) as bar:

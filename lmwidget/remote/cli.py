@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch.distributed as dist
+
 from lmwidget.core.callbacks import EarlyStopping, ReduceLROnPlateau
 from lmwidget.training.config import add_options
 from lmwidget.training.distributed import RankSync, launched
@@ -50,8 +52,6 @@ def _run_dir(given, sync) -> Path:
     """The run directory every rank uses: the one given, or rank 0's new one."""
     path = given or os.path.join("lmwidget-runs", f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     if sync is not None:
-        import torch.distributed as dist
-
         box = [path]
         dist.broadcast_object_list(box, src=0, group=sync.cpu_group)
         path = box[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -12,6 +13,8 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+
+import psutil
 
 try:
     import fcntl
@@ -225,8 +228,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # a C library without renameat2
         return False
@@ -269,8 +270,6 @@ def remove_stale_dirs(target: Path) -> list[str]:
 
 def _alive(marker: str) -> bool:
     """Whether the process whose pid `marker` holds is running (so may be writing still)."""
-    import psutil
-
     try:
         pid = int(Path(marker).read_text(encoding="utf-8").strip())
     except (OSError, ValueError):

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from .resources import usable_cpus
 
 OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads, keep nothing else
@@ -40,8 +42,6 @@ def openmp_runtime():
 
 
 def _find_runtime():
-    import torch
-
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:  # not Linux: no /proc; torch's macOS and Windows builds pace themselves
@@ -159,8 +159,6 @@ class ThreadTuner:
     CALM = 5.0        # s of less other work before it comes back
 
     def __init__(self, cpus: int, load: OtherLoad | None = None):
-        import torch
-
         self._set = torch.set_num_threads
         self.choices = [cpus, cpus - 1] if cpus > 1 else [cpus]
         self.threads = self.choices[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import numbers
@@ -236,8 +237,6 @@ OPTIONS = [
 def add_options(parser, model_help: str) -> None:
     """The training options (%lmtrain's and the command line's) on an argparse parser; only
     the options given end up in the parsed namespace."""
-    import argparse
-
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for flag, field, type_, help_ in OPTIONS:
         parser.add_argument(flag, dest=field, type=type_, default=argparse.SUPPRESS,

@@ -9,6 +9,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 # requests every rank carries out; the rest (save, sample, histogram) are rank 0's alone
 SHARED = ("lr", "grad_clip")
@@ -63,8 +64,6 @@ class RankSync:
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """`model` in DistributedDataParallel: gradients are averaged across ranks in backward."""
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         # the models' buffers are constants (causal masks): no broadcast before each forward,
         # so an evaluation or a sample on one rank issues no collective

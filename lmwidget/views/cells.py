@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import IPython
+import IPython.display  # looked up at each call: a test (or a front end) may replace them
 import ipywidgets as w
 
 
@@ -19,12 +21,9 @@ class Cells:
 
     def show(self, bundle: dict) -> None:
         """Display `bundle` in the running cell, under a display id of its own."""
-        from IPython import get_ipython
-        from IPython.display import display
-
-        pub = getattr(get_ipython(), "display_pub", None)
+        pub = getattr(IPython.get_ipython(), "display_pub", None)
         display_id = f"{self.prefix}-{uuid.uuid4().hex[:12]}"
-        display(bundle, raw=True, display_id=display_id)
+        IPython.display.display(bundle, raw=True, display_id=display_id)
         self.shown.append((display_id, getattr(pub, "parent_header", None)))
 
     def up_to_date(self, key=None) -> bool:
@@ -40,9 +39,8 @@ class Cells:
             self._key, self._done = key, set()
         todo = [(i, parent) for i, parent in self.shown if i not in self._done]
         self._done.update(i for i, _ in todo)  # tried once, even if it fails
-        from IPython import get_ipython
 
-        pub = getattr(get_ipython(), "display_pub", None)
+        pub = getattr(IPython.get_ipython(), "display_pub", None)
         if pub is None or not todo:  # nothing new, or no kernel to send it through
             return
         bundle = make_bundle()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import weakref
 
 import bqplot as bq
+import IPython
+import IPython.display  # looked up at each call: a test (or a front end) may replace them
 import numpy as np
 from ipywidgets import Layout
 
@@ -252,16 +254,13 @@ def show_in_notebook(widget) -> None:
     """Display `widget` in the running cell when there is a kernel to draw it, once per cell:
     returned as the cell's value too (`lmwidget.compare(a, b)` on its own line), it is not
     drawn twice. Elsewhere, nothing."""
-    from IPython import get_ipython
-
-    shell = get_ipython()
+    shell = IPython.get_ipython()
     if not hasattr(shell, "kernel"):
         return
     count = getattr(shell, "execution_count", None)
     if _shown_in.get(widget) == count:
         return
     _shown_in[widget] = count
-    from IPython.display import display
 
     prepare()
-    display(view_bundle(widget, repr(widget)), raw=True)  # not display(widget): no _ipython_display_ loop
+    IPython.display.display(view_bundle(widget, repr(widget)), raw=True)  # not display(widget): no _ipython_display_ loop

@@ -9,6 +9,7 @@ import math
 import platform
 from pathlib import Path
 
+from ipywidgets.embed import dependency_state, embed_snippet
 import numpy as np
 import torch
 
@@ -140,8 +141,6 @@ def _cell(column: str, value) -> str:
 def to_html(run, path) -> Path:
     """One standalone page: the static curves (inline SVG), the options, the events, and the
     dashboard's embedded widget state."""
-    from ipywidgets.embed import dependency_state, embed_snippet
-
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     dashboard = run.dashboard
