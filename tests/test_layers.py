@@ -29,19 +29,23 @@ def test_the_import_contracts_hold():
     assert status == 0, "an import crosses lmwidget's layers: its report is printed above"
 
 
+def imports_in_functions():
+    """(where, module imported, relative) of every import statement inside a function."""
+    for name, path in modules().items():
+        for func in ast.walk(ast.parse(path.read_text())):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(func):
+                    if isinstance(node, ast.Import):
+                        yield from ((f"{name}:{node.lineno}", a.name, False) for a in node.names)
+                    elif isinstance(node, ast.ImportFrom):
+                        yield f"{name}:{node.lineno}", node.module or "", bool(node.level)
+
+
 def test_no_module_imports_lmwidget_inside_a_function():
     """A deferred import is for an optional heavy dependency (transformers, lightning, ...),
     never to hide a circle between lmwidget's own modules."""
-    deferred = []
-    for name, path in modules().items():
-        for func in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(func):
-                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lmwidget")):
-                    deferred.append(f"{name}:{node.lineno}")
-                elif isinstance(node, ast.Import) and any(a.name.startswith("lmwidget") for a in node.names):
-                    deferred.append(f"{name}:{node.lineno}")
+    deferred = [where for where, module, relative in imports_in_functions()
+                if relative or module.startswith("lmwidget")]
     assert deferred == []
 
 
@@ -53,20 +57,9 @@ MAY_DEFER = {"transformers", "tokenizers", "lightning", "pytorch_lightning", "te
 
 
 def test_functions_import_only_optional_or_platform_modules():
-    deferred = []
-    for name, path in modules().items():
-        for func in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(func):
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and not node.level:
-                    names = [node.module or ""]
-                else:
-                    continue
-                deferred += [f"{name}:{node.lineno} {n}" for n in names if n.split(".")[0] not in MAY_DEFER
-                             and not n.startswith("torch.utils.tensorboard")]
+    deferred = [f"{where} {module}" for where, module, relative in imports_in_functions()
+                if not relative and module.split(".")[0] not in MAY_DEFER | {"lmwidget"}
+                and not module.startswith("torch.utils.tensorboard")]
     assert deferred == []
 
 
