@@ -10,6 +10,7 @@ import ipywidgets as w
 import numpy as np
 
 from lmwidget.core.palette import BLUE, GREEN, PURPLE, RED
+from lmwidget.views.routing import serve_on_subshell
 from lmwidget.views.updater import Updater
 
 SUGGESTION_COLORS = {"steepest": GREEN, "min/10": PURPLE}
@@ -55,6 +56,7 @@ class LRFinderView(w.VBox):
         self.runs = w.VBox()  # the dashboards of runs started here
         self.points.on_element_click(self._on_click)
         self.train_button.on_click(self._on_train)
+        serve_on_subshell(self.points, self.train_button)  # a click acts while a cell is busy
         super().__init__([self.status, self.figure, self.train_button, self.runs])
         self.add_class("lmwidget-lrfind")
         self._shown = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import threading
 import time
 import traceback
 
@@ -11,14 +12,18 @@ import ipywidgets as w
 
 from lmwidget.core.control import ENDED, LIVE_ONLY
 from lmwidget.core.palette import AMBER, BLUE, GREEN, GREY, RED
-from .frontends import frontend_notice
+from .frontends import cell_running, frontend_notice
 from .panels import format_anomaly
+from .routing import serve_on_subshell, why_not
 from .smoothing import DEFAULT as DEFAULT_SMOOTHING
 
 LR_DECADES = 2.0            # the LR slider spans this many decades either side of the current LR,
 LR_SLIDER_WIDTH = "460px"   # over a track of ~290 px: 10 px of drag is x1.37 at most
 STATE_COLORS = {"running": GREEN, "paused": AMBER, "stopped": GREY,
                 "finished": BLUE, "failed": RED}
+STOP_STYLE = "danger"        # Stop while it can act; plain once disabled, so it never looks live
+BUSY_NOTE = ("a cell is running: this front end hands clicks to the kernel's main thread, "
+             "so they act once the cell ends")
 BAR_STYLES = {"running": "", "paused": "warning", "stopped": "info", "finished": "success",
               "failed": "danger"}
 
@@ -40,9 +45,10 @@ def lr_range(lr: float) -> tuple[float, float]:
 class ControlBar:
     """The status line and the controls of a Dashboard (a part of it, not a view of its own).
 
-    Its widgets are built on the caller's (main) thread. Their callbacks, on any thread, only
-    ask the run and kick the dashboard's updater, which alone draws the status, the notice,
-    the outcome of a save and the last sample.
+    Its widgets are built on the caller's (main) thread. The kernel reads their clicks on a
+    subshell of lmwidget's own where it can (routing.py), so they act while a cell is busy.
+    Their callbacks, on any thread, only ask the run and kick the dashboard's updater, which
+    alone draws the status, the notice, a refusal, the outcome of a save and the last sample.
     """
 
     def _build_bar(self, run) -> tuple[w.HBox, w.HBox]:
@@ -59,7 +65,7 @@ class ControlBar:
         self.speed = w.Label()
         self.timing = w.Label()
         self.pause_button = w.Button(description="Pause", icon="pause", layout=w.Layout(width="100px"))
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style=STOP_STYLE,
                                     layout=w.Layout(width="90px"))
         lr = run.lr if math.isfinite(run.lr) and run.lr > 0 else 1e-3
         lo, hi = lr_range(lr)
@@ -81,24 +87,29 @@ class ControlBar:
         self.save_status = w.HTML()
         self.notice = w.HTML()
         self.sample_text = w.HTML()
+        self.busy_note = w.HTML()  # shown while a cell holds the clicks back (a front end without subshells)
         for widget, css in ((self.pause_button, "lmwidget-pause"), (self.stop_button, "lmwidget-stop"),
                             (self.lr_slider, "lmwidget-lr"), (self.step_label, "lmwidget-step"),
                             (self.status, "lmwidget-status"), (self.sample_button, "lmwidget-sample"),
                             (self.sample_text, "lmwidget-sample-text"), (self.notice, "lmwidget-notice"),
                             (self.clip_input, "lmwidget-clip"), (self.save_button, "lmwidget-save"),
                             (self.save_status, "lmwidget-save-status"), (self.title, "lmwidget-title"),
-                            (self.evaluate_button, "lmwidget-evaluate"), (self.smoothing, "lmwidget-smoothing")):
+                            (self.evaluate_button, "lmwidget-evaluate"), (self.smoothing, "lmwidget-smoothing"),
+                            (self.busy_note, "lmwidget-busy-note")):
             widget.add_class(css)
         self._drawn_lr, self._drawn_clip = self.lr_slider.value, self.clip_input.value
         self._n_samples = 0
         self._rate = (time.monotonic(), 0, float("nan"))  # (t, step, steps/s) for the ETA
         self._notice = None      # what the notice shows: (kind, ...)
         self._save_shown = None  # the save outcome drawn
+        self._refusal = None     # the last request the run refused, until drawn: its message
+        self._acks_on_main = False  # the page's acknowledgements reach the kernel's main thread
         header = w.HBox([self.status, w.Label("step"), self.step_label,
                          w.Label(f"/ {total}" if total else ""), self.progress, self.speed, self.timing],
                         layout=w.Layout(align_items="center", grid_gap="8px"))
         controls = w.HBox([self.pause_button, self.stop_button, self.lr_slider, self.clip_input,
-                           self.sample_button, self.evaluate_button, self.save_button, self.smoothing],
+                           self.sample_button, self.evaluate_button, self.save_button, self.smoothing,
+                           self.busy_note],
                           layout=w.Layout(align_items="center", grid_gap="8px", flex_flow="row wrap"))
         return header, controls
 
@@ -118,16 +129,29 @@ class ControlBar:
                           "save": self.save_button, "histogram": histograms.button,
                           "evaluate": self.evaluate_button}
         for control, why in run.unsupported.items():  # shown, but disabled, saying why
-            self._controls[control].disabled = True
-            self._controls[control].tooltip = f"not available: {why}"
+            self._disable(control, f"not available: {why}")
+        # the kernel reads these on lmwidget's subshell, so a busy cell delays no click; the
+        # page's acknowledgements of redraws too, so the charts keep their pace meanwhile
+        self.served_on_subshell = serve_on_subshell(*self._controls.values(), self.smoothing,
+                                                    self.pacer.acked)
+        self.pacer.acked.observe(self._on_ack, names="value")
+
+    def _disable(self, control: str, why: str) -> None:
+        button = self._controls[control]
+        button.disabled, button.tooltip = True, why
+        if control == "stop":  # a red Stop looks live
+            button.button_style = ""
 
     # -- callbacks: any thread (a subshell included); they only ask the source -----------------
     def _ask(self, action, *args) -> None:
         try:
             action(*args)
         except (RuntimeError, ValueError, NotImplementedError, ConnectionError) as e:
-            self.save_status.value = f'<span style="color:{STATE_COLORS["failed"]}">{html.escape(str(e))}</span>'
+            self._refusal = str(e)  # the updater draws it
         self.kick()
+
+    def _on_ack(self, _) -> None:
+        self._acks_on_main = threading.current_thread() is threading.main_thread()
 
     def _on_pause(self, _):
         self._ask(self._run.resume if self._run.paused else self._run.pause)
@@ -172,8 +196,7 @@ class ControlBar:
         if state in ENDED:  # what acts only on a loop still training says why it cannot
             for control in LIVE_ONLY:
                 if control not in run.unsupported:
-                    self._controls[control].disabled = True
-                    self._controls[control].tooltip = f"the run has {state}: it cannot {LIVE_ONLY[control]} any more"
+                    self._disable(control, f"the run has {state}: it cannot {LIVE_ONLY[control]} any more")
         # show a value applied elsewhere (code, a policy) once; a user's edit in flight stays
         if lr != self._drawn_lr and math.isfinite(lr) and lr > 0:
             self._drawn_lr = lr
@@ -187,8 +210,8 @@ class ControlBar:
             self._drawn_clip = clip
             self.clip_input.value = clip
         tps = run.record.last("tokens_per_sec")
-        self.speed.value = (f"{tps:,.0f} tokens/s" if math.isfinite(tps) and state == "running"
-                            else "— tokens/s" if math.isfinite(tps) else "")
+        self.speed.value = ("" if not math.isfinite(tps) else f"{tps:,.0f} tokens/s" if state == "running"
+                            else f"last {tps:,.0f} tokens/s")
         t0, s0, rate = self._rate
         now = time.monotonic()
         if state == "running" and now - t0 >= 1.0:
@@ -202,6 +225,15 @@ class ControlBar:
         self.timing.value = f"elapsed {_fmt_duration(run.elapsed)}" + (
             f" · ETA {_fmt_duration(eta)}" if math.isfinite(eta) else "")
         self._draw_notice(run, state, step, paused)
+        waits = self._acks_on_main and cell_running() and state not in ENDED
+        why = why_not()
+        note = (f'<i style="color:{AMBER}">{html.escape(BUSY_NOTE + (f" ({why})" if why else ""))}</i>'
+                if waits else "")
+        if self.busy_note.value != note:
+            self.busy_note.value = note
+        if (refusal := self._refusal) is not None:
+            self._refusal = None
+            self.save_status.value = f'<span style="color:{STATE_COLORS["failed"]}">{html.escape(refusal)}</span>'
 
     def _draw_notice(self, run, state, step, paused) -> None:
         """A failure, else the last non-finite step (prominent while it keeps the run paused)."""
