@@ -1,5 +1,6 @@
 """lmwidget: train a language model in the background of a Jupyter kernel, and steer it live."""
 
+from .adapters.chatter import quiet
 from .adapters.fit import fit
 from .adapters.loop import Loop, StopTraining, steer
 from .core import viewers
@@ -30,4 +31,4 @@ __all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CO
            "RemoteRun", "runs", "keep_runs", "lr_find", "LRFinder", "compare", "prepare",
            "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset", "Callback", "EarlyStopping",
            "ReduceLROnPlateau", "LmwidgetError", "LmwidgetWarning", "CheckpointError",
-           "ModelDirError", "load_ipython_extension"]
+           "ModelDirError", "load_ipython_extension", "quiet"]

@@ -14,7 +14,10 @@ def fit(trainer, *args, display: bool = True, **kwargs):
     A Lightning `Trainer`: `lmwidget.fit(trainer, model, datamodule=...)` runs
     `trainer.fit(model, ...)`. lmwidget's options for the run (`tokens_per_step`,
     `sample`, `checkpoint_dir`, `callbacks`, `name`) go in `run_options={...}`. The
-    trainer's own progress bar is left out: the dashboard shows the progress.
+    trainer's own progress bar is left out: the dashboard shows the progress. What the
+    framework logs while it trains stays out of the cell: lines known to be harmless are
+    dropped, its other lines go to the run's events (`lmwidget.adapters.chatter.quiet`);
+    its warnings and errors, and yours, are shown as ever.
 
     Args:
         trainer: a `transformers.Trainer`, or a Lightning (or `pytorch_lightning`) `Trainer`.

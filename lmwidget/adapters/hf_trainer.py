@@ -7,9 +7,14 @@ import time
 
 import torch
 
+from .chatter import quiet
 from .loop import Loop
 
 SAMPLE_TOKENS = 60
+# generate() from one BOS token: nothing is padded, though transformers 5 drops the mask
+# given, and warns when the pad token is the BOS or EOS token (then it cannot tell either)
+UNPADDED = ((("transformers",), r"We strongly recommend passing in an `attention_mask`[\s\S]*"
+                                r"You may ignore this warning if your `pad_token_id`"),)
 # callbacks that print progress from the training thread: the dashboard shows it instead
 PRINTERS = ("ProgressCallback", "NotebookProgressCallback", "PrinterCallback")
 
@@ -147,7 +152,8 @@ class HFRun(Loop):
     def _evaluate_now(self):
         """None: the evaluation's own event comes with its eval_loss."""
         if self._control is None:  # after the end: on the caller's thread
-            self.evaluated(self.trainer.evaluate())
+            with quiet(self.note_log):
+                self.evaluated(self.trainer.evaluate())
         else:
             self._control.should_evaluate = True
 
@@ -160,10 +166,12 @@ class HFRun(Loop):
         was = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), quiet(self.note_log, also=UNPADDED):  # on the caller's thread too
                 idx = torch.tensor([[start]], device=self.device)
                 longest = getattr(self.model.config, "max_position_embeddings", None) or SAMPLE_TOKENS + 1
-                out = self.model.generate(idx, max_new_tokens=min(SAMPLE_TOKENS, longest - 1), do_sample=True,
+                # one prompt, nothing padded: the mask says so (else generate() asks for it)
+                out = self.model.generate(idx, attention_mask=torch.ones_like(idx),
+                                          max_new_tokens=min(SAMPLE_TOKENS, longest - 1), do_sample=True,
                                           pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else start)
         finally:
             self.model.train(was)
@@ -191,9 +199,12 @@ class HFRun(Loop):
         self.record.record_event(self.step, "eval", value, "the Trainer's evaluation")
 
     def run_trainer(self, *args, **kwargs) -> None:
+        """`trainer.train(*args, **kwargs)` on this thread, hooked, its chatter kept out of
+        the cell (`lmwidget.adapters.chatter.quiet`)."""
         self.hook()
         try:
-            self.trainer.train(*args, **kwargs)
+            with quiet(self.note_log):
+                self.trainer.train(*args, **kwargs)
         finally:
             self.unhook()
 

@@ -9,6 +9,7 @@ import time
 import torch
 
 from lmwidget.core.steering import scale_lr
+from .chatter import quiet
 from .loop import Loop
 
 
@@ -152,9 +153,12 @@ class LightningRun(Loop):
             self.record.record_event(self.step, "eval", value, "Lightning's validation")
 
     def run_trainer(self, *args, **kwargs) -> None:
+        """`trainer.fit(module, *args, **kwargs)` on this thread, hooked, its chatter kept
+        out of the cell (`lmwidget.adapters.chatter.quiet`)."""
         self.hook()
         try:
-            self.trainer.fit(self.model, *args, **kwargs)
+            with quiet(self.note_log):
+                self.trainer.fit(self.model, *args, **kwargs)
         finally:
             self.unhook()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -175,6 +176,17 @@ class Loop(Steerable):
         self.steering.end("failed" if error is not None else None)
         self.record.drain()
         self.callbacks.call("on_train_end", self)
+
+    def note_log(self, logger: str, level: int, message: str) -> None:
+        """A framework's log line kept out of the cell: an event of kind "log" at this step,
+        its value the level ("info", "warning", ...), its detail the logger and the line.
+
+        Args:
+            logger: the name of the framework's logger.
+            level: the record's level (logging.INFO, ...).
+            message: the line.
+        """
+        self.record.record_event(self.step, "log", logging.getLevelName(level).lower(), f"{logger}: {message}")
 
     def _check_finite(self, rows: dict) -> None:
         """A drained step whose loss or grad norm is not finite: marked, and the run pauses

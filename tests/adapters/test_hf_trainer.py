@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -16,7 +19,7 @@ import lmwidget  # noqa: E402
 from lmwidget.adapters.hf_trainer import HFRun  # noqa: E402
 
 from tests.conftest import wait_for  # noqa: E402
-from tests.harness.frameworks import hf_trainer  # noqa: E402
+from tests.harness.frameworks import Blocks, char_ids, hf_trainer  # noqa: E402
 from tests.harness.kernel import Kernel  # noqa: E402
 
 HARNESS_FRAMEWORKS = Path(__file__).parents[1] / "harness" / "frameworks.py"  # pasted into kernels
@@ -133,6 +136,54 @@ def test_bad_input_is_refused_before_any_thread(tmp_path):
     with pytest.raises(RuntimeError, match="this Trainer is already training"):
         lmwidget.fit(trainer, display=False)
     assert not [t for t in threading.enumerate() if t.name.startswith("lmwidget-run")]
+
+
+def test_the_trainers_chatter_stays_out_of_the_cell_and_your_warnings_do_not(tmp_path, cell, logging_state):
+    transformers = pytest.importorskip("transformers")
+    once = logging.Logger.warning_once  # transformers says each of these once per process
+    plain = hf_trainer(tmp_path / "plain", max_steps=2)
+    once.cache_clear()
+    plain.train()  # what the Trainer prints by itself
+    eos = plain.model.config.eos_token_id
+    plain.model.generate(torch.tensor([[eos]]), max_new_tokens=2, pad_token_id=eos)
+    by_itself = cell()
+    chatter = ["We strongly recommend passing in an `attention_mask`"]
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        chatter.append("`loss_type=None` was set in the config but it is unrecognized")
+    assert all(line in by_itself for line in chatter), by_itself
+
+    before = logging_state()
+    trainer = hf_trainer(tmp_path / "run", max_steps=3)
+
+    def mine(module, args):  # your own code, run inside the Trainer's steps
+        warnings.warn("a warning from my model", UserWarning)
+        logging.getLogger("my_model").warning("a line my model logs")
+
+    trainer.model.register_forward_pre_hook(mine)
+    once.cache_clear()
+    with pytest.warns(UserWarning, match="a warning from my model"):
+        run = lmwidget.fit(trainer, display=False)
+        assert run.wait(120) and run.state == "finished"
+        assert len(run.sample()) > 0  # after the end: generate() on this thread
+    shown = cell()
+    assert not [line for line in chatter if line in shown], shown
+    assert "a line my model logs" in shown
+    before.assert_unchanged()
+
+
+def test_an_error_in_the_trainer_is_raised_not_hidden(tmp_path, logging_state):
+    class Broken(Blocks):
+        def __getitem__(self, i):
+            raise ValueError(f"example {i} cannot be read")
+
+    before = logging_state()
+    trainer = hf_trainer(tmp_path, max_steps=3)
+    trainer.train_dataset = Broken(char_ids(), hf=True)
+    run = lmwidget.fit(trainer, display=False)
+    with pytest.raises(ValueError, match="example \\d+ cannot be read"):
+        run.wait(120)
+    assert run.state == "failed"
+    before.assert_unchanged()
 
 
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 pytest.importorskip("lightning")
 
 import lmwidget  # noqa: E402
+from lmwidget.adapters.chatter import quiet  # noqa: E402
 
 from tests.conftest import wait_for  # noqa: E402
 from tests.harness.frameworks import lightning_setup  # noqa: E402
@@ -132,6 +135,59 @@ def test_lightning_in_a_kernel_obeys_the_dashboard(tmp_path):
         assert kernel.value("run.alive") is False and kernel.value("trainer.should_stop") is True
     finally:
         kernel.shutdown()
+
+
+def test_lightnings_chatter_stays_out_of_the_cell_and_yours_does_not(cell, logging_state, recwarn):
+    from lightning.pytorch.utilities import rank_zero_info
+
+    module, trainer, train, val = lightning_setup(max_steps=4, val_check_interval=2)
+    trainer.fit(module, train, val)  # what Lightning prints by itself
+    by_itself = cell()
+    chatter = ["GPU available: ", "TPU available: ", "Tip: ", "`Trainer.fit` stopped: `max_steps=4` reached"]
+    assert all(line in by_itself for line in chatter), by_itself
+    if hasattr(torch.utils._pytree, "treespec_leaf"):  # the torch that deprecates LeafSpec
+        assert [w for w in recwarn if "LeafSpec" in str(w.message)]
+    recwarn.clear()
+
+    before = logging_state()
+    with quiet():  # the Trainer() made in your cell, before lmwidget.fit() could act
+        module, trainer, train, val = lightning_setup(max_steps=4, val_check_interval=2)
+
+    class Mine(type(module)):
+        def training_step(self, batch, i):
+            if i == 0:  # your own code, run inside Lightning's fit
+                warnings.warn("a warning from my module", UserWarning)
+                rank_zero_info("a note Lightning logs")
+                logging.getLogger("lightning.pytorch.core").error("an error Lightning logs")
+            return super().training_step(batch, i)
+
+    run = lmwidget.fit(trainer, Mine(4), train, val, display=False)
+    assert run.wait(60) and run.state == "finished"
+    shown = cell()
+    assert not [line for line in chatter if line in shown], shown
+    assert "a note Lightning logs" not in shown and "an error Lightning logs" in shown
+    logs = run.events[run.events.kind == "log"]
+    assert [(v, d.split(": ", 1)[1]) for v, d in zip(logs.value, logs.detail)] == [
+        ("info", "a note Lightning logs"), ("error", "an error Lightning logs")]  # on the dashboard
+    assert [str(w.message) for w in recwarn] == ["a warning from my module"]
+    before.assert_unchanged()
+
+
+def test_an_error_in_your_module_is_raised_not_hidden(logging_state):
+    before = logging_state()
+    module, trainer, train, _ = lightning_setup(max_steps=10, limit_val_batches=0)
+
+    class Failing(type(module)):
+        def training_step(self, batch, i):
+            if i == 2:
+                raise RuntimeError("step 3 of my module failed")
+            return super().training_step(batch, i)
+
+    run = lmwidget.fit(trainer, Failing(10), train, display=False)
+    with pytest.raises(RuntimeError, match="step 3 of my module failed"):
+        run.wait(60)
+    assert run.state == "failed"
+    before.assert_unchanged()
 
 
 def test_pytorch_lightning_too():
