@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from lmwidget.data import tokens
 from .chatter import quiet
 from .loop import Loop
 
@@ -76,8 +77,11 @@ class HFRun(Loop):
     def describe(self) -> dict:
         out = super().describe()
         out["trainer"] = "Hugging Face Trainer"
-        if self.tokenizer is not None:
-            out["tokenizer"] = f"{type(self.tokenizer).__name__} ({len(self.tokenizer):,})"
+        if self.tokenizer is not None:  # what it is, not its Python class
+            try:
+                out["tokenizer"] = tokens.load(self.tokenizer).describe()
+            except (ValueError, TypeError, ImportError):  # a slow (Python) tokenizer, or none of ours
+                out["tokenizer"] = f"tokenizer ({len(self.tokenizer):,})"
         return out
 
     # -- the Trainer's steps --------------------------------------------------------------

@@ -29,6 +29,8 @@ class Chart:
     tick_format: str = ".3~g"
     zero: bool = False       # the quantity cannot be negative: its axis starts at 0
     smooth: bool = False     # noisy from step to step: drawn smoothed over the faint raw curve
+    optional: bool = False   # not every source measures it: shown once it has a value
+    span: float = 0.0        # a log axis reaches at most this factor below its top (0: all the data)
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,10 @@ def _exp(name: str):
 CHARTS = {c.key: c for c in (
     Chart("loss", "loss", "nats/token", smooth=True),
     Chart("perplexity", "perplexity", log=True, smooth=True),
-    Chart("bpb", "bits per byte", "bits/byte", smooth=True),
+    Chart("bpb", "bits per byte", "bits/byte", smooth=True, optional=True),  # needs the data's bytes per token
     Chart("grad_norm", "grad norm (before clipping)", log=True, tick_format=".2~g"),
-    Chart("lr", "learning rate", log=True, tick_format=".1~e"),
-    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3~s", zero=True, smooth=True),
+    Chart("lr", "learning rate", log=True, tick_format=".1~e", span=1e3),  # a cosine's end near 0 is cut off
+    Chart("throughput", "tokens / s", "tokens/s", tick_format=".3~s", zero=True, smooth=True, optional=True),
 )}
 
 COLUMNS = (

@@ -143,7 +143,14 @@ class HFTokenizer:
         return ids[0] if ids else 0
 
     def describe(self) -> str:
-        what = {"word": "words", "bpe": "byte-level BPE"}.get(self.kind, self.name or "tokenizer")
+        """A short label for headers: "byte-level BPE (300)", "gpt2 (50,257)", or, for a
+        tokenizer known only by its Python class, what it is: "word-level tokenizer (104)"."""
+        what = {"word": "words", "bpe": "byte-level BPE"}.get(self.kind, self.name)
+        if not what or what == "tokenizer" or re.fullmatch(r"[A-Z]\w*(Tokenizer|TokenizerFast|Backend)", what):
+            model = type(self.tokenizer.model).__name__  # BPE, WordPiece, Unigram, WordLevel
+            what = {"WordLevel": "word-level"}.get(model, model) + " tokenizer"
+            if "ByteLevel" in str(self.tokenizer.pre_tokenizer):
+                what = "byte-level " + what
         return f"{what} ({self.vocab_size:,})"
 
     def state(self) -> dict:

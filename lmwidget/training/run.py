@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -35,6 +36,16 @@ def _of_trainer(name: str, doc: str) -> property:
 
     get.__doc__ = doc
     return property(get)
+
+
+def data_label(data, summary) -> str:
+    """The data as a header names it: a corpus' or file's name, or "a text of 892,315 characters"."""
+    if isinstance(data, os.PathLike) or (isinstance(data, str) and len(data) < 4096 and "\n" not in data):
+        if os.path.isfile(os.path.expanduser(os.fspath(data))):
+            return os.path.basename(os.fspath(data))
+    if isinstance(data, str):
+        return data if len(data) <= 80 and "\n" not in data else f"a text of {len(data):,} characters"
+    return str(summary)  # the config's plain value
 
 
 class Run(Steered, Source):
@@ -127,7 +138,7 @@ class Run(Steered, Source):
             model = pretrained.describe(self.model, self.config.model)
             self._described = {"model": f"{model} ({count_params(unwrap(self.model)):,} parameters)",
                                "tokenizer": self.tokenizer.describe(),
-                               "data": str(self.config.summary()["data"])}
+                               "data": data_label(self.config.data, self.config.summary()["data"])}
         return dict(self._described)
 
     def _release(self) -> None:

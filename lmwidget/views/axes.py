@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 MAX_TICKS = 6  # more than this on a 260 px chart and the labels crowd
+LOG_PAD = 0.06  # a log axis' margin above and below its data, as a fraction of the decades shown
 
 
 def nice_step(span: float, n: int = 5) -> float:
@@ -53,18 +54,26 @@ def log_ticks(lo: float, hi: float) -> np.ndarray:
     return linear_ticks(lo, hi, 3)
 
 
-def y_domain(lo: float, hi: float, log: bool = False, zero: bool = False) -> tuple[float, float, np.ndarray]:
+def y_domain(lo: float, hi: float, log: bool = False, zero: bool = False, span: float = 0.0,
+             limit: float | None = None) -> tuple[float, float, np.ndarray]:
     """(min, max, ticks) of a value axis showing data from lo to hi. `zero`: the quantity
-    cannot be negative, so the axis starts at 0. A constant sits in the middle."""
+    cannot be negative, so the axis starts at 0. A constant sits in the middle. `span`: a
+    log axis reaches at most this factor below the data's top (a cosine schedule's end near
+    0 would squash the rest); 0: down to the data. `limit`: the axis' top when the data stay
+    below it (a percentage: 0 to 100, not 150)."""
     if log:
         if not (hi > 0):
             lo, hi = 0.1, 10.0
         lo = lo if lo > 0 else hi
+        if span > 1:
+            lo = max(lo, hi / span)
         if hi / lo < 1.0001:  # a constant: half a decade either side
             lo, hi = lo / 10 ** 0.5, hi * 10 ** 0.5
-        else:
-            lo, hi = lo / 1.05, hi * 1.05
+        else:  # a margin of the decades shown: a line at either end stays off the frame
+            pad = 10 ** max(LOG_PAD * math.log10(hi / lo), math.log10(1.05))
+            lo, hi = lo / pad, hi * pad
         return lo, hi, log_ticks(lo, hi)
+    top = hi
     if zero:
         lo = min(0.0, lo)
     if hi - lo <= 1e-12 * max(abs(hi), abs(lo), 1e-30):  # a constant
@@ -74,13 +83,20 @@ def y_domain(lo: float, hi: float, log: bool = False, zero: bool = False) -> tup
     lo, hi = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
     if zero:
         lo = max(lo, 0.0) if lo >= 0 else lo
+    if limit is not None and lo < limit < hi and top <= limit:
+        hi = limit
     return lo, hi, linear_ticks(lo, hi, 4)
 
 
+X_PAD = 0.04  # the step axis runs this fraction past the data: the last tick and dot stay inside
+
+
 def x_domain(last: float, integer: bool = True) -> tuple[float, float, np.ndarray]:
-    """(0, max, ticks) of a step or time axis whose data reach `last`."""
+    """(0, max, ticks) of a step or time axis whose data reach `last`: the axis ends a little
+    past the data (X_PAD), so that neither the last tick's label nor a dot at the last step
+    sits on the axis' end; the ticks stop at the data."""
     hi = max(float(last), 1.0)
-    return 0.0, hi, linear_ticks(0.0, hi, 5, integer=integer)
+    return 0.0, hi * (1 + X_PAD), linear_ticks(0.0, hi, 5, integer=integer)
 
 
 def tick_label(value: float) -> str:

@@ -43,7 +43,7 @@ class SharedX:
         if not last > self._hi:
             return
         lo, hi, ticks = x_domain(last, self.integer)
-        self._hi = hi
+        self._hi = float(last)
         self.scale.max = hi
         if self.ticks is None or not np.array_equal(ticks, self.ticks):
             self.ticks = ticks
@@ -57,12 +57,16 @@ class Chart:
     `x`: a SharedX (its axis starts at 0 and follows the data) or a bqplot scale. The value
     axis has round ticks over what is drawn; `zero`: the quantity cannot be negative, so it
     starts at 0. `smooth`: each line is also drawn smoothed (an exponential moving average
-    of weight `smoothing`, over the points drawn), over its raw curve drawn faintly."""
+    of weight `smoothing`, over the points drawn), over its raw curve drawn faintly. `span`:
+    how far below its top a log axis reaches at most; `limit`: the value axis' top while the
+    data stay below it (100 for a percentage). `legend`: False where the view names the
+    series itself (compare's legend above its charts, off the curves)."""
 
     def __init__(self, title: str, x, series: dict, css_class: str, log: bool = False,
                  tick_format: str | None = None, x_label: str = "step", x_format: str = "d",
                  event_x: int = STEP, y_label: str = "", zero: bool = False, smooth: bool = False,
-                 hover_format: str = ".4g"):
+                 hover_format: str = ".4g", span: float = 0.0, limit: float | None = None,
+                 legend: bool = True):
         self.shared = x if isinstance(x, SharedX) else None
         x_scale = x.scale if self.shared else x
         y_scale = bq.LogScale() if log else bq.LinearScale()
@@ -72,7 +76,7 @@ class Chart:
             self.marks[name] = bq.Lines(
                 x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
                 colors=[color], marker=marker, marker_size=16,
-                scales={"x": x_scale, "y": y_scale}, display_legend=len(series) > 1)
+                scales={"x": x_scale, "y": y_scale}, display_legend=legend and len(series) > 1)
         # the value under the cursor: on every series, dots that show only when hovered
         x_name, x_format_hover = ("step", "d") if event_x == STEP else (x_label, ".1f")
         self.hover = {name: bq.Scatter(x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), colors=[color],
@@ -85,7 +89,7 @@ class Chart:
         self.smoothing = DEFAULT_SMOOTHING if smooth else 0.0
         self.smoothed = {name: bq.Lines(x=np.zeros(0, np.float32), y=np.zeros(0, np.float32), labels=[name],
                                         colors=[color], scales={"x": x_scale, "y": y_scale},
-                                        display_legend=len(series) > 1)
+                                        display_legend=legend and len(series) > 1)
                          for name, (color, marker) in series.items() if smooth and marker is None}
         for name in self.smoothed:  # the legend and the tooltip belong to the smoothed line
             self.marks[name].display_legend = False
@@ -98,6 +102,7 @@ class Chart:
         self.y_scale = y_scale
         self.log = log
         self.zero = zero
+        self.span, self.limit = span, limit
         self.event_x = event_x
         self._ranges: dict = {}  # series or line -> (smallest, largest) finite value drawn
         self._domain = None
@@ -113,8 +118,14 @@ class Chart:
             title=title, marks=[*self.marks.values(), *self.smoothed.values(), self.rules, *self.hover.values()],
             axes=[self.x_axis, self.y_axis],
             legend_location="top-right", fig_margin=dict(top=40, bottom=40, left=64, right=16),
-            animation_duration=0, layout=Layout(width="auto", height="260px", min_width="300px"))
+            animation_duration=0, display_toolbar=False,  # its toolbar would cover the title on hover
+            layout=Layout(width="auto", height="260px", min_width="300px"))
         self.figure.add_class(css_class)
+
+    @property
+    def has_data(self) -> bool:
+        """Whether any series has drawn a finite value (a threshold line does not count)."""
+        return any(self._ranges.get(name) is not None for name in self.series)
 
     def extend(self, name: str, x, y) -> bool:
         """Feed new points to a series; True when there was anything to feed."""
@@ -175,7 +186,8 @@ class Chart:
             ranges = [(lo if lo > 0 else hi, hi) for lo, hi in ranges if hi > 0]
         if not ranges:
             return
-        lo, hi, ticks = y_domain(min(r[0] for r in ranges), max(r[1] for r in ranges), self.log, self.zero)
+        lo, hi, ticks = y_domain(min(r[0] for r in ranges), max(r[1] for r in ranges), self.log, self.zero,
+                                 self.span, self.limit)
         domain = (lo, hi, tuple(ticks.tolist()))
         if domain == self._domain:
             return

@@ -61,7 +61,12 @@ class Dashboard(ControlBar, w.VBox):
                 series.update({label: (GHOST_COLOR, None) for label in self._ghost_labels})
             self.charts[spec.key] = Chart(spec.title, self._x, series, _css(spec.key), log=spec.log,
                                           tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero,
-                                          smooth=spec.smooth)
+                                          smooth=spec.smooth, span=spec.span)
+        # a chart not every source measures (bits per byte needs the data's bytes per token)
+        # waits with the others for the first step, then stays only with a value: no empty
+        # chart for a source without it (and it joins again at its first value)
+        self._optional = [spec.key for spec in CHARTS.values() if spec.optional]
+        self._waiting: set = set()  # optional charts left out of the grid
         self.charts["grad_norm"].add_hline("clip", RED)
         for label in self._ghost_labels:
             self.charts["loss"].marks[label].opacities = [0.6]
@@ -71,9 +76,7 @@ class Dashboard(ControlBar, w.VBox):
         self.timelines = [*self.charts.values(), *self.resources.charts]  # every chart with events
         self._connect_bar(run, self.histograms)
 
-        figures = [c.figure for c in self.charts.values()] + [self.layers.figure] + [
-            c.figure for c in self.resources.charts]
-        self.grid = w.GridBox(figures, layout=w.Layout(
+        self.grid = w.GridBox(self._figures(), layout=w.Layout(
             grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
         super().__init__([self.title, header, controls, self.save_status, self.notice, self.grid,
                           self.resources.gpu_label, self.histograms.widget, self.sample_text])
@@ -92,6 +95,13 @@ class Dashboard(ControlBar, w.VBox):
         run.watch(self.updater.wake)  # a change of the run's state redraws at once
         self._urgent_until = -math.inf
         self.kick()
+
+    def _figures(self) -> list:
+        """The grid's figures in their order: the schema's charts shown, the per-layer chart,
+        the resources, then the user's charts."""
+        return ([c.figure for key, c in self.charts.items() if key in CHARTS and key not in self._waiting]
+                + [self.layers.figure] + [c.figure for c in self.resources.charts]
+                + [c.figure for key, c in self.charts.items() if key not in CHARTS])
 
     # -- display and the static summary --------------------------------------------------------
     def show(self) -> None:
@@ -210,6 +220,10 @@ class Dashboard(ControlBar, w.VBox):
         if self._x0 is not None and "grad_norm" in fed:  # the clip threshold, up to this step
             self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), run.grad_clip or 0.0)
         self._sent = sum(self.charts[chart].draw(sorted(names)) for chart, names in fed.items())
+        waiting = {key for key in self._optional if self._rows and not self.charts[key].has_data}
+        if waiting != self._waiting:  # steps came without a value for it, or its first value came
+            self._waiting = waiting
+            self.grid.children = tuple(self._figures())
         weight = self.smoothing.value  # a new weight: every smoothed curve redrawn, once
         self._sent += sum(chart.set_smoothing(weight) for chart in self.charts.values())
         self._sent += self.layers.refresh(run)
@@ -267,4 +281,4 @@ class Dashboard(ControlBar, w.VBox):
         self.charts[spec.key] = chart
         self.timelines.append(chart)
         chart.draw_events(self._run.record.events_since(0))
-        self.grid.children = (*self.grid.children, chart.figure)
+        self.grid.children = tuple(self._figures())

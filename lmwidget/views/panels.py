@@ -12,15 +12,17 @@ import ipywidgets as w
 import numpy as np
 import torch
 
-from .axes import y_domain
+from .axes import X_PAD, y_domain
 from .charts import TIME, Chart, SharedX
 from lmwidget.core.palette import BLUE, BROWN, GREEN, ORANGE, PURPLE, RED, SLATE
 
 FIG_LAYOUT = dict(width="auto", height="260px", min_width="300px")
+CHAR_PX = 8       # px a character of a layer's name takes, at most, beside its bar
+LABEL_ROOM = 300  # px at most for those names
 
 
 def _figure(title, marks, axes, css):
-    fig = bq.Figure(title=title, marks=marks, axes=axes, animation_duration=0,
+    fig = bq.Figure(title=title, marks=marks, axes=axes, animation_duration=0, display_toolbar=False,
                     fig_margin=dict(top=40, bottom=56, left=64, right=16),
                     layout=w.Layout(**FIG_LAYOUT))
     fig.add_class(css)
@@ -38,7 +40,8 @@ class ResourcesPanel:
             util["GPU %"] = (GREEN, None)
             memory.update({"GPU used": (GREEN, None), "torch allocated": (PURPLE, None)})
         self.utilisation = Chart("utilisation", t, util, "lmwidget-chart-utilisation", y_label="%",
-                                 tick_format=".3~g", x_label="time (s)", x_format=".3~g", event_x=TIME, zero=True)
+                                 tick_format=".3~g", x_label="time (s)", x_format=".3~g", event_x=TIME, zero=True,
+                                 limit=100.0)  # 0-100 % while no core is busier than one
         self.memory = Chart("memory", t, memory, "lmwidget-chart-memory", tick_format=".4~s", y_label="MB",
                             x_label="time (s)", x_format=".3~g", event_x=TIME, zero=True)
         self.gpu_label = w.HTML()
@@ -87,7 +90,7 @@ class LayersPanel:
                               [bq.Axis(scale=names, side="left", tick_style={"font-size": "11px"}),
                                self.values], "lmwidget-chart-layers")
         longest = max((len(n) for n in layers), default=4)
-        self.figure.fig_margin = dict(top=40, bottom=56, left=min(240, 16 + 7 * longest), right=16)
+        self.figure.fig_margin = dict(top=40, bottom=56, left=min(LABEL_ROOM, 24 + CHAR_PX * longest), right=16)
         self.figure.layout.height = f"{max(260, 96 + 18 * len(layers))}px"
         self._step = None
         self._domain = None
@@ -106,7 +109,7 @@ class LayersPanel:
             self.bars.y = y
             if (hi, len(ticks)) != self._domain:  # round ticks, from 0
                 self._domain = (hi, len(ticks))
-                self.bars.scales["y"].max = float(hi)
+                self.bars.scales["y"].max = float(hi) * (1 + X_PAD)  # the last tick's label off the end
                 self.values.tick_values = ticks
             self.figure.title = f"grad norm per layer (step {step})" + (
                 f" · not finite: {', '.join(bad)}" if bad else "")

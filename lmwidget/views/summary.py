@@ -33,11 +33,11 @@ def _points(x, y, log: bool):
 
 
 def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label: str = "step",
-              css_class: str = "", zero: bool = False, smoothing: float = 0.0) -> str:
+              css_class: str = "", zero: bool = False, smoothing: float = 0.0, span: float = 0.0) -> str:
     """One chart as an SVG string. `series`: (label, x, y, color, dots) tuples; `events`:
     (step, time, kind, value, detail) tuples drawn as vertical rules with a tooltip.
     `smoothing` > 0: each line is drawn smoothed as the dashboard draws it, over its raw
-    curve drawn faintly."""
+    curve drawn faintly. `span`: how far below its top a log axis reaches at most."""
     drawn = [(label, *_points(x, y, log), color, dots) for label, x, y, color, dots in series]
     drawn = [d for d in drawn if len(d[1])]
     left, top = MARGIN["left"], MARGIN["top"]
@@ -54,7 +54,9 @@ def svg_chart(title: str, series: list, *, log: bool = False, events=(), x_label
     xs = np.concatenate([d[1] for d in drawn])
     ys = np.concatenate([d[2] for d in drawn])
     x0, x1, x_ticks = x_domain(float(xs.max()), integer=x_label == "step")  # as the dashboard's axes
-    low, high, y_ticks = y_domain(float(ys.min()), float(ys.max()), log=log, zero=zero)
+    low, high, y_ticks = y_domain(float(ys.min()), float(ys.max()), log=log, zero=zero, span=span)
+    if log:  # below a `span`-bound axis: drawn on its floor, inside the chart
+        drawn = [(label, x, np.maximum(y, low), color, dots) for label, x, y, color, dots in drawn]
 
     def scale(v):
         return np.log10(v) if log else v
@@ -148,7 +150,9 @@ def summary_html(run, smoothing: float = DEFAULT_SMOOTHING) -> str:
             values = frame[m.name].to_numpy(dtype=np.float64)
             keep = ~np.isnan(values) if (m.sparse or m.user) else slice(None)
             series.append((m.label, step[keep], values[keep], m.color, m.sparse))
-        charts.append(svg_chart(spec.title, series, log=spec.log, events=events, zero=spec.zero,
+        if spec.optional and not any(np.isfinite(y).any() for _, _, y, _, _ in series):
+            continue  # a metric this source does not measure: no empty chart
+        charts.append(svg_chart(spec.title, series, log=spec.log, events=events, zero=spec.zero, span=spec.span,
                                 smoothing=smoothing if spec.smooth else 0.0,
                                 css_class="lmwidget-summary-" + key.replace("_", "-").replace(":", "-")))
     return (f'<div class="lmwidget-summary" style="font-family:sans-serif">'

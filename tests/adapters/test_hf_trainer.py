@@ -43,6 +43,7 @@ def test_every_step_is_recorded_as_the_trainer_logs_it(tmp_path):
     assert (h.tokens == h.step * 8 * 32).all()  # counted from the batches' input_ids
     tokenizer = getattr(trainer, "processing_class", None) or trainer.tokenizer
     assert run.describe()["tokenizer"].endswith(f"({len(tokenizer)})")  # its kind and size
+    assert run.describe()["tokenizer"] == f"word-level tokenizer ({len(tokenizer)})"  # not its class
     assert not [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "Bridge"]
     assert "training_step" not in trainer.__dict__  # the Trainer is left as it was
 

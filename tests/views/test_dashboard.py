@@ -141,7 +141,7 @@ def test_the_header_shows_no_throughput_while_paused(tiny):
     wait_for(lambda: d.speed.value.endswith(" tokens/s") and d.speed.value[0].isdigit(), timeout=10)
     run.pause()
     wait_for(lambda: text_of(d.status) == "paused", timeout=5)
-    assert d.speed.value == "— tokens/s"
+    assert re.fullmatch(r"last [\d,]+ tokens/s", d.speed.value), d.speed.value  # not a live speed
     run.resume()
     wait_for(lambda: d.speed.value[0].isdigit(), timeout=5)
     run.stop()
@@ -293,7 +293,9 @@ def test_axes_have_round_ticks_start_at_0_and_keep_a_constant_inside(tiny):
         gaps = np.diff(x)
         assert np.allclose(gaps, gaps[0]) and axes_step_is_round(gaps[0]), x
     step_ticks = np.asarray(d.charts["loss"].x_axis.tick_values)
-    assert (step_ticks == np.round(step_ticks)).all() and d.charts["loss"].shared.scale.max == run.step
+    assert (step_ticks == np.round(step_ticks)).all() and step_ticks[-1] <= run.step
+    # the axis ends a little past the last step: its last tick and dot are not on the edge
+    assert run.step < d.charts["loss"].shared.scale.max <= run.step * 1.05 + 1
     for chart in (d.charts["throughput"], *d.resources.charts):  # cannot be negative
         assert chart.y_scale.min == 0, chart.figure.title
     lr = d.charts["lr"]  # a constant LR: inside the chart, not on its edge
