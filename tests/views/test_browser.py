@@ -12,7 +12,8 @@ Tests:
   advance, Pause/Resume, LR typed into the slider readout, Sample, Stop, no widget console
   errors; in JupyterLab with comms over subshells on (default) and off
   (``@jupyterlab/apputils-extension:kernels-settings`` ``commsOverSubshells: "disabled"``),
-  and in Notebook 7; on a generated notebook and on notebooks/01_quickstart.ipynb.
+  and in Notebook 7, on a generated notebook; and on notebooks/01_quickstart.ipynb in
+  JupyterLab's default.
 * test_long_run_pause_latency_and_heap: 8,000 steps with the dashboard open; five Pauses each
   take effect within 1 s; the page's JS heap stops growing once the run has ended.
 * test_dashboard_drawn_before_data[0|1]: the charts still work when they are rendered
@@ -39,17 +40,12 @@ from pathlib import Path
 import pytest
 from playwright import sync_api
 
+from tests.harness.browser import FRONTENDS
 from tests.harness.jupyter_server import (
     CHROMIUM,
-    COMMS_OVER_SUBSHELLS_OFF,
-    JupyterServer,
     NotebookPage,
     artifacts_dir,
-    copy_notebook,
-    launch_browser,
-    slug,
     wait_for,
-    write_notebook,
 )
 from tests.harness.pace import scaled
 
@@ -77,100 +73,11 @@ LONG_RUN_CELLS = [
     f"run = %lmtrain {TINY} --steps {LONG_RUN_STEPS} --lr 3e-3",
 ]
 
-# name -> (app, user settings, expected frontend commsOverSubshells mode)
-FRONTENDS = {
-    # JupyterLab >= 4.4 default: widget comms over kernel subshells (no setting written).
-    "lab-subshells-on": ("lab", {}, "perCommTarget"),
-    # Off: @jupyterlab/apputils-extension:kernels-settings {"commsOverSubshells": "disabled"}
-    "lab-subshells-off": ("lab", COMMS_OVER_SUBSHELLS_OFF, "disabled"),
-    "notebook7": ("notebook", {}, "perCommTarget"),
-}
-
-# servers the scenario does not run on
-OTHER_FRONTENDS = {"lab-dark": ("lab", {"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"}},
-                                "perCommTarget")}
-
 DASHBOARD = ".lmwidget-dashboard, .lmwidget-status"  # what stage screenshots scroll to
 CHARTS = ("loss", "perplexity", "grad-norm", "lr", "throughput")
 
 # Console errors that count as lmwidget / ipywidgets / bqplot errors.
 WIDGET_ERROR_RX = r"lmwidget|jupyter-widgets|jupyter_widgets|ipywidgets|widget|bqplot|comm|backbone|\bd3\b"
-
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = launch_browser(pw)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture(scope="session")
-def servers():
-    """Lazily started servers, one per frontend configuration, stopped at session end."""
-    started: dict[str, JupyterServer] = {}
-
-    def get(name: str) -> JupyterServer:
-        if name not in started:
-            app, settings, _ = {**FRONTENDS, **OTHER_FRONTENDS}[name]
-            started[name] = JupyterServer(app, settings=settings, name=name).start()
-        return started[name]
-
-    try:
-        yield get
-    finally:
-        for srv in started.values():
-            srv.cleanup()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    p = context.new_page()
-    p.set_default_timeout(30_000)
-    try:
-        yield p
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def opened(page, servers, request):
-    """Factory: write/copy a notebook into a server's root, open it; cleans up kernels."""
-    used: list[tuple[JupyterServer, NotebookPage]] = []
-    probes = []
-
-    def open_nb(frontend: str, cells=None, source: Path | None = None, label: str = "") -> NotebookPage:
-        srv = servers(frontend)
-        name = f"{slug(request.node.name)}.ipynb"
-        if source is not None:
-            copy_notebook(source, srv.root_dir / name)
-        else:
-            write_notebook(srv.root_dir / name, cells)
-        nb = NotebookPage(page, srv, name, label=label or request.node.name)
-        used.append((srv, nb))
-        nb.open()
-        nb.probes = probes
-        return nb
-
-    yield open_nb
-    for p in probes:
-        p.close()
-    for srv, nb in used:
-        nb.save_console()
-        # Close the page's sessions and kernels so the next test starts clean.
-        try:
-            for s in srv.sessions():
-                srv.api("DELETE", f"/api/sessions/{s['id']}", timeout=20)
-        except Exception:  # noqa: BLE001
-            pass
-        srv.shutdown_kernels()
 
 
 def make_probe(nb: NotebookPage):
@@ -441,10 +348,12 @@ def run_scenario(nb: NotebookPage, expected_mode: str | None, res: dict) -> dict
     assert not nb.error_outputs(), nb.error_outputs()
     probe = make_probe(nb)
     assert probe.eval("__lmw_run().state") == "running"
-    if expected_mode is not None:
+    if expected_mode is not None:  # the front end's subshells, and lmwidget's own for its controls
         subshells = probe.eval("get_ipython().kernel.shell_channel_thread.manager.list_subshell()")
-        res["kernel_subshells"] = subshells
-        assert bool(subshells) == (expected_mode != "disabled"), subshells
+        own = probe.eval("__import__('lmwidget.views.routing').views.routing.subshell()")
+        res["kernel_subshells"], res["lmwidget_subshell"] = subshells, own
+        assert own in subshells, (own, subshells)
+        assert bool(set(subshells) - {own}) == (expected_mode != "disabled"), subshells
     nb.screenshot("dashboard", scroll_to=DASHBOARD)
 
     # 2. the step text increases and the loss chart gains points
@@ -609,9 +518,88 @@ def is_round_tick(value: float) -> bool:
     return math.isclose(scaled_value, round(scaled_value), abs_tol=1e-6)
 
 
+DRAWN_JS = """
+(root) => {
+  const box = (el) => { const r = el.getBoundingClientRect(); return {l: r.left, r: r.right, t: r.top, b: r.bottom}; };
+  const shown = (el) => { for (let e = el; e && e !== root.parentElement; e = e.parentElement) {
+      const s = getComputedStyle(e); if (s.display === 'none' || s.visibility === 'hidden' || Number(s.opacity) === 0) return false; }
+    const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  return Array.from(root.querySelectorAll('.bqplot.figure')).filter(shown).map(fig => {
+    const name = Array.from(fig.classList).find(c => c.startsWith('lmwidget-chart-')) || 'figure';
+    const title = fig.querySelector('.mainheading'), toolbar = fig.querySelector('.toolbar_div');
+    // a series' line (event rules and the clip threshold are dashed), a bar, a visible dot
+    const lines = Array.from(fig.querySelectorAll('path.line')).filter(p => !p.closest('.g_legend')
+      && getComputedStyle(p).strokeDasharray === 'none' && (p.getAttribute('d') || '').length > 5);
+    const bars = Array.from(fig.querySelectorAll('rect.bar')).filter(shown);
+    const dots = Array.from(fig.querySelectorAll('.dot')).filter(d => !d.closest('.g_legend') && shown(d));
+    return {name, svg: box(fig.querySelector('svg')), plot: box(fig.querySelector('.plotarea_background')),
+      title: title ? {text: title.textContent, ...box(title)} : null,
+      toolbar: toolbar && shown(toolbar) ? box(toolbar) : null,
+      drawn: lines.length + bars.length + dots.length, dots: dots.map(box),
+      axes: Array.from(fig.querySelectorAll('.axis')).map(a => Array.from(a.querySelectorAll('.tick text'))
+        .filter(t => t.textContent.trim() && shown(t)).map(t => ({text: t.textContent.trim(), ...box(t)})))};
+  });
+}
+"""
+CLASS_NAME = re.compile(r"\b[A-Z]\w*(Tokenizer|TokenizerFast|Backend)\b")  # a Python class in the header
+
+
+def _overlap(a: dict, b: dict, slack: float = 0.5) -> bool:
+    return min(a["r"], b["r"]) - max(a["l"], b["l"]) > slack and min(a["b"], b["b"]) - max(a["t"], b["t"]) > slack
+
+
+def _inside(a: dict, box: dict, slack: float = 1.0) -> bool:
+    return (a["l"] >= box["l"] - slack and a["r"] <= box["r"] + slack
+            and a["t"] >= box["t"] - slack and a["b"] <= box["b"] + slack)
+
+
+def charts_look_right(nb: NotebookPage, probe, res: dict, absent=()) -> None:
+    """What a person sees of the dashboard's charts once its run has ended: none empty (and
+    none of `absent`, metrics the source does not measure), every visible dot inside its
+    chart, tick labels inside their figure, apart from each other and off the step axis'
+    end, a percentage axis within 100 % while its data are, the title clear of bqplot's
+    toolbar under the mouse, and a header without a Python class name or a placeholder."""
+    page = nb.page
+    root = page.locator(".lmwidget-dashboard").first
+    title = text_of(page, ".lmwidget-title")
+    assert "<text of" not in title and not CLASS_NAME.search(title), title
+    root.locator(".lmwidget-chart-loss").first.hover()  # bqplot shows its toolbar (if any) on hover
+    page.wait_for_timeout(300)
+    charts = None
+    for _ in range(10):  # the ended run's cell may re-render its output as this reads it
+        try:
+            charts = root.evaluate(DRAWN_JS)
+            break
+        except sync_api.Error:
+            page.wait_for_timeout(500)
+    page.mouse.move(0, 0)
+    assert charts, "no chart read from the dashboard"
+    names = [c["name"] for c in charts]
+    res["charts_shown"] = names
+    assert not set(names) & {f"lmwidget-chart-{a}" for a in absent}, names
+    cpu_top = probe.eval("float(__lmw_run().resources.cpu_percent.max())")
+    for c in charts:
+        name = c["name"]
+        assert c["drawn"] > 0, f"{name} is empty"
+        cut = [d for d in c["dots"] if not _inside(d, c["plot"], 1.5)]
+        assert not cut, (name, "dots cut at the plot's edge", cut[:3], c["plot"])
+        if c["toolbar"] and c["title"]:
+            assert not _overlap(c["toolbar"], c["title"]), (name, "the toolbar covers the title")
+        for labels in c["axes"]:
+            assert all(_inside(t, c["svg"]) for t in labels), (name, "a tick label cut", labels)
+            crowded = [(a["text"], b["text"]) for i, a in enumerate(labels) for b in labels[i + 1:] if _overlap(a, b)]
+            assert not crowded, (name, "tick labels overlap", crowded)
+            if len(labels) > 1 and max(t["t"] for t in labels) - min(t["t"] for t in labels) < 2:  # horizontal
+                last = max(labels, key=lambda t: t["r"])
+                assert (last["l"] + last["r"]) / 2 <= c["plot"]["r"] - 3, (name, "the last tick on the axis' end", last)
+            elif name == "lmwidget-chart-utilisation" and cpu_top <= 100:
+                assert max(tick_value(t["text"]) for t in labels) <= 100, (name, cpu_top, labels)
+
+
 def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     """After Stop, read from the page: round tick labels and no negative step; the
-    controls that can no longer act disabled; a hover's value; smoothing redrawing a curve."""
+    controls that can no longer act disabled; every chart drawn, inside its box, its labels
+    apart; a hover's value; smoothing redrawing a curve."""
     page = nb.page
     t0 = time.monotonic()
     ticks = {}
@@ -629,6 +617,8 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     # the value under the cursor, on the loss curve: once the dashboard has drawn the end (the
     # cell's output is re-rendered then, and a chart read before may be gone)
     probe.eval("__lmw_run().dashboard.settle()")
+    charts_look_right(nb, probe, res)
+    res["t_charts_read_s"] = round(time.monotonic() - t0, 2)
     # the hover dots: invisible until hovered. Read until they are there: the last redraw
     # after Stop may still be drawing them (a dot in a transition is neither shown nor hidden)
     def hover_dots():
@@ -689,11 +679,13 @@ def what_a_person_sees(nb: NotebookPage, probe, res: dict) -> None:
     nb.screenshot("smoothed", scroll_to=".lmwidget-chart-loss")
 
 
-NOTEBOOKS = ["generated", "quickstart"]
+
+# the generated notebook in every front end; the quickstart in JupyterLab's default only (the
+# front ends differ in how they carry widget messages, which the generated one covers)
+SCENARIOS = [(frontend, "generated") for frontend in FRONTENDS] + [("lab-subshells-on", "quickstart")]
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS)
-@pytest.mark.parametrize("frontend", list(FRONTENDS))
+@pytest.mark.parametrize("frontend, notebook", SCENARIOS, ids=[f"{f}-{n}" for f, n in SCENARIOS])
 def test_scenario(opened, frontend, notebook):
     if notebook == "quickstart":
         nb = opened(frontend, source=QUICKSTART, label=f"{frontend}-quickstart")
@@ -1168,6 +1160,13 @@ def test_lr_finder_click_to_choose_train_and_compare(opened):
                  message="two curves on the comparison's loss chart")
         wait_for(lambda: "finished" in text_of(page, ".lmwidget-compare-table"), 30,
                  message="the table to show the finished run")
+        # no empty chart, no legend box on the curves: the runs are named once, above the charts
+        view = page.locator(".lmwidget-compare").first
+        shown = view.evaluate(DRAWN_JS)
+        assert shown and all(c["drawn"] > 0 for c in shown), [(c["name"], c["drawn"]) for c in shown]
+        assert view.evaluate("(v) => v.querySelectorAll('.g_legend text').length") == 0
+        assert text_of(page, ".lmwidget-compare-legend").count("run ") == 2
+        assert "final loss" in text_of(page, ".lmwidget-compare-table")
         nb.screenshot("compare", scroll_to=".lmwidget-compare")
         errs = widget_errors(nb)
         assert not errs, "console errors:\n" + "\n".join(e["text"][:300] for e in errs[:10])
@@ -1237,6 +1236,8 @@ def test_hf_trainer_in_jupyterlab(opened):
         wait_for(lambda: probe.eval("__lmw_run().alive") is False, 30, message="the Trainer's thread to end")
         assert probe.eval("[k for k in __lmw_run().events.kind]")[:3] == ["pause", "lr", "resume"]
         res["events"] = probe.eval("[k for k in __lmw_run().events.kind]")
+        probe.eval("__lmw_run().dashboard.settle()")
+        charts_look_right(nb, probe, res, absent=("bpb",))  # its data's bytes per token are unknown
         nb.screenshot("stopped", scroll_to=DASHBOARD)
         errs = widget_errors(nb)
         assert not errs, "console errors:\n" + "\n".join(e["text"] for e in errs)

@@ -5,20 +5,20 @@ subshells or VS Code send clicks), since the kernel reads them on lmwidget's own
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
-from tests.harness.jupyter_server import wait_for
+from tests.harness.jupyter_server import artifacts_dir, wait_for
 from tests.harness.pace import scaled
-from tests.views.test_browser import (  # noqa: F401  (fixtures)
+from tests.views.test_browser import (
     DASHBOARD,
+    REPO,
     TINY,
-    browser,
     make_probe,
-    opened,
-    page,
-    servers,
+    int_in,
     status_is,
     step_text,
 )
@@ -111,3 +111,54 @@ def test_controls_act_while_a_cell_is_busy(opened, frontend):
     assert later and all(math.isclose(lr, NEW_LR, rel_tol=1e-6) for lr in later), later[:5]
     (_, s_t, _), = kinds["stop"]
     assert waiting < s_t < waited, (waiting, kinds["stop"], waited)
+
+
+LESSON = REPO / "notebooks" / "05_your_own_training.ipynb"
+LESSON_STEPS = 400  # each of its three runs: long enough to click during the Trainer's wait
+
+
+def lesson_cells(path: Path, steps: int) -> list[dict]:
+    """The notebook's cells as written, its parameters cell set to `steps`."""
+    nb = json.loads(path.read_text())
+    cells = []
+    for cell in nb["cells"]:
+        source = "".join(cell["source"])
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = f"STEPS = {steps}"
+        cells.append({"cell_type": cell["cell_type"], "source": source})
+    return cells
+
+
+def test_a_lesson_run_with_run_all_stays_steerable(opened):
+    """Notebook 05 with Run All in JupyterLab: Pause on the Hugging Face dashboard while
+    `hf.wait()` blocks pauses the Trainer, Resume lets it finish; no cell shows framework
+    output or an error; each dashboard is photographed after Run All."""
+    cells = lesson_cells(LESSON, LESSON_STEPS)
+    code = [c["source"] for c in cells if c["cell_type"] == "code"]
+    waiting = next(i for i, s in enumerate(code) if s.lstrip().startswith("if hf_ready:\n    hf.wait()"))
+    nb = opened("lab-subshells-on", cells, label="lesson-05-run-all")
+    page = nb.page
+    nb.run_all()
+    wait_for(lambda: running_cell(nb, waiting), 300, message=lambda: f"hf.wait() to block ({nb.prompts()})")
+    hf = page.locator(".lmwidget-dashboard").nth(1)
+    hf_step = lambda: int_in(hf.locator(".lmwidget-step").first.inner_text())  # noqa: E731
+    wait_for(lambda: (hf_step() or 0) >= 5, 60, message="the Trainer's first steps")
+    hf.locator(".lmwidget-pause").first.click()
+    wait_for(lambda: "paused" in hf.locator(".lmwidget-status").first.inner_text(), 10,
+             message="the Trainer's dashboard to read 'paused' while hf.wait() blocks")
+    frozen = hf_step()
+    page.wait_for_timeout(1500)
+    assert hf_step() == frozen and running_cell(nb, waiting), "the Trainer went on while paused"
+    assert frozen < LESSON_STEPS, "the Trainer had finished before the click"
+    hf.scroll_into_view_if_needed()
+    nb.screenshot("hf-paused-during-wait")
+    hf.locator(".lmwidget-pause").first.click()
+    nb.wait_all_executed(timeout=600)
+    assert not nb.error_outputs(), nb.error_outputs()
+    stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    assert stderr.count() == 0, stderr.evaluate_all("els => els.map(e => e.textContent)")
+    dashboards = page.locator(".lmwidget-dashboard")
+    for i in range(dashboards.count()):
+        dashboards.nth(i).scroll_into_view_if_needed()
+        dashboards.nth(i).screenshot(path=str(artifacts_dir() / f"lesson-05-dashboard-{i + 1}.png"))
+    nb.code_cells().nth(len(code) - 1).screenshot(path=str(artifacts_dir() / "lesson-05-compare.png"))
