@@ -46,7 +46,21 @@ def __lmw_summary(r):
             "val_min": float(val.val_loss.min()) if len(val) else nan,
             "val_min_step": int(val.step[val.val_loss.idxmin()]) if len(val) else None,
             "tokens_per_sec": float(h.tokens_per_sec.median()) if len(h) else nan,
-            "anomaly": list(r.anomaly) if r.anomaly else None}}
+            "anomaly": list(r.anomaly) if r.anomaly else None,
+            "unsupported": sorted(getattr(r, "unsupported", None) or {{}}),
+            "layers": list(getattr(r, "layers", None) or []),
+            "lr": [[int(s), float(f"{{x:.6g}}")] for s, x in zip(h.step, h.lr)],
+            "events": [[int(e.step), str(e.kind), str(e.value)] for e in r.events.itertuples()]}}
+def __lmw_tables():  # what each comparison's table shows, once its updater has drawn the end
+    from lmwidget.views.compare import Compare as __Compare
+    __seen, __out = set(), []
+    __shown = list(get_ipython().user_ns.get("Out", {{}}).values()) + list(globals().values())
+    for __v in __shown:
+        if isinstance(__v, __Compare) and id(__v) not in __seen:
+            __seen.add(id(__v))
+            __v.updater.join(10)
+            __out.append({{"runs": [__r.id for __r in __v.runs], "html": __v.table.value}})
+    return __out
 def __peak_rss_mb():
     try:
         with open("/proc/self/status") as __f:
@@ -56,11 +70,13 @@ def __peak_rss_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("LMWIDGET-REPORT " + __json.dumps({{
     "runs": [__lmw_summary(__r) for __r in __lmw.runs()],
+    "compare_tables": __lmw_tables(),
     "peak_rss_mb": round(__peak_rss_mb(), 1),
 }}))
 """
 
 REPORT_RX = re.compile(r"^LMWIDGET-REPORT (.*)$", re.M)
+STRAY = ("True", "False")  # what a cell that ends in run.wait() shows
 BAD_TEXT_RX = re.compile(r"Traceback \(most recent call last\)|LmwidgetWarning|Exception in thread")
 
 
@@ -113,8 +129,10 @@ def execute(path, parameters: dict | None = None, cwd=None, timeout: int = 600, 
 
     `env`: the kernel's environment (default: this process's).
     The report has the seconds it took, the kernel's peak resident memory, what became of
-    each run, and `problems`: error outputs, tracebacks or warnings of lmwidget in any output,
-    failed runs, dashboard errors, runs left unfinished."""
+    each run (its LR at each step, its events, its layer groups, the controls it cannot carry out), the table of
+    each comparison shown, and `problems`: error outputs, tracebacks or warnings of lmwidget
+    in any output, a cell showing a stray True or False, failed runs, dashboard errors, runs
+    left unfinished."""
     nb = with_parameters(nbformat.read(path, as_version=4), parameters or {})
     nb.cells.append(nbformat.v4.new_code_cell(REPORT.format(wait=wait)))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
@@ -127,10 +145,14 @@ def execute(path, parameters: dict | None = None, cwd=None, timeout: int = 600, 
         for text in output_texts(cell):
             if BAD_TEXT_RX.search(text) or any(o.get("output_type") == "error" for o in cell.outputs):
                 problems.append(f"cell {i}: {text[:2000]}")
+        for out in cell.get("outputs", []):  # a bare call's value (run.wait()'s True), not a lesson's
+            if out.get("output_type") == "execute_result" and out.get("data", {}).get("text/plain") in STRAY:
+                problems.append(f"cell {i} shows a stray {out['data']['text/plain']}: the value of its last "
+                                f"line, {cell.source.strip().splitlines()[-1]!r}")
     found = REPORT_RX.search("".join(output_texts(nb.cells[-1])))
     if found is None:
         problems.append(f"no report from the kernel: {output_texts(nb.cells[-1])}")
-        report = {"runs": [], "peak_rss_mb": None}
+        report = {"runs": [], "compare_tables": [], "peak_rss_mb": None}
     else:
         report = json.loads(found.group(1))
     for run in report["runs"]:

@@ -6,6 +6,7 @@ on CPUs of its own (tests/harness/lanes.py)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -13,9 +14,11 @@ import socket
 import subprocess
 import tempfile
 import venv
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from tests.conftest import SHARED_SHAKESPEARE, LocalServer
@@ -180,10 +183,14 @@ def notebook(tmp_path, *sources) -> Path:
 
 @pytest.mark.slow
 def test_the_runner_reports_errors_and_runs_that_failed_in_the_background(tmp_path):
-    """The check can fail: an error output, and a run that failed in its thread (no output)."""
+    """The check can fail: an error output, a stray value shown, and a run that failed in its
+    thread (no output)."""
     path = notebook(tmp_path, "1 / 0")
     _, report = execute(path, cwd=tmp_path)
     assert any("ZeroDivisionError" in p for p in report["problems"]), report
+    path = notebook(tmp_path, "done = 2 > 1", "done", "done;")  # shown once: the ";" hides the last
+    _, report = execute(path, cwd=tmp_path)
+    assert report["problems"] == ["cell 2 shows a stray True: the value of its last line, 'done'"], report
     path = notebook(tmp_path, f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
@@ -277,12 +284,129 @@ NON_FINITE = re.compile(r"\b(inf|nan)\b")
 MARGIN = 0.5      # "far above": a gap no rounding difference closes
 
 
-def lessons_01(runs):
+class TableText(HTMLParser):
+    """The rows of an HTML table as a person reads them: each a list of its cells' text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:e[-+]?\d+)?|\b(?:nan|inf)\b", re.I)
+NOTHING = {"", "nan", "–", "—", "-", "n/a", "none"}
+
+
+def cell_number(text: str) -> float:
+    """The first number a table's cell shows ("1.2345 (step 400)", "12,345"), or NaN."""
+    found = NUMBER.search(text)
+    return float(found.group(0).replace(",", "")) if found else math.nan
+
+
+def read_table(table: dict) -> tuple[list[str], list[list[str]]]:
+    """A comparison's table, as the report has it: (its header, a row per run, in its runs' order)."""
+    head, *rows = TableText(table["html"]).rows
+    assert len(rows) == len(table["runs"]) and all(len(r) == len(head) for r in rows), table
+    return head, rows
+
+
+def column(head: list[str], rows: list[list[str]], pattern: str) -> list[float]:
+    """The numbers of the one column whose header matches `pattern` (a regex)."""
+    found = [i for i, name in enumerate(head) if re.search(pattern, name, re.I)]
+    assert len(found) == 1, f"one column matching {pattern!r} expected; the table's header: {head}"
+    return [cell_number(row[found[0]]) for row in rows]
+
+
+def empty_columns(table: dict) -> list[str]:
+    """The columns of a comparison's table that show nothing in any row (all NaN or dashes)."""
+    head, rows = read_table(table)
+    return [name for i, name in enumerate(head)
+            if all(row[i].strip().lower() in NOTHING or row[i].strip().lower().startswith("nan") for row in rows)]
+
+
+def test_a_comparison_table_is_read_as_a_person_reads_it():
+    """The lessons' checks of a comparison's table: its cells' text, a column's numbers, and
+    the columns that show nothing in any row."""
+    shown = ('<p><i>a note</i></p><table><tr><th>run</th><th title="the mean">final loss</th><th>val loss</th>'
+             '<th>best val loss</th><th>bits/byte</th><th>tokens/s</th></tr>'
+             '<tr><td><span>&#9632;</span> run 1: lr=0.003</td><td>2.3314</td><td>–</td><td>–</td><td>nan</td>'
+             '<td>47,976</td></tr><tr><td>run 2</td><td>2.0050</td><td>2.0741</td><td>2.0741 (step 600)</td>'
+             '<td>–</td><td>2.1e4</td></tr></table>')
+    table = {"runs": [1, 2], "html": shown}
+    head, rows = read_table(table)
+    assert head == ["run", "final loss", "val loss", "best val loss", "bits/byte", "tokens/s"]
+    assert rows[0][0] == "■ run 1: lr=0.003"
+    assert column(head, rows, r"^(?!.*\b(val|best)\b).*\bloss\b") == [2.3314, 2.005]
+    assert column(head, rows, r"^best val") == [pytest.approx(math.nan, nan_ok=True), 2.0741]
+    assert column(head, rows, r"tokens/s") == [47976.0, 21000.0]
+    assert empty_columns(table) == ["bits/byte"]
+    with pytest.raises(AssertionError, match="one column matching 'loss' expected"):
+        column(head, rows, r"loss")
+
+
+def lr_bases(run: dict, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """The steps of a run whose schedule is a cosine over `total` steps, and at each the base
+    LR that the LR it applied stands for (its LR over the cosine's factor at that step), where
+    the factor is above 5 % (near its end the rounded LR says little)."""
+    steps = np.array([s for s, _ in run["lr"]])
+    factor = (1 + np.cos(np.pi * np.arange(len(steps)) / total)) / 2  # the i-th update's
+    lrs = np.array([x for _, x in run["lr"]])
+    keep = factor > 0.05
+    return steps[keep], lrs[keep] / factor[keep]
+
+
+def lr_step(run: dict, before: float, after: float, total: int | None = None) -> int:
+    """The step at which a run's base LR went from `before` to `after` (1 % each), once,
+    its schedule (a cosine over `total` steps, or constant) shaping it on either side."""
+    if total:
+        steps, bases = lr_bases(run, total)
+    else:
+        steps, bases = np.array([s for s, _ in run["lr"]]), np.array([x for _, x in run["lr"]])
+    moved = np.flatnonzero(~np.isclose(bases, before, rtol=0.01))
+    assert len(moved), f"the LR stayed at {before:g} throughout: {run['lr'][:5]}...{run['lr'][-5:]}"
+    first = moved[0]
+    assert np.allclose(bases[first:], after, rtol=0.01), (
+        f"after step {steps[first]} the base LR should be {after:g}; got {sorted(set(bases[first:].round(6)))[:10]}")
+    return int(steps[first])
+
+
+def paused_and_steered(run: dict, after: int) -> int:
+    """The step where the run paused, had its LR set and resumed, all at that one step
+    boundary, once `after` steps were done (and well before the end); the step."""
+    steered = [(step, kind) for step, kind, _ in run["events"] if kind in ("pause", "lr", "resume")]
+    assert [kind for _, kind in steered] == ["pause", "lr", "resume"], run["events"]
+    (step,) = {step for step, _ in steered}
+    assert after <= step < run["max_steps"] // 2, run["events"]
+    return step
+
+
+def lessons_01(runs, tables):
     (run,) = runs
     assert run["val_last"] < 2.0, run  # "within a minute it falls below 2" (~1.68 after 1,000 steps)
+    # "The run pauses at its next step" a quarter of the way in (run.wait_for_step), "then it
+    # changes the learning rate to a third of what it was and resumes: the learning-rate chart
+    # steps down at that step"
+    step = paused_and_steered(run, run["max_steps"] // 4)
+    assert step <= lr_step(run, 3e-3, 1e-3) <= step + 1, run["lr"][step - 2:step + 3]
 
 
-def lessons_02(runs):
+def lessons_02(runs, tables):
     good, high, low, found, no_warmup, warmup = runs
     assert good["val_last"] < 2.0, good                                # the reference (~1.77)
     assert high["val_last"] > good["val_last"] + MARGIN, (high, good)  # "far above the good run's" (~3.34, ~2.93)
@@ -292,38 +416,77 @@ def lessons_02(runs):
     assert warmup["val_last"] < good["val_last"] + 0.3, (warmup, good)  # "close to the default LR"
 
 
-def lessons_03(runs):
+def lessons_03(runs, tables):
     conv, hf = runs
     # "several times faster" (~2.7x, ~4.1x): how many times is the CPU's and the moment's, so
     # the lesson's test holds the order; the speed itself is the benchmark's
     assert conv["tokens_per_sec"] > hf["tokens_per_sec"], (conv, hf)
     assert conv["val_last"] < hf["val_last"], (conv, hf)   # "the convolution is ahead" (~1.92 vs ~2.07)
+    # "one bar per part of your model (here the embedding, each of the two convolutions, and the head)"
+    assert conv["layers"] == ["embed", "convs.0", "convs.1", "head"], conv["layers"]
+    # "The table below the charts gives each run's final and best validation loss, and its speed"
+    head, rows = read_table(tables[-1])
+    assert tables[-1]["runs"] == [conv["id"], hf["id"]]
+    for pattern, figure in ((r"^val\b", "val_last"), (r"^best val", "val_min"), (r"tokens/s", "tokens_per_sec")):
+        for run, shown in zip((conv, hf), column(head, rows, pattern)):
+            assert math.isclose(shown, run[figure], rel_tol=0.01), (pattern, head, rows, run)
 
 
-def lessons_04(runs):
+def lessons_04(runs, tables):
     run, no_clip, clipped, overfit, early, resumed = runs
+    # "one bar per layer group: the token and position embeddings (wte, wpe), each transformer
+    # block (blocks.0, blocks.1), and the final layer norm (ln_f)"
+    assert run["layers"] == ["wte", "wpe", "blocks.0", "blocks.1", "ln_f"], run["layers"]
     step, cause = no_clip["anomaly"]  # "blows up within its first few dozen steps, and pauses"
     assert no_clip["state"] == "stopped" and step <= BLOWS_UP_BY and NON_FINITE.search(cause), no_clip
     assert clipped["state"] == "finished" and clipped["val_last"] < 4.0, clipped
+    # "the loss comes down (~4.55 to ~3.32), though plain SGD at this rate learns far more
+    # slowly than AdamW did in the first run (compare their validation losses)" (~2.87, ~1.63)
+    assert clipped["loss_last"] < clipped["loss_first"] - 0.5, clipped
+    assert clipped["val_last"] > run["val_last"] + MARGIN, (clipped, run)
     # lowest at step ~400 (~2.19), then up (~3.25 at step 1,000): it learns the 10,000 characters by heart
     assert overfit["val_min_step"] <= 600 and overfit["val_last"] > overfit["val_min"] + MARGIN, overfit
     assert early["state"] == "stopped" and early["step"] < early["max_steps"], early
     assert resumed["state"] == "finished" and resumed["step"] == run["step"] + run["max_steps"] // 3
 
 
-def lessons_05(runs):
+def lessons_05(runs, tables):
     own, hf, gru = runs  # your loop, the Hugging Face Trainer, Lightning
     assert [r["state"] for r in runs] == ["finished"] * 3 and [r["step"] for r in runs] == [600] * 3, runs
     # all three learn: from ln(vocabulary) ~ 4.6 to far below (~2.44, ~1.99, ~1.70)
     assert max(own["loss_last"], hf["loss_last"], gru["loss_last"]) < 3.0, runs
     assert hf["val_last"] < 3.0, hf                          # evaluated by the Trainer (~2.07)
+    # "pauses it, ..., lowers the base learning rate from 3e-3 to 1e-3, and resumes ... the curve
+    # on the learning-rate chart steps down to a third at that step, and then goes on along the
+    # same cosine" (a third of the way in: paused there, and resumed at the same step)
+    step = paused_and_steered(own, own["max_steps"] // 3)
+    assert step <= lr_step(own, 3e-3, 1e-3, own["max_steps"]) <= step + 1, own["lr"][step - 2:step + 3]
+    # what each run shows disabled: "Evaluate ... needs evaluate=" (your loop, given sample=);
+    # the Trainer does both; Lightning: "Two controls are shown disabled. Evaluate ... Sample"
+    assert [own["unsupported"], hf["unsupported"], gru["unsupported"]] == [["evaluate"], [], ["evaluate", "sample"]]
+    # "The table gives each run's final training loss and its speed, in tokens per second"
+    (table,) = tables
+    head, rows = read_table(table)
+    loss = column(head, rows, r"^(?!.*\b(val|best)\b).*\bloss\b")
+    speed = column(head, rows, r"tokens/s")
+    for run, final, tokens_per_sec in zip(runs, loss, speed):
+        assert abs(final - run["loss_last"]) < 0.3, (head, rows, run["loss_last"])
+        assert 0.5 < tokens_per_sec / run["tokens_per_sec"] < 2.0, (head, rows, run["tokens_per_sec"])
 
 
-def lessons_06(runs):
+def lessons_06(runs, tables):
     chars, bpe, from_disk, pretraining, finetuned, scratch = runs
     assert all(r["state"] == "finished" for r in runs), runs
-    # "BPE reaches a lower validation bits per byte" at the same steps and architecture (~2.58 vs ~3.01)
+    # "on the loss chart (nats per token) the BPE run stays far above the character run; on the
+    # bits per byte chart the order is reversed": "BPE reaches a lower validation bits per byte"
+    # at the same steps and architecture (~2.58 vs ~3.01)
+    assert bpe["loss_last"] > chars["loss_last"] + MARGIN and bpe["val_last"] > chars["val_last"] + MARGIN, (bpe, chars)
     assert bpe["val_bpb_last"] < chars["val_bpb_last"] - 0.1, (bpe, chars)
+    # "when their tokenizers differ [compare] compares them in bits per byte by default"
+    head, rows = read_table(tables[0])
+    assert [r["id"] for r in runs[:2]] == tables[0]["runs"]
+    per_byte = column(head, rows, r"^val bits.?(/|per).?byte")
+    assert all(math.isclose(b, r["val_bpb_last"], rel_tol=0.01) for b, r in zip(per_byte, runs)), (head, rows)
     # "the fine-tuned model starts far below ln 1024 ~ 6.9", where the one from scratch starts
     assert finetuned["loss_first"] < scratch["loss_first"] - 1.0, (finetuned, scratch)
     assert finetuned["loss_last"] < scratch["loss_last"], (finetuned, scratch)
@@ -363,4 +526,9 @@ def test_the_notebook_runs_top_to_bottom_and_its_lessons_hold(path, lanes):
         assert found and int(found.group(1)) <= BLOWS_UP_BY and NON_FINITE.search(found.group(2)), text
     if path.name.startswith("06"):  # every part ran (transformers is a test extra)
         assert re.search(r"refused: model '[^']*my-gpt2' is pretrained", text) and "fine-tuned: first loss" in text, text
-    LESSONS[path.name](report["runs"])
+        # "Each token then stands for about two and a half characters here" (2.4 on tiny Shakespeare)
+        per_token = re.search(r"byte-level BPE:.*?([\d.]+) bytes per token", text)
+        assert per_token and 2.2 < float(per_token.group(1)) < 2.7, text
+    # a comparison's table has no column that shows nothing
+    assert all(not empty_columns(t) for t in report["compare_tables"]), report["compare_tables"]
+    LESSONS[path.name](report["runs"], report["compare_tables"])
