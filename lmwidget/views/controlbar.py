@@ -133,7 +133,7 @@ class ControlBar:
         # the kernel reads these on lmwidget's subshell, so a busy cell delays no click; the
         # page's acknowledgements of redraws too, so the charts keep their pace meanwhile
         self.served_on_subshell = serve_on_subshell(*self._controls.values(), self.smoothing,
-                                                    self.pacer.acked)
+                                                    histograms.layer, self.pacer.acked)
         self.pacer.acked.observe(self._on_ack, names="value")
 
     def _disable(self, control: str, why: str) -> None:
