@@ -32,6 +32,9 @@ def labels_for(runs) -> list[str]:
     for run in runs:
         summary = dict(run.options())
         summary["lr"] = run.lr  # as steered
+        if summary.get("vocab_size") == 0:  # 0: the tokenizer's own size; say which
+            size = getattr(getattr(run, "tokenizer", None), "vocab_size", None)
+            summary["vocab_size"] = size if size else "auto"
         rows.append(summary)
     every = dict.fromkeys(k for row in rows for k in row)  # runs of different loops name different options
     keys = [k for k in every if k not in SKIP and len({repr(r.get(k)) for r in rows}) > 1]

@@ -22,6 +22,9 @@ def test_labels_name_what_differs():
     assert labels_for([a, b]) == [f"run {a.id}: lr=0.003", f"run {b.id}: lr=0.03"]
     c = finished(lr=3e-3)
     assert labels_for([a, c]) == [f"run {a.id}", f"run {c.id}"]
+    # a vocabulary left to the tokenizer (vocab_size=0) is named by its size, not by 0
+    words = finished(lr=3e-3, tokenizer="word", vocab_size=200)
+    assert labels_for([a, words])[0] == f"run {a.id}: tokenizer=char, vocab_size={a.tokenizer.vocab_size}"
 
 
 def test_two_finished_runs_and_one_still_training():
