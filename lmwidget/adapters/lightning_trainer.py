@@ -108,8 +108,9 @@ class LightningRun(Loop):
         self._stepped = trainer.global_step
         self.step = trainer.global_step - 1  # Lightning's count (a resumed fit goes on from its own)
         now = time.perf_counter()
-        accumulated = trainer.accumulate_grad_batches
-        loss = self._loss / accumulated if self._loss is not None else torch.tensor(float("nan"))
+        # Lightning hands on_train_batch_end each micro-batch's loss already divided by
+        # accumulate_grad_batches: their sum is the step's mean training_step loss
+        loss = self._loss if self._loss is not None else torch.tensor(float("nan"))
         grad_norm, layers = self._norms
         self.push(loss, grad_norm, layers, self._lr, self.tokens_per_step or self._tokens, now - self._t_step)
         self._loss = self._norms = None

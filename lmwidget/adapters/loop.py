@@ -112,7 +112,20 @@ class Loop(Steerable):
     # -- the loop's side ----------------------------------------------------------------------
     def tick(self, loss: torch.Tensor, *, tokens: int | None = None) -> bool:
         """Call once per optimizer step, after backward() and before optimizer.step(): records
-        the step, carries out what was asked, blocks while paused; False once stopped."""
+        the step, carries out what was asked, blocks while paused; False once stopped.
+
+        Args:
+            loss: the step's training loss, a tensor (never read here: no host-device sync).
+                With gradient accumulation, pass the mean over the step's micro-batches (the
+                value the frameworks log), not the last micro-batch's nor the scaled one's.
+            tokens: the tokens this step trained on, when not `tokens_per_step`.
+
+        Returns:
+            True to go on; False once the run is stopped (end your loop).
+
+        Raises:
+            StopTraining: a tick after one that returned False (the loop went on).
+        """
         now = time.perf_counter()
         first = not self._began
         if first:

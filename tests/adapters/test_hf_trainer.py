@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import warnings
@@ -46,6 +47,19 @@ def test_every_step_is_recorded_as_the_trainer_logs_it(tmp_path):
     assert run.describe()["tokenizer"] == f"word-level tokenizer ({len(tokenizer)})"  # not its class
     assert not [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "Bridge"]
     assert "training_step" not in trainer.__dict__  # the Trainer is left as it was
+
+
+def test_with_gradient_accumulation_each_steps_loss_is_the_mean_over_its_micro_batches(tmp_path):
+    trainer = hf_trainer(tmp_path, max_steps=10, logging_steps=1, gradient_accumulation_steps=2)
+    run = lmwidget.fit(trainer, display=False)
+    assert run.wait(120) and run.state == "finished" and run.step == 10
+    h = run.history
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert h.loss.tolist() == pytest.approx(logged, abs=1e-4)  # as the Trainer logs it
+    # and in nats per token: an untrained model starts near ln(vocabulary), neither twice it
+    # (micro-batches summed) nor half (divided once more)
+    vocab = trainer.model.config.vocab_size
+    assert h.loss.iloc[0] == pytest.approx(math.log(vocab), abs=0.3)
 
 
 def test_pause_and_set_lr_move_the_schedules_base(tmp_path):

@@ -37,10 +37,21 @@ def test_every_optimizer_step_is_recorded(tmp_path):
         return hook(optimizer)
 
     module.on_before_optimizer_step = seen
+    losses = []  # what training_step returns, each micro-batch
+    step = module.training_step
+
+    def training_step(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        losses.append(float(loss))
+        return loss
+
+    module.training_step = training_step
     run = lmwidget.fit(trainer, module, train, val, display=False)
     assert run.wait(120) and run.state == "finished" and run.step == trainer.global_step == 40
     h = run.history
     assert list(h.step) == list(range(1, 41))  # optimizer steps, not the 80 batches
+    # each step's loss is the mean of its 2 micro-batches' (Lightning divides them already)
+    assert h.loss.tolist() == pytest.approx([(losses[2 * i] + losses[2 * i + 1]) / 2 for i in range(40)], rel=1e-5)
     assert h.grad_norm.tolist() == pytest.approx(norms, rel=1e-5)  # before Lightning clips
     assert h.lr.tolist() == pytest.approx(lrs, rel=1e-12) and lrs[0] > lrs[-1]
     val = h.val_loss.dropna()  # validated every 40 batches: after optimizer steps 20 and 40

@@ -16,7 +16,7 @@ import lmwidget
 from lmwidget import Callback
 
 from tests.conftest import wait_for
-from tests.harness.frameworks import own_loop
+from tests.harness.frameworks import CHARS, char_ids, own_loop
 from tests.harness.kernel import Kernel
 
 HARNESS_FRAMEWORKS = Path(__file__).parents[1] / "harness" / "frameworks.py"  # pasted into kernels
@@ -55,6 +55,28 @@ def test_three_lines_record_every_step_as_applied(monkeypatch):
     assert h.perplexity.tolist() == pytest.approx(torch.tensor(h.loss).exp().tolist())
     assert (h.tokens == h.step * 256).all() and h.tokens_per_sec.iloc[1:].gt(0).all()
     assert list(run.layer_grad_norms.index) == run.layers == ["wte", "wpe", "blocks.0", "ln_f"]
+
+
+def test_with_gradient_accumulation_the_step_records_the_mean_over_its_micro_batches():
+    model, optimizer, _, _ = own_loop(1)
+    run = lmwidget.steer(model, optimizer, display=False, tokens_per_step=4 * 8 * 32)
+    ids, gen = char_ids(), torch.Generator().manual_seed(0)
+    means = []
+    for _ in range(5):  # 4 micro-batches a step, each loss scaled as usual before backward()
+        losses = []
+        for _ in range(4):
+            ix = torch.randint(len(ids) - 33, (8,), generator=gen)
+            _, loss = model(torch.stack([ids[i:i + 32] for i in ix]), torch.stack([ids[i + 1:i + 33] for i in ix]))
+            (loss / 4).backward()
+            losses.append(loss.detach())
+        step_loss = torch.stack(losses).mean()  # what to log, as the frameworks log it
+        means.append(float(step_loss))
+        assert run.tick(step_loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    run.end()
+    assert run.history.loss.tolist() == pytest.approx(means, rel=1e-6)  # not scaled again
+    assert run.history.loss.iloc[0] == pytest.approx(math.log(len(CHARS)), abs=0.3)  # nats per token
 
 
 def test_no_host_device_sync_per_step(monkeypatch):
