@@ -131,7 +131,6 @@ class Compare(w.VBox):
             self.charts[m.name] = Chart(m.title or spec.title, x, series, css, log=spec.log,
                                         tick_format=spec.tick_format, y_label=spec.unit, zero=spec.zero,
                                         span=spec.span, legend=False)
-        self._waiting = set(list(self.charts)[1:])  # join the grid with their first value
         self.key = w.HTML(" ".join(
             f'<span style="white-space:nowrap;margin-right:12px" title="{html.escape(full)}">'
             f'<span style="color:{color}">&#9632;</span> {html.escape(label)}</span>'
@@ -151,7 +150,9 @@ class Compare(w.VBox):
         self.kick()
 
     def _figures(self) -> list:
-        return [c.figure for name, c in self.charts.items() if name not in self._waiting]
+        """The first chart from the start; the others once they have a value."""
+        first, *rest = self.charts.values()
+        return [first.figure] + [c.figure for c in rest if c.has_data]
 
     def kick(self) -> None:
         """Make sure the updater runs, and wake it now."""
@@ -173,9 +174,8 @@ class Compare(w.VBox):
                     fed.setdefault(m.name, []).append(label)
         for column, labels in fed.items():
             self.charts[column].draw(labels)
-        if any(self.charts[name].has_data for name in self._waiting):
-            self._waiting = {name for name in self._waiting if not self.charts[name].has_data}
-            self.grid.children = tuple(self._figures())
+        if (figures := tuple(self._figures())) != tuple(self.grid.children):  # a chart's first value
+            self.grid.children = figures
         key = tuple((r.state, r.step) for r in self.runs)
         if key != self._table_key:
             self._table_key = key

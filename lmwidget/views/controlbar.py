@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import math
-import threading
 import time
 import traceback
 
@@ -103,7 +102,6 @@ class ControlBar:
         self._notice = None      # what the notice shows: (kind, ...)
         self._save_shown = None  # the save outcome drawn
         self._refusal = None     # the last request the run refused, until drawn: its message
-        self._acks_on_main = False  # the page's acknowledgements reach the kernel's main thread
         header = w.HBox([self.status, w.Label("step"), self.step_label,
                          w.Label(f"/ {total}" if total else ""), self.progress, self.speed, self.timing],
                         layout=w.Layout(align_items="center", grid_gap="8px"))
@@ -134,7 +132,6 @@ class ControlBar:
         # page's acknowledgements of redraws too, so the charts keep their pace meanwhile
         self.served_on_subshell = serve_on_subshell(*self._controls.values(), self.smoothing,
                                                     histograms.layer, self.pacer.acked)
-        self.pacer.acked.observe(self._on_ack, names="value")
 
     def _disable(self, control: str, why: str) -> None:
         button = self._controls[control]
@@ -149,9 +146,6 @@ class ControlBar:
         except (RuntimeError, ValueError, NotImplementedError, ConnectionError) as e:
             self._refusal = str(e)  # the updater draws it
         self.kick()
-
-    def _on_ack(self, _) -> None:
-        self._acks_on_main = threading.current_thread() is threading.main_thread()
 
     def _on_pause(self, _):
         self._ask(self._run.resume if self._run.paused else self._run.pause)
@@ -225,7 +219,7 @@ class ControlBar:
         self.timing.value = f"elapsed {_fmt_duration(run.elapsed)}" + (
             f" · ETA {_fmt_duration(eta)}" if math.isfinite(eta) else "")
         self._draw_notice(run, state, step, paused)
-        waits = self._acks_on_main and cell_running() and state not in ENDED
+        waits = self.pacer.acks_on_main and cell_running() and state not in ENDED
         why = why_not()
         note = (f'<i style="color:{AMBER}">{html.escape(BUSY_NOTE + (f" ({why})" if why else ""))}</i>'
                 if waits else "")

@@ -65,8 +65,7 @@ class Dashboard(ControlBar, w.VBox):
         # a chart not every source measures (bits per byte needs the data's bytes per token)
         # waits with the others for the first step, then stays only with a value: no empty
         # chart for a source without it (and it joins again at its first value)
-        self._optional = [spec.key for spec in CHARTS.values() if spec.optional]
-        self._waiting: set = set()  # optional charts left out of the grid
+        self._optional = {spec.key for spec in CHARTS.values() if spec.optional}
         self.charts["grad_norm"].add_hline("clip", RED)
         for label in self._ghost_labels:
             self.charts["loss"].marks[label].opacities = [0.6]
@@ -76,13 +75,13 @@ class Dashboard(ControlBar, w.VBox):
         self.timelines = [*self.charts.values(), *self.resources.charts]  # every chart with events
         self._connect_bar(run, self.histograms)
 
+        self._rows = 0           # history rows already fed to the charts
         self.grid = w.GridBox(self._figures(), layout=w.Layout(
             grid_template_columns="repeat(auto-fill, minmax(340px, 1fr))"))
         super().__init__([self.title, header, controls, self.save_status, self.notice, self.grid,
                           self.resources.gpu_label, self.histograms.widget, self.sample_text])
         self.add_class("lmwidget-dashboard")
 
-        self._rows = 0           # history rows already fed to the charts
         self._n_logged = 0       # the user's metric values already fed to their charts
         self._undrawn = {}       # chart -> the series fed but not yet sent
         self._held = False       # the last refresh held the charts back for the page
@@ -98,8 +97,10 @@ class Dashboard(ControlBar, w.VBox):
 
     def _figures(self) -> list:
         """The grid's figures in their order: the schema's charts shown, the per-layer chart,
-        the resources, then the user's charts."""
-        return ([c.figure for key, c in self.charts.items() if key in CHARTS and key not in self._waiting]
+        the resources, then the user's charts. An optional chart waits with the others for
+        the first step, then stays only with a value (it joins again at its first value)."""
+        left_out = {key for key in self._optional if self._rows and not self.charts[key].has_data}
+        return ([c.figure for key, c in self.charts.items() if key in CHARTS and key not in left_out]
                 + [self.layers.figure] + [c.figure for c in self.resources.charts]
                 + [c.figure for key, c in self.charts.items() if key not in CHARTS])
 
@@ -220,10 +221,8 @@ class Dashboard(ControlBar, w.VBox):
         if self._x0 is not None and "grad_norm" in fed:  # the clip threshold, up to this step
             self.charts["grad_norm"].draw_hline("clip", self._x0, float(step), run.grad_clip or 0.0)
         self._sent = sum(self.charts[chart].draw(sorted(names)) for chart, names in fed.items())
-        waiting = {key for key in self._optional if self._rows and not self.charts[key].has_data}
-        if waiting != self._waiting:  # steps came without a value for it, or its first value came
-            self._waiting = waiting
-            self.grid.children = tuple(self._figures())
+        if (figures := tuple(self._figures())) != tuple(self.grid.children):  # an optional chart left or joined
+            self.grid.children = figures
         weight = self.smoothing.value  # a new weight: every smoothed curve redrawn, once
         self._sent += sum(chart.set_smoothing(weight) for chart in self.charts.values())
         self._sent += self.layers.refresh(run)

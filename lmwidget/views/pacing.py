@@ -54,6 +54,12 @@ class Pacer:
         self._sent_at = None
         self._wake.set()
 
+    @property
+    def acks_on_main(self) -> bool:
+        """Whether the page's acknowledgements come through the kernel's main thread: no
+        subshell serves this view's widgets, so a running cell holds them (and clicks) back."""
+        return self._seen and self._on_main
+
     def held(self) -> float:
         """Seconds until the charts may be redrawn; 0 when they may be now."""
         now, sent = time.monotonic(), self._sent_at
