@@ -41,6 +41,8 @@ def _parser() -> _Parser:
                         help="start even if another run is still training")
     parser.add_argument("--callbacks", dest="callbacks", default=None, metavar="NAME",
                         help="the name of a variable holding a Callback or a list of them")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="write TensorBoard event files into DIR while the run trains")
     return parser
 
 
@@ -57,6 +59,7 @@ class LmMagics(Magics):
         concurrent = options.pop("concurrent")
         resume = options.pop("resume")
         ghosts = options.pop("ghosts")
+        tensorboard = options.pop("tensorboard")
         try:
             callbacks = self._callbacks(options.pop("callbacks"), options.pop("early_stopping"),
                                         options.pop("reduce_lr"))
@@ -65,8 +68,8 @@ class LmMagics(Magics):
         self._resolve_model(options, "%lmtrain")
         try:
             return train(concurrent=concurrent, callbacks=callbacks, resume=resume, ghosts=ghosts,
-                         **options)
-        except (ValueError, TypeError, ConnectionError, FileNotFoundError) as e:
+                         tensorboard=tensorboard, **options)
+        except (ValueError, TypeError, ConnectionError, FileNotFoundError, ImportError) as e:
             raise UsageError(f"%lmtrain: {e}") from None
 
     def _resolve_model(self, options: dict, prog: str) -> None:

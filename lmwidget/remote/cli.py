@@ -19,6 +19,7 @@ from lmwidget.training.run import Run
 from .job import Job
 from .rundir import RankLog
 from lmwidget.system.resources import usable_cpus
+from lmwidget.writers.tensorboard import TensorBoardWriter, check_logdir, summary_writer_class
 
 PROG = "python -m lmwidget train"
 
@@ -45,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     job.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
                      help="seconds between two progress lines (default: 10)")
     job.add_argument("--quiet", action="store_true", help="no progress lines")
+    job.add_argument("--tensorboard", default=None, metavar="DIR",
+                     help="write TensorBoard event files into DIR while the run trains (rank 0; "
+                     "needs the tensorboard package)")
     return p
 
 
@@ -85,7 +89,14 @@ def main(argv=None) -> int:
     p = parser()
     options = vars(p.parse_args(argv))
     job_options = {k: options.pop(k) for k in ("run_dir", "ip", "metrics_port", "control_port",
-                                               "start_paused", "progress_interval", "quiet")}
+                                               "start_paused", "progress_interval", "quiet",
+                                               "tensorboard")}
+    if job_options["tensorboard"] is not None:  # refused on every rank alike, before they meet
+        try:
+            check_logdir(job_options["tensorboard"])
+            summary_writer_class()
+        except (ImportError, ValueError) as e:
+            p.error(str(e))
     sync = None
     try:
         if launched():
@@ -104,6 +115,8 @@ def main(argv=None) -> int:
             run.pause()
         main_rank = sync is None or sync.is_main
         job = None
+        writer = TensorBoardWriter(run, job_options["tensorboard"]) if (
+            main_rank and job_options["tensorboard"] is not None) else None
         if main_rank:
             job = Job(run, run_dir, sync=sync, ip=job_options["ip"],
                       metrics_port=job_options["metrics_port"], control_port=job_options["control_port"],
@@ -114,6 +127,8 @@ def main(argv=None) -> int:
                   f"  attach from a notebook: lmwidget.attach({str(run_dir)!r})", flush=True)
         _stop_on_signals(run)
         run.start()
+        if writer is not None:
+            writer.start()
         if job is not None:
             try:
                 job.serve()
@@ -129,6 +144,8 @@ def main(argv=None) -> int:
                 log.flush()
             log.close()
         run.join()
+        if writer is not None:
+            writer.close()  # what the run recorded last, then the files closed
         if run.error is not None:
             print(f"{PROG}: the run failed at step {run.step}: {type(run.error).__name__}: "
                   f"{run.error}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ from lmwidget.core.callbacks import Callbacks
 from lmwidget.core.control import ENDED
 from lmwidget.core.registry import active_runs, runs
 from lmwidget.errors import LmwidgetWarning
+from lmwidget.writers.tensorboard import TensorBoardWriter
 
 from .config import TrainConfig
 from .resume import resume_config
@@ -74,7 +75,7 @@ def configure(model=None, data=None, options: dict | None = None, *, resume=None
 
 
 def train(model=None, data=None, *, resume=None, display: bool = True, concurrent: bool = False,
-          callbacks=None, ghosts: int = 0, **options) -> "Run":
+          callbacks=None, ghosts: int = 0, tensorboard=None, **options) -> "Run":
     """Start training in a background thread and return its Run at once.
 
     In a notebook the dashboard is displayed in the cell's output. If a run is already
@@ -94,6 +95,9 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
         concurrent: start even while another run trains.
         callbacks: a Callback or a list of them (EarlyStopping, ReduceLROnPlateau, your own).
         ghosts: draw the loss curves of this kernel's N latest finished runs faintly.
+        tensorboard: a directory where the run writes TensorBoard event files while it
+            trains (about once a second, and when it pauses or ends): `tensorboard --logdir`
+            on it shows the run live. Needs the tensorboard package.
         **options: TrainConfig's options (lr, max_steps, batch_size, ...). `lr` may be an
             LRFinder (lr_find): its chosen LR, else its suggestion.
 
@@ -104,6 +108,7 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
         ValueError: an option, the model, the data or the checkpoint is refused, saying why
             and what would be accepted.
         TypeError: an unknown option.
+        ImportError: `tensorboard` was given, and the tensorboard package is not installed.
     """
     if not isinstance(ghosts, int) or isinstance(ghosts, bool) or ghosts < 0:
         raise ValueError(f"ghosts must be an integer >= 0 (earlier runs to draw faintly); got {ghosts!r}")
@@ -126,7 +131,10 @@ def train(model=None, data=None, *, resume=None, display: bool = True, concurren
                   restore=start.restore)
         if ghosts:
             run.ghosts = [r for r in runs() if r.state in ENDED and len(r.record)][-ghosts:]
+        writer = None if tensorboard is None else TensorBoardWriter(run, tensorboard)  # refused before the start
         run.start()
+        if writer is not None:
+            writer.start()
     if display:
         run.show()
     return run

@@ -10,11 +10,12 @@ import platform
 from pathlib import Path
 
 from ipywidgets.embed import dependency_state, embed_snippet
-import numpy as np
 import torch
 
 from lmwidget.version import __version__
+from lmwidget.writers.tensorboard import TensorBoardWriter
 from .summary import summary_html
+
 
 def has(module: str) -> bool:
     try:
@@ -67,35 +68,14 @@ def export(run, directory) -> dict:
     (out / "config.json").write_text(json.dumps(run_info(run), indent=1), encoding="utf-8")
     written["config.json"] = out / "config.json"
     if has("tensorboard"):
-        written["tensorboard"] = write_tensorboard(run, frame, events, out / "tensorboard")
+        written["tensorboard"] = write_tensorboard(run, out / "tensorboard")
     return written
 
 
-def write_tensorboard(run, frame, events, logdir: Path) -> Path:
-    """TensorBoard event files: every scalar at every step, events and samples as text."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    steps = frame["step"].to_numpy()
-    walltimes = (run.start_time or 0.0) + frame["time"].to_numpy()
-    writer = SummaryWriter(log_dir=str(logdir))
-    try:
-        for metric in run.record.metrics():
-            if metric.tag is None:
-                continue
-            values = frame[metric.name].to_numpy(dtype=np.float64)
-            tag = metric.tag
-            for step, value, wall in zip(steps, values, walltimes):
-                if not np.isnan(value):  # not evaluated, not sampled
-                    writer.add_scalar(tag, value, int(step), walltime=float(wall))
-        for step, group in events.groupby("step", sort=True):
-            lines = [f"**{kind}** {'' if value is None or value != value else value} {detail}".strip()
-                     for kind, value, detail in zip(group["kind"], group["value"], group["detail"])]
-            writer.add_text("events", "  \n".join(lines), int(step))
-        for step, text in run.samples:
-            writer.add_text("samples", "    " + text.replace("\n", "\n    "), step)  # as code
-        writer.add_text("config", "    " + json.dumps(run_info(run)["config"], indent=1).replace("\n", "\n    "))
-    finally:
-        writer.close()
+def write_tensorboard(run, logdir: Path) -> Path:
+    """TensorBoard event files of the whole record: every scalar at every step, events and
+    samples as text (lmwidget.writers.tensorboard writes them, once)."""
+    TensorBoardWriter(run, logdir).close()
     return logdir
 
 

@@ -1,0 +1,1 @@
+"""Writers: a run's record written to other tools' files while it trains (TensorBoard's event files)."""
