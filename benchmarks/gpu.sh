@@ -6,6 +6,7 @@
 #    lmwidget's loop with its dashboard against a bare loop of the same model, tokens/s and MFU;
 # 3. NVML sampling during a run;
 # 4. host-device synchronisations of a CUDA run, counted by torch's sync debug mode.
+# 5. FSDP2 over every GPU (2 or more; skipped on one): a save resumed with and without FSDP.
 set -euo pipefail
 out="${1:-gpu-report}"
 mkdir -p "$out"
@@ -42,3 +43,31 @@ print(json.dumps({"resource_samples": len(res), "nvml_medians": nvml,
                   "steps": 1024, "sync_warnings": len(syncs), "sync_per_step": len(syncs) / 1024,
                   "first_syncs": syncs[:5]}, indent=1))
 PY
+
+# 5. FSDP2 (needs 2 GPUs or more): a job sharded over every GPU saves at step 100, is resumed
+#    from that checkpoint (FSDP, then DDP), and each resumed run's loss at step 150 is compared
+ngpu=$(nvidia-smi -L | wc -l)
+if [ "$ngpu" -ge 2 ]; then
+    fsdp=(--n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --batch-size 16 --dtype bfloat16
+          --eval-interval 0 --quiet)
+    torchrun --standalone --nproc_per_node="$ngpu" -m lmwidget train --fsdp --steps 150 "${fsdp[@]}" \
+        --checkpoint-every 100 --keep-checkpoints 0 --run-dir "$out/fsdp"
+    for how in --fsdp --no-fsdp; do
+        torchrun --standalone --nproc_per_node="$ngpu" -m lmwidget train "$how" --steps 150 "${fsdp[@]}" \
+            --resume "$out/fsdp/step-0000100.pt" --run-dir "$out/fsdp-resumed$how"
+    done
+    python - "$out" <<'PY' | tee "$out/fsdp.json"
+import json, sys
+import lmwidget
+out = sys.argv[1]
+loss = {}
+for name in ("fsdp", "fsdp-resumed--fsdp", "fsdp-resumed--no-fsdp"):
+    run = lmwidget.attach(f"{out}/{name}", display=False)  # an ended job: its record
+    loss[name] = float(run.history.loss.iloc[-1])
+    run.detach()
+# FSDP resumed: the same loss as the run that went on; DDP: the same up to float sums' order
+print(json.dumps({"loss_at_150": loss}, indent=1))
+PY
+else
+    echo '{"fsdp": "skipped: FSDP shards over 2 GPUs or more, this machine has '"$ngpu"'"}' | tee "$out/fsdp.json"
+fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
@@ -89,6 +90,9 @@ class Checkpointer:
         self._asked: list[PendingSave] = []
         self._lock = threading.Lock()
         self.writes = True  # False on a torchrun job's other ranks: rank 0 writes for them all
+        # the state a save writes, made ready once for the saves inside it; under FSDP the
+        # trainer's gathered(), a collective every rank enters at the same step boundary
+        self.gathered = contextlib.nullcontext
 
     def ask(self, pending: PendingSave) -> PendingSave:
         """Queue a save to be written at the next step boundary (any thread)."""
@@ -100,6 +104,16 @@ class Checkpointer:
         """Write every save asked for (called between steps, or after the loop ended)."""
         with self._lock:
             asked, self._asked = self._asked, []
+        try:
+            with self.gathered():  # on every rank, even one with nothing asked: rank 0 decided
+                self._write_asked(asked)
+        except Exception as e:  # the state could not be had (under FSDP, once the ranks part)
+            for pending in asked:  # each write answers its own errors: these were not tried
+                if not pending._done.is_set():
+                    pending.finish(error=e)
+            raise
+
+    def _write_asked(self, asked: list) -> None:
         for pending in asked:
             try:
                 pending.finish(self.copy() if pending.memory else self.save("saved", pending.path))
@@ -135,15 +149,17 @@ class Checkpointer:
         if not self._due:  # every step boundary asks: nothing to allocate in the usual case
             return
         due, self._due = self._due, []
-        for kind in due:
-            self._quietly(kind)
+        with self.gathered():
+            for kind in due:
+                self._quietly(kind)
 
     def at_end(self) -> None:
         """The saves still due, and for a run with periodic saves one where it ended."""
         self.write_due()
         step = self.trainer.step
         if self.trainer.config.checkpoint_every and step and self._periodic_at != step:
-            self._quietly("periodic")
+            with self.gathered():
+                self._quietly("periodic")
 
     def _quietly(self, kind: str) -> None:
         try:
@@ -189,6 +205,8 @@ class Checkpointer:
     def save(self, kind: str, path=None) -> dict:
         """Write a checkpoint now; returns {"step", "kind", "path", "bytes", "seconds"}."""
         trainer = self.trainer
+        if kind == "periodic":  # on every rank: each decides alike when the run ends
+            self._periodic_at = trainer.step
         if not self.writes:
             return {"step": trainer.step, "kind": kind, "path": None, "bytes": 0, "seconds": 0.0}
         target = self.path_for(kind, path)
@@ -199,7 +217,6 @@ class Checkpointer:
                   "seconds": seconds}
         self._written.add(target)
         if kind == "periodic":
-            self._periodic_at = trainer.step
             if target not in self._periodic:
                 self._periodic.append(target)
             prune(self._periodic, trainer.config.keep_checkpoints)

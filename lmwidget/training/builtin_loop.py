@@ -18,7 +18,7 @@ from lmwidget.core.history import DRAIN_EVERY, History
 from lmwidget.core.steering import Steered
 from lmwidget.data.dataset import Dataset
 from lmwidget.system.threads import ThreadTuner, cpu_threads
-from . import probes, trainstate
+from . import probes, sharding, trainstate
 from .config import TrainConfig
 from .optim import lr_factor, make_optimizer, resolve_device
 from .streams import Streams
@@ -40,17 +40,21 @@ class BuiltinLoop(Steered):
         handle: what callbacks receive as `run` (the Run); the loop never touches it.
         checkpoint_dir: where saves go (else config.checkpoint_dir, else ".").
         restore: a checkpoint (checkpoint.read) to continue from.
-        sync: this process's RankSync in a torchrun job (DDP; rank 0's control decides
-            for every rank).
+        sync: this process's RankSync in a torchrun job (DDP, or FSDP2 with config.fsdp;
+            rank 0's control decides for every rank).
+
+    Raises:
+        ValueError: config.fsdp without a torchrun job to shard the model over.
     """
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, dataset: Dataset,
                  control: Control, history: History, callbacks: Callbacks | None = None,
                  handle=None, checkpoint_dir=None, restore: dict | None = None, sync=None):
+        sharding.check_job(config.fsdp, sync)
         self.config = config
         self.sync = sync
         self.device = sync.device if sync is not None else resolve_device(config.device)
-        self.model = model.to(self.device)
+        self.model = model if config.fsdp and sync is not None else model.to(self.device)  # FSDP: shards move
         self.data = dataset.to(self.device)
         self.tokenizer = self.data.tokenizer  # kept once the data is let go of
         self.control = control
@@ -58,14 +62,15 @@ class BuiltinLoop(Steered):
         # the compiled module shares the model's parameters; generate() uses the plain model
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.local_forward = self.forward  # evaluation and histograms: no collective
-        self._shard = (0, 1)
+        self._shard, self._ddp = (0, 1), None
+        self.together = True  # every rank takes part in the collectives (False once the loop ends)
         if sync is not None:
-            self._ddp = sync.wrap(self.model)
+            self._ddp = sharding.shard(self.model, sync) if config.fsdp else sync.wrap(self.model)
             self.forward = torch.compile(self._ddp) if config.compile else self._ddp
             self._shard = (sync.rank, sync.world_size)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=config.dtype == "bfloat16")
-        self.grad_norms = GradNorms(model.named_parameters())
+        self.grad_norms = (sharding.ShardedGradNorms if config.fsdp else GradNorms)(model.named_parameters())
         self.params = self.grad_norms.params
         self.optimizer = make_optimizer(config, self.params)
         self.guard = FiniteGuard(self.optimizer, self.device)
@@ -91,12 +96,15 @@ class BuiltinLoop(Steered):
         torch.get_num_threads()
         self.streams = Streams(config.seed, self.device)
         self.checkpointer = Checkpointer(self, Path(checkpoint_dir or config.checkpoint_dir or "."))
-        self.checkpointer.writes = sync is None or sync.is_main  # the ranks' states are equal
+        self.checkpointer.writes = sync is None or sync.is_main  # rank 0 writes for every rank
+        self.full_state = None  # under FSDP, the whole state while saves are written
+        self.checkpointer.gathered = (lambda: sharding.gathered(self)) if config.fsdp else contextlib.nullcontext
         self.restored_from = None  # the checkpoint's path, for a resumed run
         self.clock0 = 0.0          # where the run's clock starts (a resumed run's goes on)
         self.callback_states = []  # a resumed run's saved callback states: [class name, state]
-        if restore is not None:
-            trainstate.restore(self, restore)
+        if restore is not None:  # under FSDP, each rank keeps its shards of the saved tensors
+            trainstate.restore(self, sharding.sharded(self.model, self.optimizer, restore)
+                               if config.fsdp else restore)
 
     def release(self) -> None:
         """Let go of the model, its optimizer and the data (the run ended and was closed):
@@ -115,8 +123,11 @@ class BuiltinLoop(Steered):
         return self.config.max_steps
 
     def checkpoint(self, kind: str) -> dict:
-        """Everything needed to continue this run exactly (see trainstate.payload)."""
-        return trainstate.payload(self, kind)
+        """Everything needed to continue this run exactly (trainstate.payload), whole under FSDP."""
+        payload = trainstate.payload(self, kind)
+        if self.full_state is not None:
+            payload["trainer"]["model"], payload["trainer"]["optimizer"] = self.full_state
+        return payload
 
     def lr_at(self, step: int) -> float:
         return self.base_lr * lr_factor(self.config, step)
@@ -153,6 +164,7 @@ class BuiltinLoop(Steered):
             self.streams.ended()
             self._fail(e)
         finally:
+            self.together = self.grad_norms.together = False
             self.history.drain()
             self.ended = time.time()
         try:
@@ -179,9 +191,9 @@ class BuiltinLoop(Steered):
         loss_sum = None  # the step's mean loss over its micro-batches
         for micro in range(cfg.grad_accum):
             x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self.streams.batch, self._shard)
-            # under DDP the gradients are averaged across ranks once, in the last micro-step
+            # the gradients are averaged across ranks once, in the last micro-step
             quiet = self.sync is not None and micro < cfg.grad_accum - 1
-            with self.autocast, (self._ddp.no_sync() if quiet else contextlib.nullcontext()):
+            with self.autocast, sharding.accumulating(self._ddp, quiet):
                 _, loss = self.forward(x, y)
             if cfg.grad_accum > 1:
                 loss = loss / cfg.grad_accum
@@ -251,6 +263,7 @@ class BuiltinLoop(Steered):
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
         """Mean validation loss over `eval_iters` batches, as a device tensor."""
+        sharding.check_together(self, "an evaluation")
         cfg = self.config
         self.model.eval()
         with self.autocast:
@@ -262,6 +275,7 @@ class BuiltinLoop(Steered):
 
     def generate_sample(self, max_new_tokens: int = SAMPLE_TOKENS) -> str:
         """Text from the current model, without disturbing the training RNG streams."""
+        sharding.check_together(self, "a sample")
         seed = self.config.seed + 7919 * self.step + len(self.history.samples_since(0))
         return probes.sample_text(self.model, self.data.tokenizer, self.config.block_size, seed,
                                   max_new_tokens, self.device)

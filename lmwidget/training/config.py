@@ -56,6 +56,8 @@ class TrainConfig:
                                  # work wants a CPU (threads.ThreadTuner)
     dtype: str = "float32"       # "bfloat16": autocast forward passes to bf16 (tensor cores on GPUs)
     compile: bool = False        # torch.compile the model: faster steps after a slow first one
+    fsdp: bool = False           # under torchrun, shard the model over the ranks (FSDP2) instead
+                                 # of a whole copy on each (DDP): models larger than one GPU
     n_layer: int = 2             # the defaults learn visibly within a minute on 2 CPU cores
     n_head: int = 4
     n_embd: int = 64
@@ -157,7 +159,7 @@ class TrainConfig:
         if self.schedule == "exponential" and self.min_lr_ratio == 0:
             raise ValueError("min_lr_ratio must be > 0 with schedule='exponential' (the LR "
                              "would be 0 after the first step); got 0")
-        for name in ("compile", "save_best"):
+        for name in ("compile", "save_best", "fsdp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.save_best and not self.eval_interval:
@@ -243,6 +245,9 @@ def add_options(parser, model_help: str) -> None:
                             help=f"{model_help if field == 'model' else help_} (default: {defaults[field]})")
     parser.add_argument("--compile", dest="compile", action="store_const", const=True,
                         default=argparse.SUPPRESS, help="torch.compile the model")
+    parser.add_argument("--fsdp", dest="fsdp", action=argparse.BooleanOptionalAction,
+                        default=argparse.SUPPRESS, help="under torchrun, shard the model over the "
+                        "ranks with FSDP2 instead of DDP (--no-fsdp: resume an FSDP job's checkpoint without)")
     parser.add_argument("--save-best", dest="save_best", action="store_const", const=True,
                         default=argparse.SUPPRESS, help="keep best.pt, the lowest validation loss")
     parser.add_argument("--resume", dest="resume", default=None, metavar="PATH",

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-# requests every rank carries out; the rest (save, sample, histogram) are rank 0's alone
+# requests every rank carries out; the rest (save, sample, histogram) are rank 0's alone,
+# unless the model is sharded (RankSync.shared)
 SHARED = ("lr", "grad_clip")
 # s: how long a rank waits in a control collective for the others (torch's default)
 TIMEOUT = float(os.environ.get("LMWIDGET_CONTROL_TIMEOUT", "1800"))
@@ -57,6 +58,9 @@ class RankSync:
         # waits for the GPU
         self.cpu_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=TIMEOUT))
         self._latest = None  # (step, each rank's [loss, grad_norm, tokens/s] on the device)
+        # the requests every rank carries out: SHARED, and under FSDP those that need every
+        # rank's shards (sharding.COLLECTIVE)
+        self.shared = SHARED
 
     @property
     def is_main(self) -> bool:
@@ -95,15 +99,16 @@ class RankSync:
 
     def exchange(self, requests: dict, paused: bool, stop: bool, note: str):
         """Rank 0's decision for this step boundary, on every rank: (requests, paused, stop,
-        note). Rank 0 passes what its control holds; the others' arguments are ignored. A
-        broadcast of three integers (gloo), and of the new values when there are any."""
+        note). Rank 0 passes what its control holds; the others' arguments are ignored, and
+        they get the requests in `shared` only. A broadcast of three integers (gloo), and of
+        the shared requests when there are any."""
         flags = torch.zeros(3, dtype=torch.int64)
         if self.is_main:
-            shared = {k: v for k, v in requests.items() if k in SHARED}
+            shared = {k: v for k, v in requests.items() if k in self.shared}
             flags[:] = torch.tensor([int(paused), int(stop), int(bool(shared) or bool(note and stop))])
         dist.broadcast(flags, src=0, group=self.cpu_group)
         paused, stop, more = (bool(v) for v in flags.tolist())
-        if more:  # rare: a new LR or clip norm (and its note), or a stop's note
+        if more:  # rare: a new LR or clip norm (and its note), a shared request, a stop's note
             box = [shared, note] if self.is_main else [None, None]
             dist.broadcast_object_list(box, src=0, group=self.cpu_group)
             shared, note = box

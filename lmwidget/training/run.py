@@ -88,8 +88,9 @@ class Run(Steered, Source):
             trainstate.check_data(dataset, config.data, restore)
         dataset.check_block_size(config.block_size)
         if model is None or config.model is None:  # built from the config, or yours: checked once
-            model = resolve.build(config, dataset, sync.device if sync is not None else resolve_device(config.device),
-                                  module=model)
+            # a model to shard (fsdp) is built in host memory: it may not fit one device whole
+            device = sync.device if sync is not None else resolve_device(config.device)
+            model = resolve.build(config, dataset, torch.device("cpu") if config.fsdp else device, module=model)
         self._model_class = type(unwrap(model)).__name__  # what options() names a module of yours by
         self._tokenizer_label = tokens.label(dataset.tokenizer)  # and a tokenizer given beside
         self._trainer = BuiltinLoop(config, model, dataset, self.control, self.record,
