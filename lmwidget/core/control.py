@@ -36,6 +36,7 @@ class Control:
         self._closed = False
         self._requests: dict = {}  # kind -> (value, note)
         self.stop_note = ""
+        self.pause_note = ""  # who asked for the latest pause or resume (written into its event)
         self._watchers: weakref.WeakSet = weakref.WeakSet()  # events set when the state changes
         self._watch_lock = threading.Lock()  # a WeakSet may not change while it is iterated
 
@@ -52,11 +53,11 @@ class Control:
         """True once the loop has ended: requests are then carried out by the caller."""
         return self._closed
 
-    def pause(self) -> None:
-        self._set("_paused", True)
+    def pause(self, note: str = "") -> None:
+        self._set("_paused", True, note)
 
-    def resume(self) -> None:
-        self._set("_paused", False)
+    def resume(self, note: str = "") -> None:
+        self._set("_paused", False, note)
 
     def stop(self, note: str = "") -> None:
         with self._cond:
@@ -65,9 +66,10 @@ class Control:
             self._stop = True
             self._cond.notify_all()
 
-    def _set(self, name: str, value: bool) -> None:
+    def _set(self, name: str, value: bool, note: str = "") -> None:
         with self._cond:
             setattr(self, name, value)
+            self.pause_note = note
             self._cond.notify_all()
 
     def request(self, kind: str, value=None, note: str = "") -> bool:

@@ -127,12 +127,13 @@ class Steering:
                 self.self_paused = False
                 self.resuming()
                 if self._state == "paused":
-                    self.record.record_event(self.source.step, "resume")  # the event, then the state
+                    # the event, then the state
+                    self.record.record_event(self.source.step, "resume", None, self.control.pause_note)
                     self.state = "running"
                 return True
             if self._state != "paused":
                 self.pausing()
-                self.record.record_event(self.source.step, "pause")
+                self.record.record_event(self.source.step, "pause", None, self.control.pause_note)
                 self.record.drain()  # every reader sees the run up to where it paused
                 self.state = "paused"
             self.wait_paused()

@@ -14,8 +14,9 @@ from lmwidget.checkpoint.saving import config_state
 from lmwidget.training.config import check_grad_clip, check_lr
 from lmwidget.core.control import ENDED
 from .publisher import Publisher
-from .rundir import CONNECTION, make_run_dir, warn_if_open
+from .rundir import CONNECTION, make_run_dir, plain, warn_if_open
 
+CLIENT_CHARS = 120   # of a client's name, kept in its events
 TICK = 0.25          # s between two publications (and the longest a request waits)
 # the requests a job takes: any other, even correctly signed, is dropped unanswered and counted
 REQUESTS = ("attach", "replay", "status", "pause", "resume", "stop", "lr", "grad_clip", "sample",
@@ -37,8 +38,9 @@ class Job:
         self.publisher = Publisher(run, self.run_dir, self.endpoint, sync)
         self._progress, self._progress_interval, self._printed = progress, progress_interval, 0.0
         self.info = {"run_dir": str(self.run_dir), "pid": os.getpid(), "max_steps": run.max_steps,
-                     "config": config_state(run.config, run.tokenizer), "layers": run.layers,
+                     "config": options_of(run), "layers": run.layers,
                      "device": str(run.device), "describe": run.describe(),
+                     "unsupported": dict(run.unsupported),
                      "world_size": 1 if sync is None else sync.world_size,
                      "backend": None if sync is None else sync.backend}
         self.publisher.record("info", self.info)
@@ -63,7 +65,7 @@ class Job:
 
     def _carry_out(self, peer, message, kind: str, body: dict):
         """One of REQUESTS (the endpoint drops every other kind, unanswered)."""
-        run = self.run
+        run, note = self.run, asked_by(body)
         if kind == "attach":
             return {"ok": True, "info": self.info, "seq": self.publisher.seq}
         if kind == "replay":
@@ -72,21 +74,21 @@ class Job:
             return {"ok": True, **self.publisher.status(), "step": run.step,
                     "rejected": dict(self.endpoint.rejected)}
         if kind == "pause":
-            run.pause()
+            run.pause(note)
         elif kind == "resume":
-            run.resume()
+            run.resume(note)
         elif kind == "stop":
-            run.stop(str(body.get("note", "")))
+            run.stop(note)
         elif kind == "lr":
-            run.set_lr(check_lr(body["value"]), str(body.get("note", "")))
+            run.set_lr(check_lr(body["value"]), note)
         elif kind == "grad_clip":
-            run.set_grad_clip(check_grad_clip(body["value"]))
+            run.set_grad_clip(check_grad_clip(body["value"]), note)
         elif kind == "sample":
-            run.request_sample()
+            run.request_sample(note)
         elif kind == "histogram":
             run.request_histogram(body["layer"])
         elif kind == "evaluate":
-            run.evaluate()
+            run.evaluate(note)
         elif kind == "save":
             save = run.request_save(body.get("path"))
             threading.Thread(target=self._answer_save, args=(peer, message, save),
@@ -139,6 +141,25 @@ class Job:
         write_connection_file(self.connection_file, {**self._connection, "ended": True})
         self.publisher.close()
         self.endpoint.close()
+
+
+def options_of(run) -> dict:
+    """What the job's run was started with, as plain values: lmwidget's own run its config,
+    another (your loop, a framework's) its options."""
+    config = getattr(run, "config", None)
+    if config is not None:
+        return config_state(config, run.tokenizer)
+    return {k: plain(v) for k, v in run.options().items()}
+
+
+def asked_by(body: dict) -> str:
+    """A request's note, with the client that sent it ("from me@host:pid"), for its event."""
+    note = str(body.get("note") or "")
+    client = body.get("client")
+    if not isinstance(client, str) or not client.strip():
+        return note
+    client = "".join(c for c in client[:CLIENT_CHARS] if c.isprintable())
+    return f"{note} (from {client})" if note else f"from {client}"
 
 
 def progress_line(run, val: float = float("nan")) -> str:

@@ -71,7 +71,8 @@ class RecordedRun(Source):
                 self._info = body
                 self._device = torch.device(body["device"])
                 self._status["lr"] = body["config"]["lr"]
-                self._status["grad_clip"] = body["config"]["grad_clip"]
+                self._status["grad_clip"] = body["config"].get("grad_clip")
+                self.unsupported = dict(body.get("unsupported") or {})  # a framework's limits
             elif kind == "rows":
                 h.extend(body)
             elif kind == "events":
@@ -112,9 +113,11 @@ class RecordedRun(Source):
         return max(int(self._live["step"]), int(self.record.last("step", 0)))
 
     @property
-    def max_steps(self) -> int:
-        """The optimizer steps the job trains for, from its info record."""
-        return int(self._info["max_steps"])
+    def max_steps(self) -> int | None:
+        """The optimizer steps the job trains for, from its info record (None: your loop
+        did not say)."""
+        steps = self._info["max_steps"]
+        return None if steps is None else int(steps)
 
     def options(self) -> dict:
         """The job's options, as it started with them."""
@@ -161,9 +164,11 @@ class RecordedRun(Source):
         return float(self._status["lr"])
 
     @property
-    def grad_clip(self) -> float:
-        """The job's max gradient norm as its newest status says (0: clipping off)."""
-        return float(self._status["grad_clip"])
+    def grad_clip(self) -> float | None:
+        """The job's max gradient norm as its newest status says (0: clipping off; None:
+        lmwidget does not clip in that job, your loop may)."""
+        clip = self._status["grad_clip"]
+        return None if clip is None else float(clip)
 
     @property
     def anomaly(self):

@@ -3,29 +3,51 @@ a run, with the same dashboard and controls."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import threading
 import time
+import warnings
 from pathlib import Path
+
+import psutil
 
 from lmwidget.system import shutdown
 from lmwidget.remote.transport.channel import ClientEndpoint, read_connection_file
 from lmwidget.checkpoint.saving import PendingSave
 from lmwidget.core.control import ENDED
+from lmwidget.errors import LmwidgetWarning
 from .rundir import CONNECTION, RECORDS
 from .recorded import RecordedRun
 
 REQUEST_TIMEOUT = 5.0  # s: a job answers within a tick (0.25 s); more means it is gone
 REPLAY_TIMEOUT = 30.0  # s: a page of the record (up to about 4 MB) from a distant job
 SILENT = 10.0  # s without a message from a job that has not ended: it is gone (killed)
+LOCAL = ("127.0.0.1", "localhost", "::1", socket.gethostname())  # a job on this machine
 
 
-def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) -> "RemoteRun":
-    """Watch and steer a job started with `python -m lmwidget train` (or under torchrun).
+def pid_alive(pid) -> bool:
+    """Whether process `pid` of this machine still runs (a zombie counts as gone)."""
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, TypeError, ValueError):
+        return False
+
+
+def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT,
+           client: str | None = None) -> "RemoteRun":
+    """Watch and steer a job: `python -m lmwidget train` (alone or under torchrun), or your
+    own script with `lmwidget.steer(..., run_dir=...)`, `lmwidget.HFCallback` or
+    `lmwidget.LightningCallback`.
 
     The whole history so far is replayed from the run directory's metrics.jsonl (or, when
     that is not readable here, from the job), then followed live. A job that has ended is
-    shown from its record. Detaching (`detach()`), or a kernel restart, leaves the job
-    training: attach again to pick it up with its full history.
+    shown from its record; one that died without ending it (killed) is shown from its
+    record as failed, with a warning that says so. Detaching (`detach()`), or a kernel
+    restart, leaves the job training: attach again to pick it up with its full history.
+    Several notebooks may attach to one job at once: each sees everything, each can steer,
+    and each event names the client that asked for it.
 
     Args:
         target: the job's run directory, or the connection file in it (copy that file, 0600,
@@ -33,16 +55,19 @@ def attach(target, *, display: bool = True, timeout: float = REQUEST_TIMEOUT) ->
             reaches, `--ip`).
         display: show the dashboard in the running cell.
         timeout: seconds a request to the job may take before it is reported lost.
+        client: this side's name in the job's events (default: user@host:pid/attach id).
 
     Returns:
         The RemoteRun: a source like any other, steered through the job.
 
     Raises:
         FileNotFoundError: no connection file at `target`.
-        ConnectionError: the job does not answer, and it left no record to show.
+        ConnectionError: the job does not answer, its process may still be alive (on another
+            machine, or on this one), and its record does not say it ended; or it left no
+            record to show.
         ValueError: a connection file or record that is refused (each says why).
     """
-    run = RemoteRun(target, timeout=timeout)
+    run = RemoteRun(target, timeout=timeout, client=client)
     if display:
         run.show()
     return run
@@ -53,8 +78,9 @@ class RemoteRun(RecordedRun):
     and followed from the job, and whose controls send signed requests that the job carries
     out at its next step boundary."""
 
-    def __init__(self, target, timeout: float = REQUEST_TIMEOUT):
+    def __init__(self, target, timeout: float = REQUEST_TIMEOUT, client: str | None = None):
         super().__init__()
+        self.client = client or f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}/{self.id}"
         path = Path(target).expanduser()
         self.connection_file = path / CONNECTION if path.is_dir() else path
         if not self.connection_file.exists():
@@ -79,6 +105,8 @@ class RemoteRun(RecordedRun):
 
     def _connect(self, info: dict, timeout: float) -> None:
         self.connected = not info.get("ended", False)  # an ended job's file says so
+        gone = info.get("ip") in LOCAL and not pid_alive(info.get("pid"))  # killed on this machine
+        self.connected = self.connected and not gone
         if self.connected:
             try:
                 self._call("attach", timeout=timeout)
@@ -90,15 +118,27 @@ class RemoteRun(RecordedRun):
                                   f"in {self.run_dir / RECORDS}: is it running, and is "
                                   f"{self.connection_file} its connection file (its key)?")
         if not self.connected:
-            if self.state not in ENDED:
+            if self.state not in ENDED and gone:
+                self._died(info)
+            elif self.state not in ENDED:
                 raise ConnectionError(
                     f"no signed answer from the job at {self.address} within {timeout} s, and its "
                     f"record says it is still {self.state} at step {self.step}: if it runs, is "
-                    f"{self.connection_file} its connection file (its key)? If it was killed, "
-                    f"read its record with lmwidget.attach(...) after it ends, or its checkpoints")
+                    f"{self.connection_file} its connection file (its key)? From here a job that "
+                    f"died on another machine looks like one that does not answer: its record is "
+                    f"{RECORDS} in its run directory there")
             self.detach()  # an ended job: its record is the whole story
             return
         self._thread = shutdown.start(self._receive, f"lmwidget-attach-{self.id}")
+
+    def _died(self, info: dict) -> None:
+        """The job's process is gone and its record never said it ended: shown as failed."""
+        why = (f"it died without ending its record (its process {info.get('pid')} is gone: "
+               f"killed, or out of memory?); the record ends at step {self.step}")
+        self._status = {**self._status, "state": "failed", "paused": False, "error": why}
+        self.control.resume()
+        warnings.warn(f"{self.name} is dead: {why}. Its record is shown; its checkpoints are where "
+                      f"it saved them.", LmwidgetWarning, stacklevel=5)
 
     # -- receiving ----------------------------------------------------------------------------
     def _call(self, kind: str, body=None, timeout: float = REQUEST_TIMEOUT) -> dict:
@@ -159,14 +199,14 @@ class RemoteRun(RecordedRun):
         if not self.connected:
             why = "it has ended" if self.state in ENDED else "detached: lmwidget.attach() again"
             raise ConnectionError(f"not connected to the job at {self.address} ({why})")
-        return self._call(kind, body)
+        return self._call(kind, {**(body or {}), "client": self.client})
 
-    def pause(self) -> None:
+    def pause(self, note: str = "") -> None:
         if not self._past("pause"):
             self.control.pause()
-            self._send("pause")
+            self._send("pause", {"note": str(note)})
 
-    def resume(self) -> None:
+    def resume(self, note: str = "") -> None:
         """Ask the job to go on from the step boundary where it is paused; nothing once its run
         has ended.
 
@@ -177,7 +217,7 @@ class RemoteRun(RecordedRun):
         """
         if not self._past("pause"):
             self.control.resume()
-            self._send("resume")
+            self._send("resume", {"note": str(note)})
 
     def stop(self, note: str = "") -> None:
         if not self._past("stop"):
@@ -193,7 +233,7 @@ class RemoteRun(RecordedRun):
     def request_save(self, path=None) -> PendingSave:
         """Ask the job for a checkpoint (written by its rank 0, on its machine)."""
         save = PendingSave(path)
-        body = {"path": None if path is None else str(path)}
+        body = {"path": None if path is None else str(path), "client": self.client}
 
         def ask():
             try:
