@@ -1,8 +1,10 @@
 """lmwidget: train a language model in the background of a Jupyter kernel, and steer it live."""
 
+import importlib
+
 from .adapters.chatter import quiet
 from .adapters.fit import fit
-from .adapters.loop import Loop, StopTraining, steer
+from .adapters.loop import Loop, StopTraining
 from .core import viewers
 from .core.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
 from .core.registry import runs
@@ -11,6 +13,7 @@ from .core.source import CONTROLS, Source
 from .data.corpus import prepare
 from .data.chars import CharTokenizer
 from .data.dataset import Dataset
+from .jobs.steer import steer
 from .errors import CheckpointError, LmwidgetError, LmwidgetWarning, ModelDirError
 from .lrfind.finder import LRFinder, lr_find
 from .magics import load_ipython_extension
@@ -21,6 +24,7 @@ from .training.entry import train
 from .training.run import Run
 from .version import __version__
 from .views.compare import compare
+from .writers.tensorboard import write_tensorboard
 from .views.dashboard import Dashboard
 from .views.export import export, to_html
 
@@ -31,4 +35,14 @@ __all__ = ["train", "Run", "steer", "Loop", "fit", "StopTraining", "Source", "CO
            "RemoteRun", "runs", "keep_runs", "lr_find", "LRFinder", "compare", "prepare",
            "TrainConfig", "GPT", "LSTM", "CharTokenizer", "Dataset", "Callback", "EarlyStopping",
            "ReduceLROnPlateau", "LmwidgetError", "LmwidgetWarning", "CheckpointError",
-           "ModelDirError", "load_ipython_extension", "quiet"]
+           "ModelDirError", "load_ipython_extension", "quiet", "HFCallback", "LightningCallback",
+           "write_tensorboard"]
+
+# the frameworks' callbacks import their framework: only when asked for by name
+_LAZY = {"HFCallback": "lmwidget.jobs.hf", "LightningCallback": "lmwidget.jobs.lightning"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lmwidget' has no attribute {name!r}")

@@ -35,12 +35,17 @@ class HFRun(Loop):
     group and the scheduler's base LRs · clip norm: args.max_grad_norm · save:
     control.should_save (the Trainer's own checkpoint-N directory) · evaluate:
     control.should_evaluate · sample: model.generate with the Trainer's tokenizer.
+
+    Args:
+        trainer: the transformers.Trainer.
+        from_callback: made by a callback while `trainer.train()` runs (lmwidget.HFCallback).
+        **options: Loop's (`tokens_per_step`, `checkpoint_dir`, `callbacks`, `name`, `sync`).
     """
 
-    def __init__(self, trainer, **options):
+    def __init__(self, trainer, *, from_callback: bool = False, **options):
         if not is_hf_trainer(trainer):
             raise TypeError(f"expected a transformers.Trainer; got {type(trainer).__name__}")
-        if getattr(trainer, "is_in_train", False):
+        if not from_callback and getattr(trainer, "is_in_train", False):
             raise RuntimeError("this Trainer is already training: wait for its train() to return, "
                                "or stop it, before lmwidget runs it")
         mine = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _Bridge)]
@@ -85,12 +90,21 @@ class HFRun(Loop):
         return out
 
     # -- the Trainer's steps --------------------------------------------------------------
-    def hook(self) -> None:
+    def hook(self, callback: bool = True, printers: bool = False) -> None:
         """Join the Trainer: its callback, and wrappers that see each micro-batch's loss and
-        the gradients before the Trainer clips them. `unhook` puts everything back."""
+        the gradients before the Trainer clips them. `unhook` puts everything back.
+
+        Args:
+            callback: add `self.callback` to the Trainer (False: a callback of the user's
+                calls it, lmwidget.HFCallback).
+            printers: keep the Trainer's progress printers (a script's terminal shows them).
+        """
         trainer = self.trainer
-        trainer.add_callback(self.callback)
-        self._removed = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in PRINTERS]
+        self._added = callback
+        if callback:
+            trainer.add_callback(self.callback)
+        self._removed = [] if printers else [
+            cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in PRINTERS]
         for cb in self._removed:
             trainer.remove_callback(cb)
         training_step = trainer.training_step
@@ -116,7 +130,8 @@ class HFRun(Loop):
         trainer = self.trainer
         trainer.__dict__.pop("training_step", None)
         trainer.accelerator.__dict__.pop("clip_grad_norm_", None)
-        trainer.remove_callback(self.callback)
+        if self._added:
+            trainer.remove_callback(self.callback)
         for cb in self._removed:
             trainer.add_callback(cb)
 

@@ -39,9 +39,16 @@ class LightningRun(Loop):
     param groups and every scheduler's base LRs · clip norm: trainer.gradient_clip_val ·
     save: trainer.save_checkpoint (a .ckpt that `fit(ckpt_path=...)` resumes) · sample: a
     function you pass (`sample=fn(model) -> str`).
+
+    Args:
+        trainer: the Lightning Trainer.
+        module: the LightningModule it fits.
+        from_callback: made by a callback while `trainer.fit()` runs (lmwidget.LightningCallback).
+        **options: Loop's (`tokens_per_step`, `sample`, `checkpoint_dir`, `callbacks`,
+            `name`, `sync`).
     """
 
-    def __init__(self, trainer, module, **options):
+    def __init__(self, trainer, module, *, from_callback: bool = False, **options):
         if not is_lightning_trainer(trainer):
             raise TypeError(f"expected a Lightning Trainer; got {type(trainer).__name__}")
         if not isinstance(module, torch.nn.Module):
@@ -50,7 +57,7 @@ class LightningRun(Loop):
         if mine:
             raise ValueError(f"this Trainer already has lmwidget's callback (for {mine[0].run.name}): "
                              f"a Trainer is watched by one run at a time")
-        if getattr(trainer.state, "status", None) is not None and str(trainer.state.status).endswith("RUNNING"):
+        if not from_callback and str(getattr(trainer.state, "status", "")).endswith("RUNNING"):
             raise RuntimeError("this Trainer is already running fit(): wait for it to return first")
         self.trainer = trainer
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
@@ -130,6 +137,13 @@ class LightningRun(Loop):
     def _apply_grad_clip(self, grad_clip: float) -> bool:
         self.trainer.gradient_clip_val = grad_clip or None
         return super()._apply_grad_clip(grad_clip)
+
+    def _save_now(self) -> None:
+        if self.sync is not None and not self.sync.is_main:
+            # a save is collective under DDP: every rank takes part, Lightning writes on rank 0
+            self.trainer.save_checkpoint(str(Path(self.checkpoint_dir) / f"saved-{self.step:07d}.ckpt"))
+            return
+        super()._save_now()
 
     def _write(self, path, step: int) -> dict:
         """Lightning's own checkpoint (a .ckpt that fit(ckpt_path=...) resumes), written by

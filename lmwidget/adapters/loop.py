@@ -17,44 +17,12 @@ from lmwidget.core.monitor import register
 from lmwidget.system import threads
 from lmwidget.system.threads import ThreadTuner, cpu_threads
 from . import loopstate
-from .steerable import Steerable, check_steerable
+from .steerable import Steerable
 
 
 class StopTraining(Exception):
     """Raised by Loop.tick() when it is called again after the run was stopped (a loop that
     ignored tick()'s False): Loop.start() ends such a loop cleanly, as stopped."""
-
-
-def steer(model, optimizer, lr_scheduler=None, *, display: bool = True, **options) -> "Loop":
-    """Watch and steer your own training loop: returns its Loop, with the dashboard shown
-    in the cell. Call `run.tick(loss)` once per optimizer step, after `loss.backward()` and
-    before `optimizer.step()`, and end the loop when it returns False; `run.start(train)`
-    runs your loop function `train` in a background thread so the cell returns at once.
-
-    Args:
-        model: the nn.Module your loop trains.
-        optimizer: its torch optimizer (the LR control scales its param groups).
-        lr_scheduler: its LR scheduler, if any (a new LR scales its base LRs too).
-        display: show the dashboard in the running cell.
-        **options: `tokens_per_step` (for tokens/s), `max_steps` (for the progress bar),
-            `grad_clip` (lmwidget clips to it; then the clip norm can be steered), `sample`
-            (a function of the model returning text: the Sample button), `evaluate` (a
-            function returning the validation loss: the Evaluate button), `checkpoint_dir`,
-            `resume` (a checkpoint of a Loop: model, optimizer, scheduler, step and history),
-            `callbacks`, `name`.
-
-    Returns:
-        The Loop.
-
-    Raises:
-        TypeError: a model, optimizer or scheduler lmwidget cannot steer, or an unknown option.
-        ValueError: an option's value is refused (each says why).
-    """
-    check_steerable(model, optimizer, lr_scheduler)
-    run = Loop(model, optimizer, lr_scheduler, **options)
-    if display:
-        run.show()
-    return run
 
 
 class Loop(Steerable):
@@ -148,18 +116,22 @@ class Loop(Steerable):
             self._tuner.tick(time.perf_counter())
         step = self.step + 1
         tokens = self.tokens_per_step if tokens is None else tokens
+        rate = tokens / dt if tokens and dt > 0 else float("nan")
+        loss = loss.detach()
+        if self.sync is not None:  # every rank's: means of loss and grad norm, tokens summed
+            tokens = (tokens or 0) * self.sync.world_size
+            loss, grad_norm, rate = self.sync.reduce(step, loss, torch.as_tensor(grad_norm, device=loss.device), rate)
         self.tokens_seen += tokens or 0
         pending = self.record.push(
             step=step, tokens=self.tokens_seen, time=self.record.clock(),
-            lr=lr, loss=loss.detach(), grad_norm=grad_norm, step_time=dt,
-            tokens_per_sec=tokens / dt if tokens and dt > 0 else float("nan"))
+            lr=lr, loss=loss, grad_norm=grad_norm, step_time=dt, tokens_per_sec=rate)
         self.step = step
         if layers is not None:
             self.record.layer_grad_norms = (step, layers)
         if pending >= DRAIN_EVERY:  # bounded memory when no view drains for us
             self.record.drain()
         if self.callbacks.wants("on_step_end"):
-            self.callbacks.call("on_step_end", self, step, {"loss": loss.detach(), "grad_norm": grad_norm,
+            self.callbacks.call("on_step_end", self, step, {"loss": loss, "grad_norm": grad_norm,
                                                             "val_loss": None, "lr": self.lr, "tokens": tokens})
 
     def begin(self) -> None:

@@ -15,6 +15,7 @@ from lmwidget.core.source import Source
 from lmwidget.core.steering import Steered, base_lr, scale_lr, unwrapped
 from lmwidget.core.values import check_grad_clip
 from . import loopstate
+from .ranked import RankedBoundary
 
 
 def check_steerable(model, optimizer, lr_scheduler=None) -> None:
@@ -52,6 +53,8 @@ class Steerable(Steered, Source):
         checkpoint_dir: where saves go.
         callbacks: a Callback or a list of them.
         name: the model's name in the dashboard (else its class's).
+        sync: the ranks of a distributed run (`ranked.join_ranks`): rank 0 decides at each
+            step boundary and every rank acts alike; None for one process.
 
     Raises:
         TypeError, ValueError: what lmwidget cannot steer, or an option out of range.
@@ -59,7 +62,7 @@ class Steerable(Steered, Source):
 
     def __init__(self, model, optimizer, lr_scheduler=None, *, tokens_per_step: int | None = None,
                  max_steps: int | None = None, grad_clip: float | None = None, sample=None,
-                 evaluate=None, checkpoint_dir=None, callbacks=None, name: str | None = None):
+                 evaluate=None, checkpoint_dir=None, callbacks=None, name: str | None = None, sync=None):
         if optimizer is not None or not isinstance(model, torch.nn.Module):  # an adapter binds it later
             check_steerable(model, optimizer, lr_scheduler)
         for what, value in (("tokens_per_step", tokens_per_step), ("max_steps", max_steps)):
@@ -74,13 +77,16 @@ class Steerable(Steered, Source):
         self.tokens_per_step, self.max_steps = tokens_per_step, max_steps
         self._grad_clip = None if grad_clip is None else check_grad_clip(grad_clip)
         self._sample, self._evaluate = sample, evaluate
-        self._label = name or type(model).__name__
+        wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)  # name what it wraps
+        self._label = name or type(model.module if wrapped else model).__name__
         self._lr0 = float("nan")  # the LR before an adapter's optimizer exists
         self.callbacks = Callbacks(callbacks)
         self.norms = GradNorms(model.named_parameters())
-        self.steering = Boundary(self, self.norms, set_lr=self._apply_lr, set_grad_clip=self._apply_grad_clip,
-                                 sample=self._generate, evaluate=self._evaluate_now, save=self._save_now,
-                                 on_eval=self._on_eval)
+        self.sync = sync
+        means = dict(set_lr=self._apply_lr, set_grad_clip=self._apply_grad_clip, sample=self._generate,
+                     evaluate=self._evaluate_now, save=self._save_now, on_eval=self._on_eval)
+        self.steering = (Boundary(self, self.norms, **means) if sync is None else
+                         RankedBoundary(sync, self, self.norms, **means))
         self.checkpoint_dir = Path(checkpoint_dir or Path("lmwidget-checkpoints") /
                                    f"loop-{time.strftime('%Y%m%d-%H%M%S')}-{self.id}").expanduser().resolve()
 

@@ -70,21 +70,26 @@ class Job:
         return [(e["step"], e["kind"], e["value"]) for e in events if kinds is None or e["kind"] in kinds]
 
     def kill(self) -> None:
-        """The job and every process it started: torchrun's workers run in sessions of
-        their own, so killing torchrun alone would leave them training."""
-        try:
-            procs = [psutil.Process(self.proc.pid)]
-            procs += procs[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            procs = []
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=10)
-        self.proc.poll()
+        """The job and every process it started."""
+        kill_tree(self.proc)
         self.log.close()
+
+
+def kill_tree(proc) -> None:
+    """A process and every process it started: torchrun's workers (and Lightning's ranks)
+    run in sessions of their own, so killing the launcher alone would leave them training."""
+    try:
+        procs = [psutil.Process(proc.pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    proc.poll()
 
 
 def recorded_steps(path) -> int:
