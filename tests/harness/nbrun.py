@@ -69,7 +69,8 @@ def __peak_rss_mb():
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print("LMWIDGET-REPORT " + __json.dumps({{
-    "runs": [__lmw_summary(__r) for __r in __lmw.runs()],
+    "runs": [__lmw_summary(__r) for __r in __lmw.runs()] + [  # then the jobs the notebook attached to
+        __lmw_summary(__v) for __v in list(globals().values()) if isinstance(__v, __lmw.RemoteRun)],
     "compare_tables": __lmw_tables(),
     "peak_rss_mb": round(__peak_rss_mb(), 1),
 }}))

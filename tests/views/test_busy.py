@@ -152,6 +152,7 @@ def test_a_lesson_run_with_run_all_stays_steerable(opened):
     nb.run_all()
     wait_for(lambda: running_cell(nb, waiting), 300, message=lambda: f"hf.wait() to block ({nb.prompts()})")
     hf = page.locator(".lmwidget-dashboard").nth(1)
+    hf.scroll_into_view_if_needed()  # JupyterLab draws no text in cells off screen (Run All scrolls on)
     hf_step = lambda: int_in(hf.locator(".lmwidget-step").first.inner_text())  # noqa: E731
     wait_for(lambda: (hf_step() or 0) >= 5, 60, message="the Trainer's first steps")
     hf.locator(".lmwidget-pause").first.click()
@@ -174,4 +175,5 @@ def test_a_lesson_run_with_run_all_stays_steerable(opened):
     for i in range(dashboards.count()):
         dashboards.nth(i).scroll_into_view_if_needed()
         dashboards.nth(i).screenshot(path=str(artifacts_dir() / f"lesson-05-dashboard-{i + 1}.png"))
-    nb.code_cells().nth(len(code) - 1).screenshot(path=str(artifacts_dir() / "lesson-05-compare.png"))
+    compared = next(i for i, s in enumerate(code) if s.startswith("lmwidget.compare("))
+    nb.code_cells().nth(compared).screenshot(path=str(artifacts_dir() / "lesson-05-compare.png"))
