@@ -7,6 +7,8 @@
 # 3. NVML sampling during a run;
 # 4. host-device synchronisations of a CUDA run, counted by torch's sync debug mode.
 # 5. FSDP2 over every GPU (2 or more; skipped on one): a save resumed with and without FSDP.
+# 6. a Hugging Face Trainer script made a job by lmwidget.HFCallback, on the GPU: its hooks' CPU
+#    time a step against the step, and the pause / LR latency seen from the attached side.
 set -euo pipefail
 out="${1:-gpu-report}"
 mkdir -p "$out"
@@ -71,3 +73,7 @@ PY
 else
     echo '{"fsdp": "skipped: FSDP shards over 2 GPUs or more, this machine has '"$ngpu"'"}' | tee "$out/fsdp.json"
 fi
+
+# 6. A Hugging Face Trainer script with lmwidget.HFCallback, on the GPU (one process)
+DEVICE=cuda python benchmarks/script_jobs.py --kinds hf --ranks 1 --width 512 --steps 500 \
+    | tee "$out/hf-callback-job.json"

@@ -4,6 +4,9 @@ from here as a notebook would. Prints a JSON report.
 
     python benchmarks/script_jobs.py [--width 256] [--steps 300] [--kinds loop hf lightning] [--ranks 1 2]
 
+On the CPU, every script; with DEVICE=cuda in the environment, the Hugging Face Trainer's
+trains on the GPU (`--kinds hf`; benchmarks/gpu.sh runs it there).
+
 For each script: the CPU time lmwidget's hooks take on rank 0's training thread per step
 (Loop.tick; HFRun.before_update and step_end; LightningRun.before_update and batch_end:
 `time.thread_time`, as the in-kernel benchmark measures it), against the step's median

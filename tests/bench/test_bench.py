@@ -119,10 +119,10 @@ def test_the_benchmark_command_prints_its_report_and_holds_a_loose_ratio():
     On the default GPT, whose rounds last ~2 s: with a tiny model a round lasts a fraction
     of a second and the ratio is noise.
     """
-    code = ("import json, sys, lmwidget.bench.overhead as b; r = b.benchmark(rounds=4, steps=150, warmup=20, "
+    code = ("import json, sys, lmwidget.bench.overhead as b; r = b.benchmark(rounds=3, steps=150, warmup=20, "
             "frameworks=False, progress=lambda line: print(line, file=sys.stderr, flush=True)); "
             "print(json.dumps(r))")
-    stdout, progress = run_with_progress([sys.executable, "-c", code], sides=12)
+    stdout, progress = run_with_progress([sys.executable, "-c", code], sides=9)
     report = json.loads(stdout)
     assert next(iter(report)) == "ratio_to_main_thread"
     assert report["lmwidget_threads"] in (report["bare_thread_threads"], report["bare_thread_threads"] - 1)

@@ -84,7 +84,8 @@ model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=T, n_embd=WIDTH
                                    bos_token_id=0, eos_token_id=0))
 args = TrainingArguments(output_dir=os.path.join(out, "hf-out"), max_steps=steps, learning_rate=1e-3,
                          per_device_train_batch_size=B, logging_steps=10 ** 9, save_strategy="no",
-                         report_to=[], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+                         report_to=[], use_cpu=os.environ.get("DEVICE", "cpu") == "cpu", disable_tqdm=True,
+                         dataloader_num_workers=0,
                          ddp_find_unused_parameters=False)
 trainer = Trainer(model=model, args=args, train_dataset=Tokens(), eval_dataset=Tokens(16),
                   callbacks=[lmwidget.HFCallback(run_dir=run_dir, tensorboard=os.environ.get("TB")), Trace()])

@@ -123,7 +123,7 @@ def test_controls_act_while_a_cell_is_busy(opened, frontend):
 
 
 LESSON = REPO / "notebooks" / "05_your_own_training.ipynb"
-LESSON_STEPS = 400  # each of its three runs: long enough to click during the Trainer's wait
+LESSON_STEPS = 300  # each of its three runs: long enough to click during the Trainer's wait
 
 
 def lesson_cells(path: Path, steps: int) -> list[dict]:
