@@ -58,7 +58,10 @@ def test_a_run_writes_what_tensorboard_reads_while_it_trains(tmp_path):
         run.pause()
         wait_for(lambda: run.state == "paused", timeout=30)
         # the writer writes at once when the state changes: still training (paused), all is there
-        wait_for(lambda: "**pause**" in texts(read(logdir), "events"), timeout=10)
+        # (one write's records reach the file in the order written: the events' text, then the
+        # histograms; a read between the two sees the first only)
+        layer_seen = lambda: f"weights/{run.layers[0]}" in read(logdir).Tags()["histograms"]  # noqa: E731
+        wait_for(lambda: "**pause**" in texts(read(logdir), "events") and layer_seen(), timeout=10)
         acc, history = read(logdir), run.history
         assert run.state == "paused" and writer_threads(run)
         steps, losses = scalars(acc, "loss/train")
